@@ -1,0 +1,7 @@
+"""An Envoy xDS control plane for upstream upgrades.
+
+Data flows one way (see DESIGN.md):
+admin/CLI → store (etcd) → rollout engine → translate → snapshot cache → xDS server → Envoy.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""Every error the control plane raises on purpose, in one place.
+
+    ControlPlaneError
+    ├── InvalidInputError      bad YAML, unknown kind/field, failed validation (exit 2)
+    ├── NotFoundError          the named resource does not exist
+    ├── ConflictError          a compare-and-swap lost, or a rule of the state forbids it
+    ├── StoreUnavailableError  etcd cannot be reached
+    ├── AuthenticationError    no or bad credentials
+    ├── PermissionDeniedError  the principal's role does not allow the call
+    ├── TranslationError       desired state cannot be turned into xDS
+    └── InconsistentSnapshotError  a snapshot names resources it does not carry
+
+The admin API maps these to gRPC status codes at its edge; the CLI maps those
+to exit codes (2 for invalid input, 1 for everything else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ControlPlaneError(Exception):
+    """Base of every deliberate error; its message says what to do."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field: where it is (`Upstream/payments: spec.timeout`) and why."""
+
+    location: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+
+class InvalidInputError(ControlPlaneError):
+    """The input is invalid; every problem found is listed, nothing was written."""
+
+    def __init__(self, errors: Sequence[FieldError] | str) -> None:
+        if isinstance(errors, str):
+            errors = [FieldError("input", errors)]
+        self.errors: tuple[FieldError, ...] = tuple(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+class NotFoundError(ControlPlaneError):
+    """The named resource does not exist."""
+
+
+class ConflictError(ControlPlaneError):
+    """A concurrent write won, or the state forbids the change; re-read and retry."""
+
+
+class StoreUnavailableError(ControlPlaneError):
+    """The store (etcd) cannot be reached; nothing was written."""
+
+
+class AuthenticationError(ControlPlaneError):
+    """The caller presented no valid credentials."""
+
+
+class PermissionDeniedError(ControlPlaneError):
+    """The caller's role does not allow this call."""
+
+
+class TranslationError(ControlPlaneError):
+    """The desired state cannot be translated into Envoy configuration."""
+
+
+class InconsistentSnapshotError(ControlPlaneError):
+    """A snapshot references resources it does not contain."""

@@ -1,0 +1,310 @@
+"""The resource kinds users write in YAML (DESIGN.md), validated at the edge.
+
+Every model forbids unknown fields, so a typo is an error, not a silent no-op.
+Field names are the camelCase ones users write; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from controlplane.model.duration import Duration
+
+API_VERSION = "controlplane/v1"
+
+_NAME = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+# Envoy's router retry_on tokens (x-envoy-retry-on and x-envoy-retry-grpc-on).
+RETRY_ON = frozenset(
+    {
+        "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+        "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+        "retriable-headers", "http3-post-connect-failure", "cancelled", "deadline-exceeded",
+        "internal", "resource-exhausted", "unavailable",
+    }
+)
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+Name = Annotated[str, Field(pattern=_NAME, description="lowercase DNS label-like name")]
+
+
+class Metadata(Model):
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def _check_endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT with a port in 1-65535")
+    return value
+
+
+# ---- Listener -------------------------------------------------------------------------------
+
+
+class ListenerTLS(Model):
+    certificate: str = "auto"
+    mtls: bool = False
+
+
+class ListenerSpec(Model):
+    group: Name
+    port: int = Field(ge=1, le=65535)
+    address: str = "0.0.0.0"
+    tls: ListenerTLS | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+# ---- Route ----------------------------------------------------------------------------------
+
+
+class RouteSpec(Model):
+    listener: Name
+    hosts: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    prefix: str = "/"
+    upstream: Name
+
+    @field_validator("prefix")
+    @classmethod
+    def _slash(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+# ---- Upstream -------------------------------------------------------------------------------
+
+
+class VersionSpec(Model):
+    endpoints: list[str] = Field(min_length=1)
+    credential: Name | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            _check_endpoint(endpoint)
+        if len(set(value)) != len(value):
+            raise ValueError("endpoints must be unique")
+        return value
+
+
+class HealthCheck(Model):
+    path: str = "/healthz"
+    interval: Duration = "5s"
+    timeout: Duration = "1s"
+    unhealthy_threshold: int = Field(default=3, ge=1)
+    healthy_threshold: int = Field(default=1, ge=1)
+
+
+class OutlierDetection(Model):
+    consecutive5xx: int = Field(default=5, ge=1, alias="consecutive5xx")
+    interval: Duration = "10s"
+    base_ejection_time: Duration = "30s"
+    max_ejection_percent: int = Field(default=10, ge=0, le=100)
+
+
+class CircuitBreakers(Model):
+    max_connections: int = Field(default=1024, ge=1)
+    max_pending_requests: int = Field(default=1024, ge=1)
+    max_requests: int = Field(default=1024, ge=1)
+    max_retries: int = Field(default=3, ge=0)
+
+
+class Retries(Model):
+    attempts: int = Field(default=1, ge=0, le=10)
+    on: str = "5xx,reset,connect-failure"
+    per_try_timeout: Duration | None = None
+
+    @field_validator("on")
+    @classmethod
+    def _tokens(cls, value: str) -> str:
+        unknown = sorted(t for t in value.split(",") if t.strip() not in RETRY_ON)
+        if unknown:
+            raise ValueError(f"unknown retry condition(s) {unknown}; known: {sorted(RETRY_ON)}")
+        return value
+
+
+class RateLimit(Model):
+    requests_per_second: int = Field(ge=1)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class UpstreamSpec(Model):
+    active: str
+    versions: dict[Name, VersionSpec] = Field(min_length=1)
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
+    circuit_breakers: CircuitBreakers | None = None
+    retries: Retries | None = None
+    timeout: Duration = "15s"
+    connect_timeout: Duration = "1s"
+    rate_limit: RateLimit | None = None
+
+    @model_validator(mode="after")
+    def _active_exists(self) -> UpstreamSpec:
+        if self.active not in self.versions:
+            raise ValueError(
+                f"active: version {self.active!r} is not one of versions {sorted(self.versions)}"
+            )
+        return self
+
+
+# ---- Credential -----------------------------------------------------------------------------
+
+
+class ValueFrom(Model):
+    file: str
+
+
+class CredentialSpec(Model):
+    header: str
+    value: SecretStr | None = None
+    value_from: ValueFrom | None = None
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not _HEADER.match(value):
+            raise ValueError(f"{value!r} is not a valid HTTP header name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CredentialSpec:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("set exactly one of value or valueFrom")
+        return self
+
+
+# ---- Rollout --------------------------------------------------------------------------------
+
+
+class Match(Model):
+    headers: dict[str, str] = Field(default_factory=dict)
+    cookie: str | None = None
+
+
+class Mirror(Model):
+    percent: float = Field(default=100, gt=0, le=100)
+
+
+class Analysis(Model):
+    provider: Literal["envoy", "prometheus"] = "envoy"
+    min_requests: int = Field(default=50, ge=0)
+    success_rate: float = Field(default=0.99, ge=0, le=1)
+    p99_latency_ms: float | None = Field(default=None, gt=0, alias="p99LatencyMs")
+    auth_failure_rate: float | None = Field(default=None, ge=0, le=1)
+    failure_limit: int = Field(default=2, ge=1)
+    inconclusive: Literal["pause", "continue", "rollback"] = "pause"
+
+
+class RolloutSpec(Model):
+    upstream: Name
+    from_: str = Field(alias="from")
+    to: str
+    strategy: Literal["canary", "bluegreen", "rolling", "mirror-then-canary"] = "canary"
+    steps: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0], min_length=1)
+    step_interval: Duration = "30s"
+    match: Match | None = None
+    mirror: Mirror | None = None
+    analysis: Analysis | None = None
+    rollback_window: Duration = "1h"
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[float]) -> list[float]:
+        for i, step in enumerate(value):
+            if not 0 <= step <= 100:
+                raise ValueError(f"steps[{i}] = {step}: a weight is a percent in 0-100")
+            if i and step <= value[i - 1]:
+                raise ValueError(f"steps[{i}] = {step}: steps must be strictly increasing")
+        return value
+
+    @model_validator(mode="after")
+    def _versions_differ(self) -> RolloutSpec:
+        if self.from_ == self.to:
+            raise ValueError("from and to must name different versions")
+        return self
+
+
+# ---- ProxyGroup -----------------------------------------------------------------------------
+
+
+class ProxyGroupSpec(Model):
+    description: str = ""
+    edge: bool = False
+
+
+# ---- Envelopes ------------------------------------------------------------------------------
+
+
+class _Resource(Model):
+    api_version: Literal["controlplane/v1"] = Field(alias="apiVersion")
+    metadata: Metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class Listener(_Resource):
+    kind: Literal["Listener"] = "Listener"
+    spec: ListenerSpec
+
+
+class Route(_Resource):
+    kind: Literal["Route"] = "Route"
+    spec: RouteSpec
+
+
+class Upstream(_Resource):
+    kind: Literal["Upstream"] = "Upstream"
+    spec: UpstreamSpec
+
+
+class Credential(_Resource):
+    kind: Literal["Credential"] = "Credential"
+    spec: CredentialSpec
+
+
+class Rollout(_Resource):
+    kind: Literal["Rollout"] = "Rollout"
+    spec: RolloutSpec
+
+
+class ProxyGroup(_Resource):
+    kind: Literal["ProxyGroup"] = "ProxyGroup"
+    spec: ProxyGroupSpec
+
+
+Resource = Listener | Route | Upstream | Credential | Rollout | ProxyGroup
+AnyResource = Annotated[Resource, Field(discriminator="kind")]
+
+KINDS: dict[str, type[Resource]] = {
+    "ProxyGroup": ProxyGroup,
+    "Credential": Credential,
+    "Upstream": Upstream,
+    "Listener": Listener,
+    "Route": Route,
+    "Rollout": Rollout,
+}
+"""Kind name → model, in the order resources are applied (dependencies first)."""

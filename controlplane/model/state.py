@@ -1,0 +1,159 @@
+"""The whole desired state, and the rules that span resources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar
+
+from controlplane.errors import FieldError, InvalidInputError
+from controlplane.model.resources import (
+    Credential,
+    Listener,
+    ProxyGroup,
+    Resource,
+    Rollout,
+    Route,
+    Upstream,
+)
+
+_R = TypeVar("_R", bound=Resource)
+
+
+def _frozen(items: Iterable[_R]) -> Mapping[str, _R]:
+    return MappingProxyType({r.name: r for r in sorted(items, key=lambda r: r.name)})
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Every resource the user declared, by kind then name (sorted, read-only)."""
+
+    listeners: Mapping[str, Listener] = field(default_factory=lambda: _frozen([]))
+    routes: Mapping[str, Route] = field(default_factory=lambda: _frozen([]))
+    upstreams: Mapping[str, Upstream] = field(default_factory=lambda: _frozen([]))
+    credentials: Mapping[str, Credential] = field(default_factory=lambda: _frozen([]))
+    rollouts: Mapping[str, Rollout] = field(default_factory=lambda: _frozen([]))
+    proxy_groups: Mapping[str, ProxyGroup] = field(default_factory=lambda: _frozen([]))
+
+    @classmethod
+    def of(cls, resources: Iterable[Resource]) -> DesiredState:
+        """Build a state from resources of any kind (a later duplicate wins)."""
+        by_kind: dict[str, dict[str, Resource]] = {}
+        for resource in resources:
+            by_kind.setdefault(resource.kind, {})[resource.name] = resource
+        def pick(kind: str, typ: type[_R]) -> Mapping[str, _R]:
+            return _frozen(r for r in by_kind.get(kind, {}).values() if isinstance(r, typ))
+        return cls(
+            listeners=pick("Listener", Listener),
+            routes=pick("Route", Route),
+            upstreams=pick("Upstream", Upstream),
+            credentials=pick("Credential", Credential),
+            rollouts=pick("Rollout", Rollout),
+            proxy_groups=pick("ProxyGroup", ProxyGroup),
+        )
+
+    def resources(self) -> list[Resource]:
+        """Every resource, in apply order (dependencies first), sorted by name within a kind."""
+        out: list[Resource] = []
+        for mapping in (
+            self.proxy_groups, self.credentials, self.upstreams,
+            self.listeners, self.routes, self.rollouts,
+        ):
+            out.extend(mapping.values())
+        return out
+
+    def get(self, kind: str, name: str) -> Resource | None:
+        return self._by_kind(kind).get(name)
+
+    def list(self, kind: str) -> list[Resource]:
+        return list(self._by_kind(kind).values())
+
+    def _by_kind(self, kind: str) -> Mapping[str, Resource]:
+        return {
+            "Listener": self.listeners, "Route": self.routes, "Upstream": self.upstreams,
+            "Credential": self.credentials, "Rollout": self.rollouts,
+            "ProxyGroup": self.proxy_groups,
+        }[kind]
+
+    def with_applied(self, resources: Iterable[Resource]) -> DesiredState:
+        """The state after creating or replacing `resources`."""
+        return DesiredState.of([*self.resources(), *resources])
+
+    def without(self, kind: str, name: str) -> DesiredState:
+        """The state after deleting one resource."""
+        return DesiredState.of(
+            r for r in self.resources() if (r.kind, r.name) != (kind, name)
+        )
+
+    def groups(self) -> list[str]:
+        """Proxy groups the state configures (declared or named by a listener), sorted."""
+        return sorted({*self.proxy_groups, *(lst.spec.group for lst in self.listeners.values())})
+
+    def problems(self) -> list[FieldError]:
+        """Every rule that spans resources and is broken, e.g. a route to a missing upstream."""
+        errors: list[FieldError] = []
+        ports: dict[tuple[str, str, int], str] = {}
+        for lst in self.listeners.values():
+            key = (lst.spec.group, lst.spec.address, lst.spec.port)
+            if key in ports:
+                errors.append(FieldError(
+                    f"Listener/{lst.name}: spec.port",
+                    f"{lst.spec.address}:{lst.spec.port} is already used by Listener/"
+                    f"{ports[key]} in group {lst.spec.group!r}",
+                ))
+            ports[key] = lst.name
+        for route in self.routes.values():
+            if route.spec.listener not in self.listeners:
+                errors.append(FieldError(
+                    f"Route/{route.name}: spec.listener",
+                    f"no Listener named {route.spec.listener!r}; apply it first or in the same file",
+                ))
+            if route.spec.upstream not in self.upstreams:
+                errors.append(FieldError(
+                    f"Route/{route.name}: spec.upstream",
+                    f"no Upstream named {route.spec.upstream!r}; apply it first or in the same file",
+                ))
+        for ups in self.upstreams.values():
+            for version, spec in ups.spec.versions.items():
+                if spec.credential and spec.credential not in self.credentials:
+                    errors.append(FieldError(
+                        f"Upstream/{ups.name}: spec.versions.{version}.credential",
+                        f"no Credential named {spec.credential!r}",
+                    ))
+        errors.extend(self._rollout_problems())
+        return errors
+
+    def _rollout_problems(self) -> list[FieldError]:
+        errors: list[FieldError] = []
+        owner: dict[str, str] = {}
+        for rollout in self.rollouts.values():
+            spec = rollout.spec
+            where = f"Rollout/{rollout.name}: spec"
+            ups = self.upstreams.get(spec.upstream)
+            if ups is None:
+                errors.append(FieldError(f"{where}.upstream", f"no Upstream named {spec.upstream!r}"))
+                continue
+            for field_name, version in (("from", spec.from_), ("to", spec.to)):
+                if version not in ups.spec.versions:
+                    errors.append(FieldError(
+                        f"{where}.{field_name}",
+                        f"Upstream/{spec.upstream} has no version {version!r} "
+                        f"(it has {sorted(ups.spec.versions)})",
+                    ))
+            if spec.upstream in owner:
+                errors.append(FieldError(
+                    f"{where}.upstream",
+                    f"Rollout/{owner[spec.upstream]} already manages Upstream/{spec.upstream}; "
+                    "one rollout per upstream: delete or finish the other first",
+                ))
+            owner[spec.upstream] = rollout.name
+        return errors
+
+    def check(self) -> None:
+        """Errors:
+            InvalidInputError: `problems()` is not empty.
+        """
+        errors = self.problems()
+        if errors:
+            raise InvalidInputError(errors)
