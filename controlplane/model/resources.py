@@ -17,7 +17,8 @@ from controlplane.model.duration import Duration
 
 API_VERSION = "controlplane/v1"
 
-_NAME = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+# RFC 1123 labels, no dots: names become Envoy cluster and stat names, where a dot splits tags.
+_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 # Envoy's router retry_on tokens (x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_ON = frozenset(
@@ -38,7 +39,7 @@ class Model(BaseModel):
     )
 
 
-Name = Annotated[str, Field(pattern=_NAME, description="lowercase DNS label-like name")]
+Name = Annotated[str, Field(pattern=_NAME, description="lowercase RFC 1123 label")]
 
 
 class Metadata(Model):
@@ -47,9 +48,15 @@ class Metadata(Model):
 
 
 def _check_endpoint(value: str) -> str:
+    # EDS endpoints are addresses, not names: Envoy does not resolve DNS for them.
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT with a port in 1-65535")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not IP:PORT (an IP address, not a host name)") from None
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not IP:PORT with a port in 1-65535")
     return value
 
 
