@@ -1,1 +1,1 @@
-"""cli"""
+"""The `controlplane` command line: talks to the admin API, never to etcd directly."""

@@ -98,8 +98,7 @@ def validate_documents(docs: Iterable[Any]) -> list[Resource]:
             resource = _ADAPTER.validate_python(doc)
         except PydanticValidationError as exc:
             for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"][1:]) or "document"
-                errors.append(FieldError(f"{where}: {loc}", err["msg"]))
+                errors.append(_field_error(where, err["loc"][1:], err["msg"]))
             continue
         key = (resource.kind, resource.name)
         if key in seen:
@@ -109,6 +108,20 @@ def validate_documents(docs: Iterable[Any]) -> list[Resource]:
     if errors:
         raise InvalidInputError(errors)
     return resources
+
+
+_SUBFIELD = re.compile(r"^([a-z][A-Za-z0-9_.]*): (.*)$", re.S)
+
+
+def _field_error(where: str, loc: tuple[int | str, ...], msg: str) -> FieldError:
+    # Cross-field validators name their field first ("active: ..."): move it into the path.
+    msg = msg.removeprefix("Value error, ")
+    path = [str(p) for p in loc]
+    match = _SUBFIELD.match(msg)
+    if match:
+        path.append(match.group(1))
+        msg = match.group(2)
+    return FieldError(f"{where}: {'.'.join(path) or 'document'}", msg)
 
 
 def parse_yaml(text: str) -> list[Resource]:

@@ -198,7 +198,7 @@ class CredentialSpec(Model):
     @model_validator(mode="after")
     def _one_source(self) -> CredentialSpec:
         if (self.value is None) == (self.value_from is None):
-            raise ValueError("set exactly one of value or valueFrom")
+            raise ValueError("value: set exactly one of value or valueFrom")
         return self
 
 
@@ -249,7 +249,7 @@ class RolloutSpec(Model):
     @model_validator(mode="after")
     def _versions_differ(self) -> RolloutSpec:
         if self.from_ == self.to:
-            raise ValueError("from and to must name different versions")
+            raise ValueError("to: must name a different version than from")
         return self
 
 

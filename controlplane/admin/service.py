@@ -1,0 +1,131 @@
+"""The admin gRPC service: validated resources in, store writes out, audit by the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+import grpc
+
+from controlplane.admin.auth import Authenticator, LocalAuthenticator, Role
+from controlplane.admin.status import abort_with
+from controlplane.api import admin_pb2, admin_pb2_grpc
+from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
+from controlplane.model import (
+    DesiredState,
+    canonical_kind,
+    to_document,
+    validate_documents,
+)
+from controlplane.store import Store
+
+log = logging.getLogger(__name__)
+
+ProxiesProvider = Callable[[], Sequence[admin_pb2.Proxy]]
+XdsDiff = Callable[[DesiredState, DesiredState], Mapping[str, str]]
+_T = TypeVar("_T")
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    """Implements controlplane.admin.v1.Admin over a `Store`.
+
+    Args:
+        store: where desired state lives; it validates the whole state and audits.
+        proxies: the proxies connected to this replica (from the xDS server).
+        xds_diff: for `apply --dry-run`, the xDS each group would get, as diffs.
+        authenticator: identifies callers; roles gate each call.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        proxies: ProxiesProvider,
+        xds_diff: XdsDiff | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self._store = store
+        self._proxies = proxies
+        self._xds_diff = xds_diff
+        self._auth = authenticator or LocalAuthenticator()
+
+    async def _guard(
+        self,
+        context: grpc.aio.ServicerContext,
+        role: Role,
+        action: str,
+        call: Callable[[str], Awaitable[_T]],
+    ) -> _T:
+        try:
+            principal = await self._auth.authenticate(context)
+            principal.require(role, action)
+            return await call(principal.name)
+        except ControlPlaneError as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def Apply(
+        self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ApplyResponse:
+        async def run(actor: str) -> admin_pb2.ApplyResponse:
+            docs = [_json(text, i) for i, text in enumerate(request.documents)]
+            resources = validate_documents(docs)
+            result = await self._store.apply(resources, actor=actor, dry_run=request.dry_run)
+            response = admin_pb2.ApplyResponse(
+                changes=[
+                    admin_pb2.Change(kind=c.kind, name=c.name, action=c.action)
+                    for c in result.changes
+                ],
+                revision=result.revision,
+            )
+            if request.dry_run and self._xds_diff is not None:
+                for group, diff in self._xds_diff(result.state_before, result.state_after).items():
+                    response.xds_diff[group] = diff
+            return response
+
+        return await self._guard(context, Role.ADMIN, "apply", run)
+
+    async def Get(
+        self, request: admin_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetResponse:
+        async def run(actor: str) -> admin_pb2.GetResponse:
+            kind = canonical_kind(request.kind)
+            if request.name:
+                resources = [await self._store.get(kind, request.name)]
+            else:
+                resources = await self._store.list(kind)
+            return admin_pb2.GetResponse(
+                documents=[json.dumps(to_document(r)) for r in resources]
+            )
+
+        return await self._guard(context, Role.VIEWER, "get", run)
+
+    async def Delete(
+        self, request: admin_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteResponse:
+        async def run(actor: str) -> admin_pb2.DeleteResponse:
+            change = await self._store.delete(
+                canonical_kind(request.kind), request.name, actor=actor
+            )
+            return admin_pb2.DeleteResponse(
+                change=admin_pb2.Change(kind=change.kind, name=change.name, action=change.action)
+            )
+
+        return await self._guard(context, Role.ADMIN, "delete", run)
+
+    async def ListProxies(
+        self, request: admin_pb2.ListProxiesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListProxiesResponse:
+        async def run(actor: str) -> admin_pb2.ListProxiesResponse:
+            return admin_pb2.ListProxiesResponse(proxies=list(self._proxies()))
+
+        return await self._guard(context, Role.VIEWER, "get proxies", run)
+
+
+def _json(text: str, index: int) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError([FieldError(f"document {index + 1}", f"not JSON: {exc}")]) from exc

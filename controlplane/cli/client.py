@@ -1,0 +1,50 @@
+"""A blocking admin API client for the CLI: one channel, credentials on every call."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import grpc
+
+from controlplane.api import admin_pb2_grpc
+
+DEFAULT_SERVER = "127.0.0.1:18001"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the admin API is and how to authenticate to it."""
+
+    server: str
+    token: str | None = None
+    tls_dir: str | None = None
+    timeout: float = 10.0
+
+    @classmethod
+    def from_args(cls, server: str | None, token: str | None, tls_dir: str | None) -> Connection:
+        return cls(
+            server=server or os.environ.get("CONTROLPLANE_SERVER") or DEFAULT_SERVER,
+            token=token or os.environ.get("CONTROLPLANE_TOKEN") or None,
+            tls_dir=tls_dir,
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def stub(self) -> admin_pb2_grpc.AdminStub:
+        if self.tls_dir:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(self.tls_dir, "ca.crt"),
+                private_key=_read(self.tls_dir, "client.key"),
+                certificate_chain=_read(self.tls_dir, "client.crt"),
+            )
+            channel = grpc.secure_channel(self.server, creds)
+        else:
+            channel = grpc.insecure_channel(self.server)
+        return admin_pb2_grpc.AdminStub(channel)
+
+
+def _read(directory: str, name: str) -> bytes:
+    with open(os.path.join(directory, name), "rb") as f:
+        return f.read()

@@ -1,0 +1,129 @@
+"""The `controlplane` command: argument parsing and exit codes.
+
+Exit codes: 0 ok; 1 the server refused or the operation failed; 2 bad usage or
+invalid input (each invalid field printed with its reason, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from controlplane.cli import resources
+from controlplane.cli.bootstrap_cmd import add_bootstrap_parser
+from controlplane.cli.client import DEFAULT_SERVER, Connection
+from controlplane.cli.output import error
+from controlplane.errors import ControlPlaneError, InvalidInputError
+
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+FIELD_ERRORS_KEY = "field-errors"
+
+_EPILOG = """examples:
+  controlplane serve                                  # embedded etcd under ./.controlplane
+  controlplane apply -f examples/edge.yaml
+  controlplane get upstreams
+  controlplane get upstream payments -o yaml
+  controlplane bootstrap --node-id edge-1 --group edge > edge.yaml && envoy -c edge.yaml
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        error(message)
+        sys.exit(EXIT_USAGE)
+
+
+def _client_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--server", help=f"admin API HOST:PORT (env CONTROLPLANE_SERVER, default {DEFAULT_SERVER})"
+    )
+    parent.add_argument("--token", help="bearer token (env CONTROLPLANE_TOKEN)")
+    parent.add_argument("--tls-dir", dest="client_tls_dir", help="dir with ca.crt, client.crt/.key")
+    return parent
+
+
+def build_parser(serve: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """The whole command tree; `serve` adds the server's own subcommands (serve, demo)."""
+    parser = _Parser(
+        prog="controlplane",
+        description="An Envoy control plane for upstream upgrades.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    client = _client_options()
+    serve(sub)  # type: ignore[arg-type]
+
+    p = sub.add_parser(
+        "apply", parents=[client], help="create or update resources from a YAML file",
+        epilog="example: controlplane apply -f examples/edge.yaml --dry-run",
+    )
+    p.add_argument("-f", "--filename", required=True, help="YAML file (several documents), or -")
+    p.add_argument("--dry-run", action="store_true", help="validate and show the xDS diff only")
+    p.set_defaults(handler=lambda a: resources.apply(_conn(a), a.filename, dry_run=a.dry_run))
+
+    p = sub.add_parser(
+        "get", parents=[client], help="list resources or show one",
+        epilog="example: controlplane get upstreams payments -o yaml",
+    )
+    p.add_argument("kind", help="upstreams|routes|listeners|rollouts|proxies|credentials|proxygroups")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", choices=["yaml", "json"])
+    p.set_defaults(handler=lambda a: resources.get(_conn(a), a.kind, a.name, a.output))
+
+    p = sub.add_parser(
+        "delete", parents=[client], help="delete one resource",
+        epilog="example: controlplane delete route payments",
+    )
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.set_defaults(handler=lambda a: resources.delete(_conn(a), a.kind, a.name))
+
+    add_bootstrap_parser(sub)
+    return parser
+
+
+def _conn(args: argparse.Namespace) -> Connection:
+    return Connection.from_args(args.server, args.token, args.client_tls_dir)
+
+
+def run(argv: Sequence[str], *, serve: Callable[[argparse.ArgumentParser], None]) -> int:
+    """Parse `argv`, run the command, map every failure to its exit code."""
+    args = build_parser(serve).parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except InvalidInputError as exc:
+        for field_error in exc.errors:
+            error(str(field_error))
+        return EXIT_USAGE
+    except ControlPlaneError as exc:
+        error(str(exc))
+        return EXIT_FAILED
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _rpc_error(exc: grpc.RpcError) -> int:
+    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+    details: str = exc.details() or ""  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        fields = [v for k, v in (exc.trailing_metadata() or ()) if k == FIELD_ERRORS_KEY]  # type: ignore[attr-defined]
+        for line in fields or [details]:
+            error(line)
+        return EXIT_USAGE
+    if code == grpc.StatusCode.UNAVAILABLE:
+        error(f"cannot reach the control plane: {details} (is `controlplane serve` running? "
+              "set --server or CONTROLPLANE_SERVER)")
+        return EXIT_FAILED
+    error(f"{code.name.lower().replace('_', ' ')}: {details}")
+    return EXIT_FAILED

@@ -1,0 +1,139 @@
+"""Desired state → per-group snapshots in the cache, coalesced and known-good only.
+
+The one stage between the store and the xDS server: it translates each proxy
+group's view of the state (pure), builds an immutable snapshot (serialized once),
+and hands it to the cache. A failed translation keeps the group's last good
+snapshot and logs every problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+
+import yaml
+from google.protobuf.json_format import MessageToDict
+
+from controlplane.errors import ControlPlaneError
+from controlplane.model import DesiredState
+from controlplane.model.traffic import TrafficPolicy
+from controlplane.translate import ResourceSet, translate
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+HOLD_OFF_S = 0.05
+"""Events closer together than this are published once (bounded: the timer never resets)."""
+
+Traffic = Mapping[str, TrafficPolicy]
+_NO_TRAFFIC: Traffic = MappingProxyType({})
+
+
+class Publisher:
+    """Keeps the snapshot cache in step with the latest desired state.
+
+    Args:
+        cache: where snapshots go; its `on_new_group` hook is set to publish that group.
+        on_published: called after each publish with {group: snapshot} (metrics, tests).
+    """
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        on_published: Callable[[Mapping[str, Snapshot]], None] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._state: DesiredState | None = None
+        self._traffic: Traffic = _NO_TRAFFIC
+        self._extra_groups: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_published = on_published
+        self.published = asyncio.Event()
+        cache.on_new_group = self._new_group
+
+    def update(self, state: DesiredState, traffic: Traffic | None = None) -> None:
+        """Take a new state; it is published after the hold-off."""
+        self._state = state
+        if traffic is not None:
+            self._traffic = traffic
+        self._arm()
+
+    def publish_now(self) -> None:
+        """Publish the latest state immediately (first load: serve nothing before it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._publish()
+
+    def _new_group(self, group: str) -> None:
+        self._extra_groups.add(group)
+        if self._state is not None:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(HOLD_OFF_S, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._publish()
+
+    def _publish(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        published: dict[str, Snapshot] = {}
+        for group in sorted({*state.groups(), *self._extra_groups}):
+            try:
+                resources = translate(state, group=group, traffic=self._traffic)
+                snapshot = Snapshot.build(resources.by_type_url())
+                self._cache.set_snapshot(group, snapshot)
+            except ControlPlaneError as exc:
+                log.error("group %s keeps its last good config: %s", group, exc)
+                continue
+            published[group] = snapshot
+        self._cache.mark_ready()
+        self.published.set()
+        if self._on_published is not None:
+            self._on_published(published)
+
+
+def render(resources: ResourceSet) -> str:
+    """Resources as sorted YAML, for diffs people read."""
+    out: dict[str, object] = {}
+    for type_url, messages in resources.by_type_url().items():
+        kind = type_url.rsplit(".", 1)[-1]
+        out[kind] = [MessageToDict(m, preserving_proto_field_name=True) for m in messages]
+    return yaml.safe_dump(out, sort_keys=True)
+
+
+def xds_diff(
+    before: DesiredState, after: DesiredState, traffic: Traffic = _NO_TRAFFIC
+) -> dict[str, str]:
+    """Per group, the unified diff of the xDS it would get (empty string: unchanged)."""
+    diffs: dict[str, str] = {}
+    for group in sorted({*before.groups(), *after.groups()}):
+        old, new = (_render_or_error(s, group, traffic) for s in (before, after))
+        diffs[group] = "".join(
+            difflib.unified_diff(
+                old.splitlines(keepends=True), new.splitlines(keepends=True),
+                fromfile=f"{group} (now)", tofile=f"{group} (after apply)",
+            )
+        )
+    return diffs
+
+
+def _render_or_error(state: DesiredState, group: str, traffic: Traffic) -> str:
+    try:
+        return render(translate(state, group=group, traffic=traffic))
+    except ControlPlaneError as exc:
+        return f"# cannot translate: {exc}\n"
+
+
+def groups_of(states: Iterable[DesiredState]) -> list[str]:
+    return sorted({g for s in states for g in s.groups()})

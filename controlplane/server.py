@@ -1,0 +1,222 @@
+"""Wiring: store watch → publish (translate → cache) → xDS server, plus the admin API.
+
+`controlplane serve` lands here. Nothing below this module knows about the others'
+construction; every collaborator is built here and passed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from controlplane.admin import AdminService
+from controlplane.api import admin_pb2, admin_pb2_grpc
+from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
+from controlplane.publish import Publisher, xds_diff
+from controlplane.store import EmbeddedEtcd, Store
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.server import AggregatedDiscoveryServer
+
+log = logging.getLogger("controlplane")
+
+DEFAULT_XDS_ADDR = "127.0.0.1:18000"
+DEFAULT_ADMIN_ADDR = "127.0.0.1:18001"
+DEFAULT_METRICS_ADDR = "127.0.0.1:18002"
+DEFAULT_DATA_DIR = ".controlplane"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `controlplane serve` was asked to do."""
+
+    etcd: tuple[str, ...] = ()
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    xds_addr: str = DEFAULT_XDS_ADDR
+    admin_addr: str = DEFAULT_ADMIN_ADDR
+    metrics_addr: str | None = DEFAULT_METRICS_ADDR
+    tls_dir: Path | None = None
+
+
+class ControlPlane:
+    """One running replica. Use `async with ControlPlane.running(config) as cp:`."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.cache = SnapshotCache()
+        self.registry = ProxyRegistry()
+        self.publisher = Publisher(self.cache)
+        self.etcd: EmbeddedEtcd | None = None
+        self.store: Store | None = None
+        self.xds_port = 0
+        self.admin_port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._servers: list[grpc.aio.Server] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, config: ServeConfig) -> AsyncIterator[ControlPlane]:
+        cp = cls(config)
+        try:
+            await cp.start()
+            yield cp
+        finally:
+            await cp.stop()
+
+    async def start(self) -> None:
+        endpoints = list(self.config.etcd)
+        if not endpoints:
+            self.etcd = await EmbeddedEtcd.start(self.config.data_dir)
+            endpoints = [self.etcd.endpoint]
+            log.info("embedded etcd %s (pid %d) under %s",
+                     self.etcd.endpoint, self.etcd.pid, self.config.data_dir)
+        self.store = await Store.connect(endpoints)
+        watch = self.store.watch_state()
+        state, revision = await anext(watch)
+        self.publisher.update(state)
+        self.publisher.publish_now()  # the first full state, before any proxy is answered
+        self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
+
+        xds = grpc.aio.server(options=_GRPC_OPTIONS)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AggregatedDiscoveryServer(self.cache, self.registry), xds
+        )
+        self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
+        admin = grpc.aio.server(options=_GRPC_OPTIONS)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff), admin
+        )
+        self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr")
+        for server in (xds, admin):
+            await server.start()
+            self._servers.append(server)
+        log.info("state at etcd revision %d: %d resources; groups %s",
+                 revision, len(state.resources()), ", ".join(state.groups()) or "(none)")
+
+    async def _follow(self, watch: AsyncIterator[tuple[object, int]]) -> None:
+        async for state, revision in watch:
+            log.debug("etcd revision %d", revision)
+            self.publisher.update(state)  # type: ignore[arg-type]
+
+    def _proxies(self) -> list[admin_pb2.Proxy]:
+        return [
+            admin_pb2.Proxy(
+                node_id=p.node_id,
+                group=p.group,
+                protocol=p.protocol,
+                peer=p.peer,
+                connected_at=p.connected_at,
+                types=[
+                    admin_pb2.TypeState(
+                        type_url=t.type_url,
+                        acked_version=t.acked_version or "",
+                        sent_version=t.sent_version or "",
+                        last_nack=t.last_nack or "",
+                        last_nack_version=t.last_nack_version or "",
+                    )
+                    for t in p.types
+                ],
+            )
+            for p in self.registry.list()
+        ]
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            await server.stop(grace=0.5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.store is not None:
+            await self.store.close()
+        if self.etcd is not None:
+            await self.etcd.stop()
+
+
+_GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
+
+
+def _bind(server: grpc.aio.Server, addr: str, flag: str) -> int:
+    port: int = server.add_insecure_port(addr)
+    if port == 0:
+        raise InvalidInputError([FieldError(flag, f"cannot listen on {addr}: in use or invalid")])
+    return port
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve",
+        help="run the control plane (embedded etcd unless --etcd)",
+        epilog="example: controlplane serve --data-dir /var/lib/controlplane",
+    )
+    p.add_argument("--etcd", help="etcd endpoints URL[,URL...]; default: embedded etcd")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="embedded etcd data")
+    p.add_argument("--xds-addr", default=DEFAULT_XDS_ADDR)
+    p.add_argument("--admin-addr", default=DEFAULT_ADMIN_ADDR)
+    p.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR)
+    p.add_argument("--tls-dir", help="CA and server certificates: xDS and admin require mTLS")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServeConfig(
+        etcd=tuple(u for u in (args.etcd or "").split(",") if u),
+        data_dir=Path(args.data_dir),
+        xds_addr=args.xds_addr,
+        admin_addr=args.admin_addr,
+        metrics_addr=args.metrics_addr or None,
+        tls_dir=Path(args.tls_dir) if args.tls_dir else None,
+    )
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: ServeConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with ControlPlane.running(config) as cp:
+            _start_metrics(config.metrics_addr)
+            print(
+                f"serving xDS on 127.0.0.1:{cp.xds_port} and the admin API on "
+                f"127.0.0.1:{cp.admin_port} (loopback only, no credentials configured)",
+                file=sys.stderr, flush=True,
+            )
+            await stop.wait()
+            log.info("stopping")
+    except ControlPlaneError as exc:
+        log.error("%s", exc)
+        return 2 if isinstance(exc, InvalidInputError) else 1
+    return 0
+
+
+def _start_metrics(addr: str | None) -> None:
+    if not addr:
+        return
+    from prometheus_client import start_http_server
+
+    host, _, port = addr.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")

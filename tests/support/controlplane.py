@@ -1,0 +1,97 @@
+"""Run the real `controlplane` command in tests: `serve` as a process, the CLI as commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def cli(args: Sequence[str], *, server: str | None = None, stdin: str | None = None,
+        timeout: float = 30.0, env: dict[str, str] | None = None) -> CliResult:
+    """Run `controlplane ARGS` (as `python -m controlplane`) and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    if server:
+        full_env["CONTROLPLANE_SERVER"] = server
+    proc = subprocess.run(
+        [sys.executable, "-m", "controlplane", *args],
+        input=stdin, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class ServeProcess:
+    """`controlplane serve` on free loopback ports, stopped by PID."""
+
+    data_dir: Path
+    etcd: str | None = None
+    xds_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def admin(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    @property
+    def xds(self) -> str:
+        return f"127.0.0.1:{self.xds_port}"
+
+    def start(self, timeout: float = 30.0) -> ServeProcess:
+        args = [
+            sys.executable, "-m", "controlplane", "serve",
+            "--data-dir", str(self.data_dir),
+            "--xds-addr", self.xds, "--admin-addr", self.admin,
+            "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
+        ]
+        if self.etcd:
+            args += ["--etcd", self.etcd]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"serve-{self.xds_port}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controlplane serve exited: {self.log()}")
+            if cli(["get", "upstreams"], server=self.admin, timeout=10).code == 0:
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"controlplane serve not ready in {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up runs, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
