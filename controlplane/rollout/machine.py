@@ -1,0 +1,231 @@
+"""The rollout state machine as a pure function: `transition(spec, status, event) -> Decision`.
+
+Phases (DESIGN.md):
+
+    Pending → Progressing(step i) ⇄ Paused → Promoting → Succeeded
+    any active phase → RollingBack → RolledBack     (analysis failed, NACK, operator rollback)
+    any active phase → Aborted                      (operator; traffic back to `from`)
+
+No I/O and no clock: time comes in on the events. The async driver applies a
+decision with a compare-and-swap write of the new status and an audit entry.
+A step's weight is in force only once the fleet has ACKed the config carrying it
+(`applied`); the step interval counts from that moment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from controlplane.model.duration import parse_duration
+from controlplane.model.resources import RolloutSpec
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+
+
+ACTIVE = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
+                    Phase.ROLLING_BACK})
+FINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """What the engine stores for one rollout; `weight` is the percent of traffic on `to`."""
+
+    phase: Phase = Phase.PENDING
+    step: int = -1
+    weight: float = 0.0
+    applied: bool = False
+    since: float = 0.0
+    failed_checks: int = 0
+    reason: str = ""
+    message: str = ""
+    finished_at: float | None = None
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; `now` is seconds since the epoch."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class FleetAcked:
+    """Every proxy that must carry the current step's config has ACKed it."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class Nacked:
+    """A proxy rejected the current step's config; Envoy keeps its last good one."""
+
+    now: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class AnalysisDone:
+    """A check of the `to` version: passed, failed, or inconclusive (no data)."""
+
+    now: float
+    verdict: str  # "passed" | "failed" | "inconclusive"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """An operator's verb: pause, resume, promote, promote-full, abort, rollback."""
+
+    now: float
+    verb: str
+    actor: str
+
+
+Event = Tick | FleetAcked | Nacked | AnalysisDone | Operator
+
+VERBS = frozenset({"pause", "resume", "promote", "promote-full", "abort", "rollback"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new status (None: nothing changes) and why, for the audit log."""
+
+    status: RolloutStatus | None
+    reason: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.status is not None
+
+
+NO_CHANGE = Decision(None)
+
+
+def _to(status: RolloutStatus, now: float, reason: str, **changes: object) -> Decision:
+    new = replace(status, since=now, reason=reason, **changes)  # type: ignore[arg-type]
+    return Decision(new, reason)
+
+
+def _step(spec: RolloutSpec, status: RolloutStatus, index: int, now: float, why: str) -> Decision:
+    weight = spec.steps[index]
+    if weight >= 100:
+        return _to(status, now, why, phase=Phase.PROMOTING, step=index, weight=100.0,
+                   applied=False, failed_checks=0, message="")
+    return _to(status, now, why, phase=Phase.PROGRESSING, step=index, weight=weight,
+               applied=False, failed_checks=0, message="")
+
+
+def _rollback(status: RolloutStatus, now: float, why: str, message: str = "") -> Decision:
+    return _to(status, now, why, phase=Phase.ROLLING_BACK, weight=0.0, applied=False,
+               message=message or status.message)
+
+
+def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decision:
+    """The next status of a rollout given one event. Pure and total: unknown or
+    untimely events give NO_CHANGE, so repeating an operator verb changes nothing."""
+    if isinstance(event, Operator):
+        return _operator(spec, status, event)
+    phase = status.phase
+    if phase in FINAL:
+        return NO_CHANGE
+    if isinstance(event, Nacked):
+        if status.applied or phase not in (Phase.PROGRESSING, Phase.PROMOTING):
+            return NO_CHANGE
+        # Halt at the last good step: the proxy keeps the config before this one.
+        previous = spec.steps[status.step - 1] if status.step > 0 else 0.0
+        return _to(status, event.now, "config rejected by a proxy (NACK)",
+                   phase=Phase.PAUSED, weight=previous, applied=False,
+                   step=max(status.step - 1, -1), message=event.detail)
+    if isinstance(event, FleetAcked):
+        if status.applied:
+            return NO_CHANGE
+        if phase == Phase.PROMOTING:
+            return _to(status, event.now, "fleet ACKed 100% on the new version",
+                       phase=Phase.SUCCEEDED, applied=True, finished_at=event.now)
+        if phase == Phase.ROLLING_BACK:
+            return _to(status, event.now, "fleet ACKed 100% on the old version",
+                       phase=Phase.ROLLED_BACK, applied=True, finished_at=event.now)
+        if phase in (Phase.PROGRESSING, Phase.PAUSED):
+            return Decision(replace(status, applied=True, since=event.now), "fleet ACKed the step")
+        return NO_CHANGE
+    if isinstance(event, AnalysisDone):
+        return _analysis(spec, status, event)
+    if isinstance(event, Tick):
+        if phase == Phase.PENDING:
+            return _step(spec, status, 0, event.now, "rollout started")
+        if phase == Phase.PROGRESSING and status.applied and spec.analysis is None:
+            if event.now - status.since >= parse_duration(spec.step_interval):
+                return _step(spec, status, status.step + 1, event.now, "step interval elapsed")
+    return NO_CHANGE
+
+
+def _analysis(spec: RolloutSpec, status: RolloutStatus, event: AnalysisDone) -> Decision:
+    if status.phase != Phase.PROGRESSING or not status.applied or spec.analysis is None:
+        return NO_CHANGE
+    if event.now - status.since < parse_duration(spec.step_interval):
+        return NO_CHANGE
+    analysis = spec.analysis
+    if event.verdict == "passed":
+        return _step(spec, status, status.step + 1, event.now, f"analysis passed: {event.detail}")
+    if event.verdict == "failed":
+        failed = status.failed_checks + 1
+        if failed >= analysis.failure_limit:
+            return _rollback(status, event.now,
+                             f"analysis failed {failed} time(s) in a row: {event.detail}",
+                             event.detail)
+        return Decision(replace(status, failed_checks=failed, since=event.now,
+                                message=event.detail), f"analysis failed: {event.detail}")
+    # Inconclusive (no data, provider error) is never a failure by itself.
+    if analysis.inconclusive == "continue":
+        return _step(spec, status, status.step + 1, event.now,
+                     f"analysis inconclusive, continuing: {event.detail}")
+    if analysis.inconclusive == "rollback":
+        return _rollback(status, event.now, f"analysis inconclusive: {event.detail}")
+    return _to(status, event.now, f"analysis inconclusive: {event.detail}",
+               phase=Phase.PAUSED, message=event.detail)
+
+
+def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Decision:
+    phase, now, by = status.phase, event.now, f"by {event.actor}"
+    verb = event.verb
+    if verb == "pause" and phase in (Phase.PENDING, Phase.PROGRESSING):
+        return _to(status, now, f"paused {by}", phase=Phase.PAUSED)
+    if verb == "resume" and phase == Phase.PAUSED:
+        if status.step < 0:
+            return _step(spec, status, 0, now, f"resumed {by}")
+        return _to(status, now, f"resumed {by}", phase=Phase.PROGRESSING, message="",
+                   failed_checks=0)
+    if verb in ("promote", "promote-full") and phase in (
+        Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED
+    ):
+        index = status.step + 1
+        if verb == "promote-full" or index >= len(spec.steps):
+            return _to(status, now, f"promoted to 100% {by}", phase=Phase.PROMOTING,
+                       step=len(spec.steps) - 1, weight=100.0, applied=False, message="")
+        return _step(spec, status, index, now, f"promoted {by}")
+    if verb == "abort" and phase in ACTIVE and phase != Phase.ROLLING_BACK:
+        return _to(status, now, f"aborted {by}", phase=Phase.ABORTED, weight=0.0,
+                   applied=False, finished_at=now)
+    if verb == "rollback":
+        window = parse_duration(spec.rollback_window)
+        in_window = (
+            phase == Phase.SUCCEEDED and status.finished_at is not None
+            and now - status.finished_at <= window
+        )
+        if (phase in ACTIVE and phase != Phase.ROLLING_BACK) or in_window:
+            return _rollback(status, now, f"rollback {by}")
+    return NO_CHANGE

@@ -1,0 +1,117 @@
+"""The rollout state machine, table-tested: (status, event) → expected phase, step, weight."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.model.resources import Analysis, RolloutSpec
+from controlplane.rollout.machine import (
+    AnalysisDone,
+    Event,
+    FleetAcked,
+    Nacked,
+    Operator,
+    Phase,
+    RolloutStatus,
+    Tick,
+    transition,
+)
+
+SPEC = RolloutSpec.model_validate(
+    {"upstream": "p", "from": "v1", "to": "v2", "steps": [10, 50, 100], "stepInterval": "30s",
+     "rollbackWindow": "1h"}
+)
+ANALYZED = SPEC.model_copy(update={"analysis": Analysis(failure_limit=2)})
+PAUSE_ON_NO_DATA = ANALYZED
+CONTINUE_ON_NO_DATA = SPEC.model_copy(update={"analysis": Analysis(inconclusive="continue")})
+
+S = RolloutStatus
+P = Phase
+
+
+def at(phase: Phase, step: int = -1, weight: float = 0.0, *, applied: bool = False,
+       since: float = 0.0, failed: int = 0, finished: float | None = None) -> RolloutStatus:
+    return S(phase=phase, step=step, weight=weight, applied=applied, since=since,
+             failed_checks=failed, finished_at=finished)
+
+
+CASES = [
+    pytest.param(SPEC, at(P.PENDING), Tick(1), (P.PROGRESSING, 0, 10), id="start"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Tick(100), None, id="no-step-before-ack"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10, applied=True, since=0), Tick(29), None,
+                 id="interval-not-elapsed"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10, applied=True, since=0), Tick(30),
+                 (P.PROGRESSING, 1, 50), id="next-step"),
+    pytest.param(SPEC, at(P.PROGRESSING, 1, 50, applied=True), Tick(30),
+                 (P.PROMOTING, 2, 100), id="last-step-promotes"),
+    pytest.param(SPEC, at(P.PROMOTING, 2, 100), FleetAcked(5), (P.SUCCEEDED, 2, 100),
+                 id="promoted-when-acked"),
+    pytest.param(SPEC, at(P.PROGRESSING, 1, 50), Nacked(3, "bad cluster"),
+                 (P.PAUSED, 0, 10), id="nack-halts-at-last-good-step"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Nacked(3, "bad"), (P.PAUSED, -1, 0),
+                 id="nack-on-first-step"),
+    pytest.param(SPEC, at(P.PROGRESSING, 1, 50, applied=True), Nacked(3, "late"), None,
+                 id="nack-after-ack-ignored"),
+    pytest.param(SPEC, at(P.PROGRESSING, 1, 50), Operator(1, "pause", "op"),
+                 (P.PAUSED, 1, 50), id="pause"),
+    pytest.param(SPEC, at(P.PAUSED, 1, 50), Operator(1, "pause", "op"), None,
+                 id="pause-idempotent"),
+    pytest.param(SPEC, at(P.PAUSED, 1, 50), Operator(1, "resume", "op"),
+                 (P.PROGRESSING, 1, 50), id="resume"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Operator(1, "promote", "op"),
+                 (P.PROGRESSING, 1, 50), id="promote-one-step"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Operator(1, "promote-full", "op"),
+                 (P.PROMOTING, 2, 100), id="promote-full"),
+    pytest.param(SPEC, at(P.PROGRESSING, 1, 50), Operator(1, "abort", "op"),
+                 (P.ABORTED, 1, 0), id="abort-returns-traffic"),
+    pytest.param(SPEC, at(P.ABORTED, 1, 0), Operator(1, "abort", "op"), None,
+                 id="abort-idempotent"),
+    pytest.param(SPEC, at(P.PROGRESSING, 1, 50), Operator(1, "rollback", "op"),
+                 (P.ROLLING_BACK, 1, 0), id="rollback"),
+    pytest.param(SPEC, at(P.ROLLING_BACK, 1, 0), FleetAcked(2), (P.ROLLED_BACK, 1, 0),
+                 id="rolled-back-when-acked"),
+    pytest.param(SPEC, at(P.SUCCEEDED, 2, 100, finished=100), Operator(200, "rollback", "op"),
+                 (P.ROLLING_BACK, 2, 0), id="rollback-within-window"),
+    pytest.param(SPEC, at(P.SUCCEEDED, 2, 100, finished=100),
+                 Operator(100 + 3601, "rollback", "op"), None, id="rollback-after-window"),
+    pytest.param(SPEC, at(P.SUCCEEDED, 2, 100), Tick(10**6), None, id="final-is-final"),
+    pytest.param(ANALYZED, at(P.PROGRESSING, 0, 10, applied=True), Tick(100), None,
+                 id="analysis-gates-steps"),
+    pytest.param(ANALYZED, at(P.PROGRESSING, 0, 10, applied=True),
+                 AnalysisDone(30, "passed", "ok"), (P.PROGRESSING, 1, 50), id="analysis-pass"),
+    pytest.param(ANALYZED, at(P.PROGRESSING, 0, 10, applied=True),
+                 AnalysisDone(30, "failed", "5xx"), (P.PROGRESSING, 0, 10), id="first-failure"),
+    pytest.param(ANALYZED, at(P.PROGRESSING, 0, 10, applied=True, failed=1),
+                 AnalysisDone(30, "failed", "5xx"), (P.ROLLING_BACK, 0, 0),
+                 id="failure-limit-rolls-back"),
+    pytest.param(PAUSE_ON_NO_DATA, at(P.PROGRESSING, 0, 10, applied=True),
+                 AnalysisDone(30, "inconclusive", "no requests"), (P.PAUSED, 0, 10),
+                 id="inconclusive-pauses"),
+    pytest.param(CONTINUE_ON_NO_DATA, at(P.PROGRESSING, 0, 10, applied=True),
+                 AnalysisDone(30, "inconclusive", "no requests"), (P.PROGRESSING, 1, 50),
+                 id="inconclusive-continues"),
+]
+
+
+@pytest.mark.parametrize(("spec", "status", "event", "expected"), CASES)
+def test_transition(spec: RolloutSpec, status: RolloutStatus, event: Event,
+                    expected: tuple[Phase, int, float] | None) -> None:
+    decision = transition(spec, status, event)
+    if expected is None:
+        assert not decision.changed, decision
+        return
+    assert decision.status is not None
+    got = (decision.status.phase, decision.status.step, decision.status.weight)
+    assert got == expected, decision.reason
+    assert decision.reason
+
+
+def test_failure_count_resets_on_a_new_step() -> None:
+    status = at(P.PROGRESSING, 0, 10, applied=True, failed=1)
+    decision = transition(ANALYZED, status, AnalysisDone(30, "passed"))
+    assert decision.status is not None and decision.status.failed_checks == 0
+
+
+def test_nack_message_is_kept() -> None:
+    decision = transition(SPEC, at(P.PROGRESSING, 1, 50), Nacked(3, "unknown field 'x'"))
+    assert decision.status is not None and "unknown field" in decision.status.message
