@@ -39,7 +39,7 @@ def load_yaml_documents(text: str) -> list[Any]:
         InvalidInputError: the text is not valid YAML.
     """
     try:
-        return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]  # noqa: S506
+        return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as exc:
         raise InvalidInputError([FieldError("yaml", str(exc).replace("\n", " "))]) from exc
 
@@ -67,7 +67,8 @@ def canonical_kind(text: str) -> str:
 
 def _where(doc: Mapping[str, Any], index: int) -> str:
     kind = doc.get("kind", "?")
-    name = doc.get("metadata", {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
+    meta = doc.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
     return f"document {index + 1} ({kind}/{name})"
 
 

@@ -66,15 +66,16 @@ class DesiredState:
     def get(self, kind: str, name: str) -> Resource | None:
         return self._by_kind(kind).get(name)
 
-    def list(self, kind: str) -> list[Resource]:
+    def of_kind(self, kind: str) -> list[Resource]:
         return list(self._by_kind(kind).values())
 
     def _by_kind(self, kind: str) -> Mapping[str, Resource]:
-        return {
+        tables: dict[str, Mapping[str, Resource]] = {
             "Listener": self.listeners, "Route": self.routes, "Upstream": self.upstreams,
             "Credential": self.credentials, "Rollout": self.rollouts,
             "ProxyGroup": self.proxy_groups,
-        }[kind]
+        }
+        return tables[kind]
 
     def with_applied(self, resources: Iterable[Resource]) -> DesiredState:
         """The state after creating or replacing `resources`."""
@@ -107,12 +108,12 @@ class DesiredState:
             if route.spec.listener not in self.listeners:
                 errors.append(FieldError(
                     f"Route/{route.name}: spec.listener",
-                    f"no Listener named {route.spec.listener!r}; apply it first or in the same file",
+                    f"no Listener named {route.spec.listener!r}; apply it first or in one file",
                 ))
             if route.spec.upstream not in self.upstreams:
                 errors.append(FieldError(
                     f"Route/{route.name}: spec.upstream",
-                    f"no Upstream named {route.spec.upstream!r}; apply it first or in the same file",
+                    f"no Upstream named {route.spec.upstream!r}; apply it first or in one file",
                 ))
         for ups in self.upstreams.values():
             for version, spec in ups.spec.versions.items():
@@ -132,7 +133,9 @@ class DesiredState:
             where = f"Rollout/{rollout.name}: spec"
             ups = self.upstreams.get(spec.upstream)
             if ups is None:
-                errors.append(FieldError(f"{where}.upstream", f"no Upstream named {spec.upstream!r}"))
+                errors.append(
+                    FieldError(f"{where}.upstream", f"no Upstream named {spec.upstream!r}")
+                )
                 continue
             for field_name, version in (("from", spec.from_), ("to", spec.to)):
                 if version not in ups.spec.versions:

@@ -3,9 +3,9 @@ translate's input. Without one, an upstream's traffic goes to `spec.active`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from collections.abc import Mapping
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ A step's weight is in force only once the fleet has ACKed the config carrying it
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 from controlplane.model.duration import parse_duration
 from controlplane.model.resources import RolloutSpec
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
