@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-
-import yaml
-from google.protobuf.json_format import MessageToDict
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.translate import ResourceSet, translate
+from controlplane.translate.render import render
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
 
@@ -103,13 +101,8 @@ class Publisher:
             self._on_published(published)
 
 
-def render(resources: ResourceSet) -> str:
-    """Resources as sorted YAML, for diffs people read."""
-    out: dict[str, object] = {}
-    for type_url, messages in resources.by_type_url().items():
-        kind = type_url.rsplit(".", 1)[-1]
-        out[kind] = [MessageToDict(m, preserving_proto_field_name=True) for m in messages]
-    return yaml.safe_dump(out, sort_keys=True)
+def _render(resources: ResourceSet) -> str:
+    return "".join(f"# {kind}\n{text}" for kind, text in render(resources).items())
 
 
 def xds_diff(
@@ -130,10 +123,6 @@ def xds_diff(
 
 def _render_or_error(state: DesiredState, group: str, traffic: Traffic) -> str:
     try:
-        return render(translate(state, group=group, traffic=traffic))
+        return _render(translate(state, group=group, traffic=traffic))
     except ControlPlaneError as exc:
         return f"# cannot translate: {exc}\n"
-
-
-def groups_of(states: Iterable[DesiredState]) -> list[str]:
-    return sorted({g for s in states for g in s.groups()})

@@ -54,5 +54,14 @@ def run_bootstrap(args: argparse.Namespace) -> int:
         edge=args.edge,
         delta=args.delta,
     )
-    print(yaml.safe_dump(config, sort_keys=False).rstrip())
+    print(yaml.dump(config, Dumper=_QuotingDumper, sort_keys=False).rstrip())
     return 0
+
+
+class _QuotingDumper(yaml.SafeDumper):
+    """Quotes every string, so a node id like `y` or `on` is not read back as a boolean."""
+
+
+_QuotingDumper.add_representer(
+    str, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+)
