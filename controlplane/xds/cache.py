@@ -1,0 +1,118 @@
+"""The snapshot cache: the one seam between desired state and the xDS streams.
+
+Desired state enters through `set_snapshot(group, snapshot)`; streams read
+through the narrow `SnapshotSource` protocol (`wait_ready`, `get`, `want`,
+`wait_change`), like go-control-plane's `ConfigWatcher`. Waiting is event-driven
+(one `asyncio.Event` per group, replaced on each change), never polling.
+
+Not thread-safe: call every method from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from controlplane.xds.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotSource(Protocol):
+    """What an xDS stream needs from a cache; the server depends on nothing else."""
+
+    async def wait_ready(self) -> None:
+        """Return once the first full state is loaded."""
+
+    def want(self, group: str) -> None:
+        """A stream serves `group`: make sure a snapshot for it will come."""
+
+    def get(self, group: str) -> Snapshot | None:
+        """The current snapshot of `group`, or None when it has none yet."""
+
+    async def wait_change(self, group: str, seen: Snapshot | None) -> Snapshot:
+        """Return the current snapshot of `group` as soon as it is not `seen`."""
+
+
+class SnapshotCache:
+    """Latest known-good snapshot per proxy group.
+
+    Attributes:
+        on_new_group: called (synchronously, once per group) the first time a
+            stream asks for a group that has no snapshot; the wiring uses it
+            to translate that group. It must not block.
+    """
+
+    def __init__(self, *, on_new_group: Callable[[str], None] | None = None) -> None:
+        self.on_new_group = on_new_group
+        self._snapshots: dict[str, Snapshot] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._asked: set[str] = set()
+        self._ready = asyncio.Event()
+
+    def set_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        """Publish `snapshot` for `group` and wake its streams.
+
+        A snapshot whose versions equal the current one's changes nothing (no
+        wake-up, no push).
+
+        Errors:
+            InconsistentSnapshotError: the snapshot is not consistent; the
+                group keeps its last good snapshot.
+        """
+        snapshot.check()
+        current = self._snapshots.get(group)
+        if current is not None and current.versions == snapshot.versions:
+            return
+        self._snapshots[group] = snapshot
+        event = self._changed.pop(group, None)
+        if event is not None:
+            event.set()
+        log.debug("group %s: %r", group, snapshot)
+
+    def clear(self, group: str) -> None:
+        """Forget `group`'s snapshot (its streams keep what they were sent)."""
+        self._snapshots.pop(group, None)
+        self._asked.discard(group)
+
+    def get(self, group: str) -> Snapshot | None:
+        """The current snapshot of `group`, or None."""
+        return self._snapshots.get(group)
+
+    def groups(self) -> list[str]:
+        """Groups with a snapshot, sorted."""
+        return sorted(self._snapshots)
+
+    def want(self, group: str) -> None:
+        """Call `on_new_group` the first time a stream asks for a group with no snapshot."""
+        if group in self._snapshots or group in self._asked:
+            return
+        self._asked.add(group)
+        if self.on_new_group is not None:
+            self.on_new_group(group)
+
+    async def wait_change(self, group: str, seen: Snapshot | None) -> Snapshot:
+        """Return the current snapshot of `group` once it is not `seen` (identity)."""
+        while True:
+            current = self._snapshots.get(group)
+            if current is not None and current is not seen:
+                return current
+            event = self._changed.get(group)
+            if event is None:
+                event = self._changed[group] = asyncio.Event()
+            await event.wait()
+
+    def mark_ready(self) -> None:
+        """The first full state is loaded: streams may now be answered."""
+        self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether `mark_ready` was called."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        """Return once `mark_ready` was called (at once if it was)."""
+        await self._ready.wait()

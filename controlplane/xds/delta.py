@@ -1,0 +1,169 @@
+"""Incremental ADS (DeltaAggregatedResources), per stream and per type.
+
+Per type the stream keeps the subscription (wildcard and/or explicit names)
+and `have`: the version of each resource the client holds, seeded from
+`initial_resource_versions` and updated as responses are sent. A response
+carries only resources whose version differs from `have`, and in
+`removed_resources` the names the client holds that no longer exist (and,
+once, explicitly subscribed names that do not exist, so the client need not
+wait for a timeout).
+
+Subscription changes are applied from every request, even one with a stale
+nonce: unlike SotW, a delta request does not repeat the whole subscription.
+ACK/NACK count only for the latest nonce. After a NACK nothing is resent:
+`have` already holds the rejected versions, so only a later change of a
+resource sends it again (no loop). Types are pushed CDS, EDS, LDS, RDS, SDS.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.xds.resources import KNOWN_TYPES, WILDCARD_TYPES, push_rank, short_kind
+from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
+
+log = logging.getLogger(__name__)
+
+_WILDCARD = "*"
+
+
+@dataclass
+class _TypeState:
+    type_url: str
+    wildcard: bool
+    names: set[str]
+    have: dict[str, str]
+    told_missing: set[str] = field(default_factory=set)
+    nonce: str = ""
+    """The latest nonce sent for this type."""
+    outstanding: bool = False
+    """The latest response is neither ACKed nor NACKed yet."""
+    sent_version: str | None = None
+    """The snapshot version of the type the client has been brought to."""
+    must_respond: bool = True
+    """The first request of a type is answered even when there is nothing to send."""
+
+    def wants(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+
+class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
+    """One DeltaAggregatedResources (or DeltaSecrets) call."""
+
+    protocol = "delta"
+
+    def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        super().__init__(deps, context)
+        self._types: dict[str, _TypeState] = {}
+
+    async def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        type_url: str = request.type_url
+        if not type_url:
+            return
+        state = self._types.get(type_url)
+        if state is None:
+            if len(self._types) >= MAX_TYPES_PER_STREAM:
+                return
+            if type_url not in KNOWN_TYPES:
+                log.info("delta: node %s asked for unserved type %s: answering empty",
+                         self._node_id(), type_url)
+            state = self._types[type_url] = self._first(request)
+        else:
+            if request.response_nonce and request.response_nonce == state.nonce:
+                self._ack_or_nack(state, request)
+            self._resubscribe(state, request)
+        assert self.handle is not None
+        self.handle.subscribed(type_url, None if state.wildcard else state.names)
+        await self._flush(state)
+
+    async def on_snapshot(self) -> None:
+        for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
+                                                                  s.type_url)):
+            await self._flush(state)
+
+    @staticmethod
+    def _first(request: discovery_pb2.DeltaDiscoveryRequest) -> _TypeState:
+        subscribe = set(request.resource_names_subscribe)
+        wildcard = request.type_url in WILDCARD_TYPES and (
+            not subscribe or _WILDCARD in subscribe
+        )
+        return _TypeState(
+            type_url=request.type_url,
+            wildcard=wildcard,
+            names=subscribe - {_WILDCARD},
+            have=dict(request.initial_resource_versions),
+        )
+
+    def _resubscribe(self, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        for name in request.resource_names_subscribe:
+            if name == _WILDCARD:
+                state.wildcard = True
+            elif name not in state.names:
+                if not state.wildcard:
+                    state.have.pop(name, None)  # a new interest: send it even if held before
+                state.names.add(name)
+                state.told_missing.discard(name)
+        for name in request.resource_names_unsubscribe:
+            if name == _WILDCARD:
+                state.wildcard = False
+            else:
+                state.names.discard(name)
+                state.told_missing.discard(name)
+        for name in [n for n in state.have if not state.wants(n)]:
+            del state.have[name]  # the client dropped what it no longer subscribes to
+
+    def _ack_or_nack(self, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        assert self.handle is not None and state.sent_version is not None
+        state.outstanding = False
+        if request.HasField("error_detail"):
+            message = request.error_detail.message
+            log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
+                        self.group, short_kind(state.type_url), state.sent_version, message)
+            self.handle.nacked(state.type_url, state.sent_version, message)
+        else:
+            self.handle.acked(state.type_url, state.sent_version)
+
+    async def _flush(self, state: _TypeState) -> None:
+        """Send what the client lacks of the current snapshot, if anything."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        assert self.handle is not None
+        version = snapshot.version(state.type_url)
+        entries = snapshot.resources(state.type_url)
+        wanted = entries.keys() if state.wildcard else sorted(state.names & entries.keys())
+        changed = [entries[n].resource for n in wanted if state.have.get(n) != entries[n].version]
+        gone = sorted(n for n in state.have if n not in entries)
+        missing = sorted(state.names - entries.keys() - state.have.keys() - state.told_missing)
+        if not (changed or gone or missing or state.must_respond):
+            if version != state.sent_version:
+                # Nothing of the new version concerns this client: it is there already.
+                state.sent_version = version
+                self.handle.sent(state.type_url, version, response=False)
+                if not state.outstanding:
+                    self.handle.acked(state.type_url, version)
+            return
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version, type_url=state.type_url, nonce=self.next_nonce()
+        )
+        response.resources.extend(changed)
+        response.removed_resources.extend([*gone, *missing])
+        for resource in changed:
+            state.have[resource.name] = resource.version
+            state.told_missing.discard(resource.name)
+        for name in gone:
+            del state.have[name]
+        state.told_missing.update(missing)
+        state.told_missing.update(n for n in gone if n in state.names)
+        state.nonce, state.sent_version = response.nonce, version
+        state.outstanding, state.must_respond = True, False
+        self.handle.sent(state.type_url, version)
+        await self.write(response)
+
+    def _node_id(self) -> str:
+        return self.handle.node_id if self.handle is not None else "?"

@@ -1,0 +1,285 @@
+"""Who is connected and what each proxy has: sent, ACKed and NACKed versions per type.
+
+Each xDS stream owns one `ProxyHandle` and reports to it; readers get frozen
+`ProxyStatus` values from `ProxyRegistry.list()`. `wait_acked` is what a rollout
+step waits for: "the fleet has ACKed the config that carries it". A stream's
+entry is removed when the stream ends, however it ends.
+
+Not thread-safe: use from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from controlplane.xds.resources import push_rank
+
+
+@dataclass(frozen=True)
+class TypeStatus:
+    """One proxy's state for one type URL."""
+
+    type_url: str
+    sent_version: str | None
+    """The type's snapshot version the proxy was last brought to (None: nothing sent)."""
+    acked_version: str | None
+    """The last version the proxy ACKed."""
+    last_nack: str | None
+    """The error_detail message of the last NACK."""
+    last_nack_version: str | None
+    """The version that NACK rejected."""
+    responses: int
+    """Responses sent for this type on this stream (a NACK loop shows here)."""
+    resource_names: tuple[str, ...] | None
+    """Subscribed names, sorted; None for a wildcard subscription."""
+
+
+@dataclass(frozen=True)
+class ProxyStatus:
+    """One connected xDS stream: a proxy, its group, and its per-type state."""
+
+    stream_id: int
+    node_id: str
+    group: str
+    protocol: str
+    """`sotw` or `delta`."""
+    peer: str
+    connected_at: float
+    """Unix time the stream's first request arrived."""
+    build_version: str
+    """Envoy's version from node.user_agent_build_version, e.g. `1.40.0`."""
+    extensions: frozenset[str]
+    """Extension names the node registered (node.extensions)."""
+    types: tuple[TypeStatus, ...]
+    """In push order (CDS, EDS, LDS, RDS, SDS, then others)."""
+
+    def type(self, type_url: str) -> TypeStatus | None:
+        """The state of one type, or None if the proxy never asked for it."""
+        return next((t for t in self.types if t.type_url == type_url), None)
+
+    def has_acked(self, versions: Mapping[str, str]) -> bool:
+        """Whether the proxy ACKed exactly `versions` ({type URL: version})."""
+        return all(
+            (t := self.type(url)) is not None and t.acked_version == v
+            for url, v in versions.items()
+        )
+
+    def has_nacked(self, versions: Mapping[str, str]) -> bool:
+        """Whether the proxy's last NACK of any type rejected the version in `versions`."""
+        return any(
+            (t := self.type(url)) is not None
+            and t.last_nack_version == v
+            and t.acked_version != v
+            for url, v in versions.items()
+        )
+
+
+@dataclass
+class _TypeRecord:
+    sent_version: str | None = None
+    acked_version: str | None = None
+    last_nack: str | None = None
+    last_nack_version: str | None = None
+    responses: int = 0
+    names: tuple[str, ...] | None = None
+
+
+@dataclass
+class ProxyHandle:
+    """A stream's own, mutable entry in the registry. Only that stream writes to it."""
+
+    stream_id: int
+    node_id: str
+    group: str
+    protocol: str
+    peer: str
+    connected_at: float
+    build_version: str
+    extensions: frozenset[str]
+    _registry: ProxyRegistry
+    _types: dict[str, _TypeRecord] = field(default_factory=dict)
+
+    def _type(self, type_url: str) -> _TypeRecord:
+        return self._types.setdefault(type_url, _TypeRecord())
+
+    def subscribed(self, type_url: str, names: Iterable[str] | None) -> None:
+        """The proxy's subscription for a type (None: wildcard)."""
+        self._type(type_url).names = None if names is None else tuple(sorted(names))
+
+    def sent(self, type_url: str, version: str, *, response: bool = True) -> None:
+        """A response bringing the proxy to `version` was sent (response=False: no
+        response was needed, the proxy already has everything of `version`)."""
+        record = self._type(type_url)
+        record.sent_version = version
+        if response:
+            record.responses += 1
+        self._registry._notify()
+
+    def acked(self, type_url: str, version: str) -> None:
+        """The proxy ACKed `version`."""
+        self._type(type_url).acked_version = version
+        self._registry._notify()
+
+    def nacked(self, type_url: str, version: str, message: str) -> None:
+        """The proxy rejected `version` with `message` (error_detail)."""
+        record = self._type(type_url)
+        record.last_nack = message
+        record.last_nack_version = version
+        self._registry._notify()
+
+    def close(self) -> None:
+        """The stream ended: forget it."""
+        self._registry._remove(self.stream_id)
+
+    def _acked_all(self, versions: Mapping[str, str]) -> bool:
+        return all(
+            (r := self._types.get(url)) is not None and r.acked_version == v
+            for url, v in versions.items()
+        )
+
+    def _nacked_any(self, versions: Mapping[str, str]) -> bool:
+        return any(
+            (r := self._types.get(url)) is not None
+            and r.last_nack_version == v
+            and r.acked_version != v
+            for url, v in versions.items()
+        )
+
+    def status(self) -> ProxyStatus:
+        """A frozen copy of this entry."""
+        types = tuple(
+            TypeStatus(
+                type_url=url,
+                sent_version=r.sent_version,
+                acked_version=r.acked_version,
+                last_nack=r.last_nack,
+                last_nack_version=r.last_nack_version,
+                responses=r.responses,
+                resource_names=r.names,
+            )
+            for url, r in sorted(self._types.items(), key=lambda kv: (push_rank(kv[0]), kv[0]))
+        )
+        return ProxyStatus(
+            stream_id=self.stream_id,
+            node_id=self.node_id,
+            group=self.group,
+            protocol=self.protocol,
+            peer=self.peer,
+            connected_at=self.connected_at,
+            build_version=self.build_version,
+            extensions=self.extensions,
+            types=types,
+        )
+
+
+class ProxyRegistry:
+    """Every open xDS stream and what it has; waiters are woken on each change."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, ProxyHandle] = {}
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Event()
+
+    def connect(
+        self,
+        *,
+        node_id: str,
+        group: str,
+        protocol: str,
+        peer: str = "",
+        build_version: str = "",
+        extensions: Iterable[str] = (),
+    ) -> ProxyHandle:
+        """Register a new stream; the caller must `close()` the handle when it ends."""
+        handle = ProxyHandle(
+            stream_id=next(self._ids),
+            node_id=node_id,
+            group=group,
+            protocol=protocol,
+            peer=peer,
+            connected_at=time.time(),
+            build_version=build_version,
+            extensions=frozenset(extensions),
+            _registry=self,
+        )
+        self._streams[handle.stream_id] = handle
+        self._notify()
+        return handle
+
+    def list(self, group: str | None = None) -> list[ProxyStatus]:
+        """Connected streams (of one group, if given), by group, node id, stream id."""
+        handles = sorted(
+            (h for h in self._streams.values() if group is None or h.group == group),
+            key=lambda h: (h.group, h.node_id, h.stream_id),
+        )
+        return [h.status() for h in handles]
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def ack_progress(self, group: str, versions: Mapping[str, str]) -> tuple[int, int]:
+        """(proxies of `group` that ACKed `versions`, proxies of `group` connected)."""
+        proxies = [h for h in self._streams.values() if h.group == group]
+        return sum(1 for h in proxies if h._acked_all(versions)), len(proxies)
+
+    async def wait_acked(
+        self,
+        group: str,
+        versions: Mapping[str, str],
+        *,
+        timeout: float,  # noqa: ASYNC109 (a bound, not a cancellation: returns False)
+        min_proxies: int = 1,
+    ) -> bool:
+        """Wait until every connected proxy of `group` has ACKed `versions`.
+
+        Args:
+            group: the proxy group.
+            versions: {type URL: version}, e.g. `{ROUTE: snapshot.version(ROUTE)}`;
+                only the types the caller cares about (a proxy that never
+                subscribed to a type never ACKs it).
+            timeout: seconds to wait at most.
+            min_proxies: how many proxies must be connected for a True (with
+                none connected, nothing was ACKed).
+
+        Returns:
+            True once at least `min_proxies` proxies are connected and all of
+            them ACKed; False on timeout or as soon as one of them NACKed one
+            of these versions.
+        """
+        outcome: list[bool] = []
+
+        def decided() -> bool:  # runs on every registry change: no copies
+            proxies = [h for h in self._streams.values() if h.group == group]
+            if any(h._nacked_any(versions) for h in proxies):
+                outcome.append(False)
+                return True
+            if len(proxies) >= min_proxies and all(h._acked_all(versions) for h in proxies):
+                outcome.append(True)
+                return True
+            return False
+
+        return await self.wait_until(decided, timeout=timeout) and outcome[-1]
+
+    async def wait_until(
+        self, condition: Callable[[], bool], *, timeout: float  # noqa: ASYNC109
+    ) -> bool:
+        """Re-evaluate `condition` on every registry change; False if still false at timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _remove(self, stream_id: int) -> None:
+        if self._streams.pop(stream_id, None) is not None:
+            self._notify()

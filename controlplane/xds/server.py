@@ -1,0 +1,113 @@
+"""The gRPC face of the xDS server: ADS (SotW + Delta) and SDS for grpc.aio.
+
+    server = grpc.aio.server()
+    xds = AggregatedDiscoveryServer(cache, registry)      # group_of=... for mTLS
+    xds.add_to_server(server)                             # ADS + SDS
+    # or: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, server)
+
+Every stream runs in its own task on the event loop; the protocol logic is in
+`sotw` and `delta`, the shared plumbing in `stream`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, TypeAlias
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from controlplane.errors import ControlPlaneError
+from controlplane.xds.cache import SnapshotSource
+from controlplane.xds.delta import DeltaStream
+from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.resources import SECRET
+from controlplane.xds.sotw import SotwStream
+from controlplane.xds.stream import GroupOf, StreamDeps, node_cluster
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+class AggregatedDiscoveryServer:
+    """Servicer of envoy.service.discovery.v3.AggregatedDiscoveryService and
+    envoy.service.secret.v3.SecretDiscoveryService.
+
+    Args:
+        cache: where snapshots come from (a `SnapshotCache`).
+        registry: where connected streams and their ACK state are recorded.
+        group_of: maps (node, context) to the proxy group; default node.cluster.
+    """
+
+    def __init__(
+        self,
+        cache: SnapshotSource,
+        registry: ProxyRegistry,
+        *,
+        group_of: GroupOf = node_cluster,
+    ) -> None:
+        self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register ADS and SDS on a grpc.aio server (before it starts)."""
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server)
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
+    ) -> None:
+        """SotW ADS: see `sotw`."""
+        await SotwStream(self._deps, context).run(request_iterator)
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: Context,
+    ) -> None:
+        """Incremental ADS: see `delta`."""
+        await DeltaStream(self._deps, context).run(request_iterator)
+
+    async def StreamSecrets(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
+    ) -> None:
+        """SotW SDS on its own stream: the same protocol as ADS."""
+        await SotwStream(self._deps, context).run(request_iterator)
+
+    async def DeltaSecrets(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: Context,
+    ) -> None:
+        """Incremental SDS on its own stream."""
+        await DeltaStream(self._deps, context).run(request_iterator)
+
+    async def FetchSecrets(
+        self, request: discovery_pb2.DiscoveryRequest, context: Context
+    ) -> discovery_pb2.DiscoveryResponse:
+        """REST-style one-shot SDS: the requested secrets of the caller's group."""
+        try:
+            group = self._deps.group_of(request.node, context)
+        except ControlPlaneError as exc:
+            log.warning("refusing FetchSecrets from %s: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        await self._deps.cache.wait_ready()
+        response = self._fetch(group, request.resource_names)
+        if response is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
+        return response
+
+    def _fetch(
+        self, group: str, names: Iterable[str]
+    ) -> discovery_pb2.DiscoveryResponse | None:
+        snapshot = self._deps.cache.get(group)
+        if snapshot is None:
+            return None
+        entries = snapshot.resources(SECRET)
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=snapshot.version(SECRET), type_url=SECRET
+        )
+        response.resources.extend(entries[n].packed for n in sorted(set(names)) if n in entries)
+        return response

@@ -1,0 +1,126 @@
+"""State-of-the-world ADS (StreamAggregatedResources), per stream and per type.
+
+Rules, in the order `on_request` applies them:
+
+* A request whose `response_nonce` is not the latest nonce sent for its type
+  is stale and ignored, unless nothing was sent for the type yet or the nonce
+  is empty (a new subscription, or Envoy re-joining after a control plane
+  restart with its last `version_info`: answered normally, and equal content
+  gives the equal version).
+* Latest nonce without `error_detail` is an ACK; with it, a NACK: recorded,
+  and the rejected version is not sent again. The type is answered again only
+  when its snapshot version changes or its requested names change.
+* A response goes out for the first request of a type, when the requested
+  names of an explicit type (EDS, RDS, SDS) change, and when the snapshot's
+  version of the type differs from the version sent. Responses to explicit
+  types carry every requested name that exists (SDS subscriptions grow).
+* After a snapshot change, types are pushed CDS, EDS, LDS, RDS, SDS.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.xds.resources import KNOWN_TYPES, WILDCARD_TYPES, push_rank, short_kind
+from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _TypeState:
+    type_url: str
+    wildcard: bool = True
+    names: frozenset[str] = frozenset()
+    nonce: str = ""
+    """The latest nonce sent for this type ("" before the first response)."""
+    sent_version: str | None = None
+    pending: bool = True
+    """A request is waiting for an answer regardless of versions."""
+
+
+class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
+    """One StreamAggregatedResources (or StreamSecrets) call."""
+
+    protocol = "sotw"
+
+    def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        super().__init__(deps, context)
+        self._types: dict[str, _TypeState] = {}
+
+    async def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        type_url: str = request.type_url
+        if not type_url:
+            log.debug("sotw stream %s: request without type_url ignored", self.group)
+            return
+        state = self._types.get(type_url)
+        if state is None:
+            if len(self._types) >= MAX_TYPES_PER_STREAM:
+                return
+            if type_url not in KNOWN_TYPES:
+                log.info("sotw: node %s asked for unserved type %s: answering empty",
+                         self._node_id(), type_url)
+            state = self._types[type_url] = _TypeState(type_url)
+        elif not request.response_nonce:
+            state.pending = True  # a re-subscription: answer it like a first request
+        elif request.response_nonce != state.nonce:
+            return  # stale: a newer response is on its way to the client
+        elif state.sent_version is not None:
+            self._ack_or_nack(state, request)
+        self._subscribe(state, request)
+        await self._flush(state)
+
+    async def on_snapshot(self) -> None:
+        for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
+                                                                  s.type_url)):
+            await self._flush(state)
+
+    def _ack_or_nack(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+        assert self.handle is not None and state.sent_version is not None
+        if request.HasField("error_detail"):
+            message = request.error_detail.message
+            log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
+                        self.group, short_kind(state.type_url), state.sent_version, message)
+            self.handle.nacked(state.type_url, state.sent_version, message)
+        else:
+            self.handle.acked(state.type_url, state.sent_version)
+
+    def _subscribe(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+        names = frozenset(request.resource_names)
+        wildcard = state.type_url in WILDCARD_TYPES and (not names or "*" in names)
+        names = frozenset() if wildcard else names
+        if wildcard != state.wildcard or names != state.names:
+            state.wildcard, state.names = wildcard, names
+            state.pending = True
+        assert self.handle is not None
+        self.handle.subscribed(state.type_url, None if wildcard else names)
+
+    async def _flush(self, state: _TypeState) -> None:
+        """Answer the type if a request waits or the snapshot moved past what was sent."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return  # the group has no config yet; answered when it comes
+        version = snapshot.version(state.type_url)
+        if not state.pending and version == state.sent_version:
+            return
+        entries = snapshot.resources(state.type_url)
+        if state.wildcard:
+            chosen = list(entries.values())
+        else:
+            chosen = [entries[n] for n in sorted(state.names) if n in entries]
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=version, type_url=state.type_url, nonce=self.next_nonce()
+        )
+        response.resources.extend(e.packed for e in chosen)
+        state.nonce, state.sent_version, state.pending = response.nonce, version, False
+        assert self.handle is not None
+        self.handle.sent(state.type_url, version)
+        await self.write(response)
+
+    def _node_id(self) -> str:
+        return self.handle.node_id if self.handle is not None else "?"

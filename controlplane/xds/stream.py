@@ -1,0 +1,196 @@
+"""What SotW and Delta streams share: identifying the proxy, and one event queue.
+
+A stream's requests (read by a reader task) and its group's snapshot changes
+(signalled by a watcher task) go into one queue that the stream's own task
+drains, so per-stream state is only ever touched by that task and responses
+leave in the order they were decided. Nothing here polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from google.protobuf.message import DecodeError
+
+from controlplane.errors import (
+    AuthenticationError,
+    ControlPlaneError,
+    InvalidInputError,
+    PermissionDeniedError,
+)
+from controlplane.xds.cache import SnapshotSource
+from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
+from controlplane.xds.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+GroupOf = Callable[[base_pb2.Node, grpc.aio.ServicerContext[Any, Any]], str]
+"""Maps a stream's node (and its gRPC context, e.g. the mTLS peer) to a proxy group.
+
+It may raise AuthenticationError or PermissionDeniedError to refuse the stream,
+or InvalidInputError for a node it cannot place.
+"""
+
+
+def node_cluster(node: base_pb2.Node, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The default `GroupOf`: the node's `cluster` field.
+
+    Errors:
+        InvalidInputError: node.cluster is empty.
+    """
+    del context
+    if not node.cluster:
+        raise InvalidInputError("node.cluster is empty: set it to the proxy group")
+    return str(node.cluster)
+
+
+@dataclass(frozen=True)
+class StreamDeps:
+    """The collaborators every stream uses."""
+
+    cache: SnapshotSource
+    registry: ProxyRegistry
+    group_of: GroupOf = node_cluster
+
+
+class _Event(enum.Enum):
+    SNAPSHOT = "snapshot"
+    END = "end"
+    MALFORMED = "malformed"
+
+
+MAX_TYPES_PER_STREAM = 32
+"""A stream asking for more distinct type URLs than this is not answered for the extra ones."""
+
+Req = TypeVar("Req")
+
+
+class Stream(Generic[Req]):
+    """The skeleton of one xDS stream; subclasses implement the protocol.
+
+    Subclasses implement `on_request` (a request, after the proxy is known
+    and the cache is ready) and `on_snapshot` (the group's snapshot changed).
+    """
+
+    protocol = ""
+
+    def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.deps = deps
+        self.context = context
+        self.handle: ProxyHandle | None = None
+        self.group = ""
+        self.snapshot: Snapshot | None = None
+        self._nonces = 0
+
+    def next_nonce(self) -> str:
+        """A nonce unique within this stream."""
+        self._nonces += 1
+        return str(self._nonces)
+
+    async def on_request(self, request: Req) -> None:
+        """Apply one request (the proxy is identified and the cache ready); maybe respond."""
+        raise NotImplementedError
+
+    async def on_snapshot(self) -> None:
+        """`self.snapshot` changed: push what each subscribed type now lacks, in order."""
+        raise NotImplementedError
+
+    async def write(self, response: object) -> None:
+        """Send one response; the caller has already updated its state."""
+        await self.context.write(response)
+
+    async def run(self, requests: AsyncIterator[Req]) -> None:
+        """Serve the stream until the client closes it or goes away."""
+        queue: asyncio.Queue[Req | _Event] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._read(requests, queue), name="xds-read")]
+        try:
+            while True:
+                item = await queue.get()
+                if item is _Event.END:
+                    return
+                if item is _Event.MALFORMED:
+                    await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                             "malformed xDS request")
+                    return  # abort() raises; this is for the type checker
+                if item is _Event.SNAPSHOT:
+                    latest = self.deps.cache.get(self.group)
+                    if latest is not None and latest is not self.snapshot:
+                        self.snapshot = latest
+                        await self.on_snapshot()
+                    continue
+                if self.handle is None:
+                    await self._identify(item)
+                    tasks.append(asyncio.create_task(self._watch(queue), name="xds-watch"))
+                await self.on_request(item)
+        finally:
+            # Synchronous clean-up first: gRPC may cancel this task again while
+            # it waits for its helpers below, and the registry must not leak.
+            if self.handle is not None:
+                self.handle.close()
+                log.debug("%s stream %d ended", self.protocol, self.handle.stream_id)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("xDS stream helper task failed", exc_info=task.exception())
+
+    async def _identify(self, first: Any) -> None:
+        """Place the proxy in its group from the first request's node, then wait for config."""
+        node = first.node
+        try:
+            self.group = self.deps.group_of(node, self.context)
+        except (AuthenticationError, PermissionDeniedError, InvalidInputError) as exc:
+            code = {
+                AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+                PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+            }.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
+            log.warning("refusing xDS stream from %s: %s", self.context.peer(), exc)
+            await self.context.abort(code, str(exc))
+        except ControlPlaneError as exc:
+            await self.context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        self.handle = self.deps.registry.connect(
+            node_id=node.id,
+            group=self.group,
+            protocol=self.protocol,
+            peer=self.context.peer(),
+            build_version=_build_version(node),
+            extensions=(e.name for e in node.extensions),
+        )
+        log.info("%s stream %d: node %r group %r from %s", self.protocol,
+                 self.handle.stream_id, node.id, self.group, self.handle.peer)
+        self.deps.cache.want(self.group)
+        await self.deps.cache.wait_ready()
+        self.snapshot = self.deps.cache.get(self.group)
+
+    async def _read(self, requests: AsyncIterator[Req], queue: asyncio.Queue[Req | _Event]) -> None:
+        try:
+            async for request in requests:
+                queue.put_nowait(request)
+        except grpc.RpcError as exc:
+            log.debug("xDS stream read ended: %s", exc)
+        except DecodeError as exc:
+            log.warning("malformed xDS request from %s: %s", self.context.peer(), exc)
+            queue.put_nowait(_Event.MALFORMED)
+        finally:
+            queue.put_nowait(_Event.END)
+
+    async def _watch(self, queue: asyncio.Queue[Req | _Event]) -> None:
+        seen = self.snapshot
+        while True:
+            seen = await self.deps.cache.wait_change(self.group, seen)
+            queue.put_nowait(_Event.SNAPSHOT)
+
+
+def _build_version(node: base_pb2.Node) -> str:
+    if not node.HasField("user_agent_build_version"):
+        return ""
+    v = node.user_agent_build_version.version
+    return f"{v.major_number}.{v.minor_number}.{v.patch}"
