@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(BIN)/python
 	touch $(STAMP)
 
 $(PROTO_OUT)/admin_pb2.py: protos/controlplane/api/admin.proto $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		protos/controlplane/api/admin.proto
 
 install: $(STAMP) protos

@@ -159,7 +159,7 @@ def _bind(server: grpc.aio.Server, addr: str, flag: str) -> int:
     return port
 
 
-def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
         help="run the control plane (embedded etcd unless --etcd)",

@@ -95,7 +95,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if request.name:
                 resources = [await self._store.get(kind, request.name)]
             else:
-                resources = await self._store.list(kind)
+                resources = await self._store.list_kind(kind)
             return admin_pb2.GetResponse(
                 documents=[json.dumps(to_document(r)) for r in resources]
             )

@@ -59,9 +59,15 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
 
 class _QuotingDumper(yaml.SafeDumper):
-    """Quotes every string, so a node id like `y` or `on` is not read back as a boolean."""
+    """Quotes strings that YAML 1.1 readers (Envoy's) take for booleans, like `y` or `on`."""
 
 
-_QuotingDumper.add_representer(
-    str, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
-)
+_YAML11_BOOLS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if value.lower() in _YAML11_BOOLS else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_QuotingDumper.add_representer(str, _str)

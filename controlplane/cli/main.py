@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -39,8 +40,8 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _client_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _client_options() -> _Parser:
+    parent = _Parser(add_help=False)
     parent.add_argument(
         "--server", help=f"admin API HOST:PORT (env CONTROLPLANE_SERVER, default {DEFAULT_SERVER})"
     )
@@ -49,7 +50,11 @@ def _client_options() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser(serve: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser:
     """The whole command tree; `serve` adds the server's own subcommands (serve, demo)."""
     parser = _Parser(
         prog="controlplane",
@@ -57,9 +62,11 @@ def build_parser(serve: Callable[[argparse.ArgumentParser], None]) -> argparse.A
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub: SubParsers = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser
+    )
     client = _client_options()
-    serve(sub)  # type: ignore[arg-type]
+    serve(sub)
 
     p = sub.add_parser(
         "apply", parents=[client], help="create or update resources from a YAML file",
@@ -73,7 +80,9 @@ def build_parser(serve: Callable[[argparse.ArgumentParser], None]) -> argparse.A
         "get", parents=[client], help="list resources or show one",
         epilog="example: controlplane get upstreams payments -o yaml",
     )
-    p.add_argument("kind", help="upstreams|routes|listeners|rollouts|proxies|credentials|proxygroups")
+    p.add_argument(
+        "kind", help="upstreams|routes|listeners|rollouts|proxies|credentials|proxygroups"
+    )
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=["yaml", "json"])
     p.set_defaults(handler=lambda a: resources.get(_conn(a), a.kind, a.name, a.output))
@@ -94,7 +103,7 @@ def _conn(args: argparse.Namespace) -> Connection:
     return Connection.from_args(args.server, args.token, args.client_tls_dir)
 
 
-def run(argv: Sequence[str], *, serve: Callable[[argparse.ArgumentParser], None]) -> int:
+def run(argv: Sequence[str], *, serve: Callable[[SubParsers], None]) -> int:
     """Parse `argv`, run the command, map every failure to its exit code."""
     args = build_parser(serve).parse_args(argv)
     handler: Handler = args.handler
@@ -114,10 +123,11 @@ def run(argv: Sequence[str], *, serve: Callable[[argparse.ArgumentParser], None]
 
 
 def _rpc_error(exc: grpc.RpcError) -> int:
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    details: str = exc.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
+    details: str = exc.details() or ""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        fields = [v for k, v in (exc.trailing_metadata() or ()) if k == FIELD_ERRORS_KEY]  # type: ignore[attr-defined]
+        trailers = exc.trailing_metadata() or ()
+        fields = [v for k, v in trailers if k == FIELD_ERRORS_KEY]
         for line in fields or [details]:
             error(line)
         return EXIT_USAGE

@@ -186,6 +186,8 @@ _COLUMNS: dict[str, tuple[list[str], Row]] = {
     ),
     "ProxyGroup": (
         ["NAME", "EDGE", "DESCRIPTION"],
-        lambda d: [_name(d), str(_spec(d).get("edge", False)).lower(), _spec(d).get("description", "")],
+        lambda d: [
+            _name(d), str(_spec(d).get("edge", False)).lower(), _spec(d).get("description", "")
+        ],
     ),
 }

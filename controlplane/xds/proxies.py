@@ -231,7 +231,7 @@ class ProxyRegistry:
         group: str,
         versions: Mapping[str, str],
         *,
-        timeout: float,  # noqa: ASYNC109 (a bound, not a cancellation: returns False)
+        timeout: float,
         min_proxies: int = 1,
     ) -> bool:
         """Wait until every connected proxy of `group` has ACKed `versions`.
@@ -265,7 +265,7 @@ class ProxyRegistry:
         return await self.wait_until(decided, timeout=timeout) and outcome[-1]
 
     async def wait_until(
-        self, condition: Callable[[], bool], *, timeout: float  # noqa: ASYNC109
+        self, condition: Callable[[], bool], *, timeout: float
     ) -> bool:
         """Re-evaluate `condition` on every registry change; False if still false at timeout."""
         try:

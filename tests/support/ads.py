@@ -156,7 +156,7 @@ class AdsClient:
             await self.request(response.type_url, names, version=response.version_info,
                                nonce=response.nonce)
 
-    async def recv(self, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+    async def recv(self, timeout: float = 5.0) -> Any:
         """The next response; TimeoutError if none arrives in time."""
         async with asyncio.timeout(timeout):
             return await self._responses.get()

@@ -34,7 +34,7 @@ async def get(
     *,
     host: str = "127.0.0.1",
     headers: Mapping[str, str] | None = None,
-    timeout: float = 2.0,  # noqa: ASYNC109 (per request, like http.client's)
+    timeout: float = 2.0,
     method: str = "GET",
 ) -> Response:
     """One request on a fresh connection (`Connection: close`); TimeoutError after `timeout`."""

@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 async def wait_for(
     condition: Callable[[], T | Awaitable[T]],
-    timeout: float = 5.0,  # noqa: ASYNC109 (a deadline for polling, not a cancel scope)
+    timeout: float = 5.0,
     *,
     interval: float = 0.02,
     message: str = "",

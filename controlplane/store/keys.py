@@ -1,0 +1,54 @@
+"""The etcd key layout, in one place.
+
+    {prefix}/resources/{Kind}/{name}   a resource as canonical JSON (secrets included)
+    {prefix}/status/{Kind}/{name}      status the control plane writes (rollout progress)
+    {prefix}/audit/{seq:020d}          audit entries, hash-chained
+    {prefix}/audit-head                {"seq", "hash"} of the last entry
+    {prefix}/leader                    the rollout engine's leader, held by a lease
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "/controlplane"
+
+    @property
+    def resources(self) -> bytes:
+        return f"{self.prefix}/resources/".encode()
+
+    def resource(self, kind: str, name: str) -> bytes:
+        return f"{self.prefix}/resources/{kind}/{name}".encode()
+
+    def kind_prefix(self, kind: str) -> bytes:
+        return f"{self.prefix}/resources/{kind}/".encode()
+
+    @property
+    def statuses(self) -> bytes:
+        return f"{self.prefix}/status/".encode()
+
+    def status(self, kind: str, name: str) -> bytes:
+        return f"{self.prefix}/status/{kind}/{name}".encode()
+
+    @property
+    def audit(self) -> bytes:
+        return f"{self.prefix}/audit/".encode()
+
+    def audit_entry(self, seq: int) -> bytes:
+        return f"{self.prefix}/audit/{seq:020d}".encode()
+
+    @property
+    def audit_head(self) -> bytes:
+        return f"{self.prefix}/audit-head".encode()
+
+    @property
+    def leader(self) -> bytes:
+        return f"{self.prefix}/leader".encode()
+
+    def parse_resource(self, key: bytes) -> tuple[str, str]:
+        """`…/resources/Upstream/payments` → ("Upstream", "payments")."""
+        kind, _, name = key.decode()[len(self.resources):].partition("/")
+        return kind, name
