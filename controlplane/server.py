@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.admin import AdminService
 from controlplane.api import admin_pb2, admin_pb2_grpc
@@ -88,9 +87,7 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
 
         xds = grpc.aio.server(options=_GRPC_OPTIONS)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AggregatedDiscoveryServer(self.cache, self.registry), xds
-        )
+        AggregatedDiscoveryServer(self.cache, self.registry).add_to_server(xds)
         self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
         admin_pb2_grpc.add_AdminServicer_to_server(
