@@ -17,6 +17,7 @@ from types import MappingProxyType
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.model.traffic import TrafficPolicy
+from controlplane.rollout.traffic import traffic_of
 from controlplane.translate import ResourceSet, translate
 from controlplane.translate.render import render
 from controlplane.xds.cache import SnapshotCache
@@ -54,11 +55,10 @@ class Publisher:
         self.published = asyncio.Event()
         cache.on_new_group = self._new_group
 
-    def update(self, state: DesiredState, traffic: Traffic | None = None) -> None:
-        """Take a new state; it is published after the hold-off."""
+    def update(self, state: DesiredState) -> None:
+        """Take a new state (rollout weights included); it is published after the hold-off."""
         self._state = state
-        if traffic is not None:
-            self._traffic = traffic
+        self._traffic = traffic_of(state)
         self._arm()
 
     def publish_now(self) -> None:
@@ -105,13 +105,11 @@ def _render(resources: ResourceSet) -> str:
     return "".join(f"# {kind}\n{text}" for kind, text in render(resources).items())
 
 
-def xds_diff(
-    before: DesiredState, after: DesiredState, traffic: Traffic = _NO_TRAFFIC
-) -> dict[str, str]:
+def xds_diff(before: DesiredState, after: DesiredState) -> dict[str, str]:
     """Per group, the unified diff of the xDS it would get (empty string: unchanged)."""
     diffs: dict[str, str] = {}
     for group in sorted({*before.groups(), *after.groups()}):
-        old, new = (_render_or_error(s, group, traffic) for s in (before, after))
+        old, new = (_render_or_error(s, group, traffic_of(s)) for s in (before, after))
         diffs[group] = "".join(
             difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True),

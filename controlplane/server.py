@@ -10,8 +10,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +24,11 @@ import grpc
 from controlplane.admin import AdminService
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
+from controlplane.fleet import RegistryFleet
 from controlplane.publish import Publisher, xds_diff
+from controlplane.rollout.engine import RolloutEngine
 from controlplane.store import EmbeddedEtcd, Store
+from controlplane.store.leader import LeaderElection
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import AggregatedDiscoveryServer
@@ -45,6 +51,7 @@ class ServeConfig:
     admin_addr: str = DEFAULT_ADMIN_ADDR
     metrics_addr: str | None = DEFAULT_METRICS_ADDR
     tls_dir: Path | None = None
+    leader_ttl: int = 10
 
 
 class ControlPlane:
@@ -59,6 +66,9 @@ class ControlPlane:
         self.store: Store | None = None
         self.xds_port = 0
         self.admin_port = 0
+        self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.engine: RolloutEngine | None = None
+        self.election: LeaderElection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
 
@@ -85,6 +95,12 @@ class ControlPlane:
         self.publisher.update(state)
         self.publisher.publish_now()  # the first full state, before any proxy is answered
         self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
+        self.engine = RolloutEngine(self.store, RegistryFleet(self.registry),
+                                    identity=self.identity)
+        self.election = LeaderElection(self.store, self.identity,
+                                       ttl=self.config.leader_ttl)
+        self._tasks.append(asyncio.create_task(self.election.run(self.engine.lead),
+                                               name="rollout-leader"))
 
         xds = grpc.aio.server(options=_GRPC_OPTIONS)
         AggregatedDiscoveryServer(self.cache, self.registry).add_to_server(xds)
@@ -104,6 +120,8 @@ class ControlPlane:
         async for state, revision in watch:
             log.debug("etcd revision %d", revision)
             self.publisher.update(state)  # type: ignore[arg-type]
+            if self.engine is not None:
+                self.engine.poke()
 
     def _proxies(self) -> list[admin_pb2.Proxy]:
         return [

@@ -3,8 +3,110 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from controlplane.api import admin_pb2
+from controlplane.cli.client import Connection
+from controlplane.cli.output import documents
+
+FINAL = {"Succeeded", "RolledBack", "Aborted"}
+VERBS = ("pause", "resume", "promote", "abort", "rollback")
 
 
 def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
-    """Register `rollout` on `sub`."""
+    rollout = sub.add_parser("rollout", help="watch and steer rollouts")
+    verbs = rollout.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser(
+        "status", parents=[client], help="phase, step, weight and proxies ACKed",
+        epilog="example: controlplane rollout status payments-v2 --watch",
+    )
+    p.add_argument("name")
+    p.add_argument("--watch", action="store_true", help="live progress until it finishes")
+    p.add_argument("-o", "--output", choices=["yaml", "json"])
+    p.set_defaults(handler=_status)
+    for verb in VERBS:
+        p = verbs.add_parser(verb, parents=[client], help=f"{verb} a rollout (idempotent)",
+                             epilog=f"example: controlplane rollout {verb} payments-v2")
+        p.add_argument("name")
+        if verb == "promote":
+            p.add_argument("--full", action="store_true", help="straight to 100%%")
+        p.set_defaults(handler=_verb)
+
+
+def _conn(args: argparse.Namespace) -> Connection:
+    return Connection.from_args(args.server, args.token, args.client_tls_dir)
+
+
+def _fetch(conn: Connection, name: str) -> dict[str, Any]:
+    response = conn.stub().GetRolloutStatus(
+        admin_pb2.RolloutRequest(name=name), metadata=conn.metadata(), timeout=conn.timeout
+    )
+    status: dict[str, Any] = json.loads(response.status)
+    return status
+
+
+def _verb(args: argparse.Namespace) -> int:
+    conn = _conn(args)
+    verb = "promote-full" if getattr(args, "full", False) else args.verb
+    response = conn.stub().RolloutAction(
+        admin_pb2.RolloutActionRequest(name=args.name, verb=verb),
+        metadata=conn.metadata(), timeout=conn.timeout,
+    )
+    status = json.loads(response.status)
+    print(f"rollout/{args.name}: {response.result} (now {_phase(status)})")
+    return 0
+
+
+def _phase(s: dict[str, Any]) -> str:
+    steps = s["steps"]
+    where = f"step {s['step'] + 1}/{len(steps)}, " if s["step"] >= 0 else ""
+    return f"{s['phase']} ({where}{s['weight']:g}% on {s['to']})"
+
+
+def render(s: dict[str, Any], elapsed: float | None = None) -> Table:
+    table = Table(show_header=False, box=None, title=(
+        f"Rollout {s['name']}: {s['upstream']} {s['from']} → {s['to']} ({s['strategy']})"
+    ))
+    table.add_column(style="bold")
+    table.add_column()
+    marks = " ".join(
+        f"[{w:g}]" if i == s["step"] else f"{w:g}" for i, w in enumerate(s["steps"])
+    )
+    table.add_row("Phase", _phase(s))
+    table.add_row("Weights", f"{s['from']} {100 - s['weight']:g}%  {s['to']} {s['weight']:g}%")
+    table.add_row("Steps", marks)
+    proxies = s["proxies"]
+    applied = "applied" if s["applied"] else "waiting for ACKs"
+    table.add_row("Proxies", f"{proxies['acked']}/{proxies['total']} ACKed ({applied})")
+    if s["reason"]:
+        table.add_row("Reason", s["reason"])
+    if s["message"]:
+        table.add_row("Message", s["message"])
+    if elapsed is not None:
+        table.add_row("Elapsed", f"{elapsed:.0f}s")
+    return table
+
+
+def _status(args: argparse.Namespace) -> int:
+    conn = _conn(args)
+    status = _fetch(conn, args.name)
+    if args.output:
+        print(documents([status], args.output, single=True))
+        return 0
+    console = Console()
+    if not args.watch:
+        console.print(render(status))
+        return 0
+    started = time.monotonic()
+    with Live(render(status, 0), console=console, refresh_per_second=4) as live:
+        while status["phase"] not in FINAL:
+            time.sleep(0.5)
+            status = _fetch(conn, args.name)
+            live.update(render(status, time.monotonic() - started))
+    return 0 if status["phase"] == "Succeeded" else 1

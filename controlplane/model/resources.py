@@ -235,6 +235,8 @@ class RolloutSpec(Model):
     mirror: Mirror | None = None
     analysis: Analysis | None = None
     rollback_window: Duration = "1h"
+    ack_timeout: Duration = "60s"
+    """A step not ACKed by the fleet within this long pauses the rollout."""
 
     @field_validator("steps")
     @classmethod

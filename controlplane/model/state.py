@@ -17,6 +17,7 @@ from controlplane.model.resources import (
     Route,
     Upstream,
 )
+from controlplane.model.status import RolloutStatus
 
 _R = TypeVar("_R", bound=Resource)
 
@@ -35,9 +36,15 @@ class DesiredState:
     credentials: Mapping[str, Credential] = field(default_factory=lambda: _frozen([]))
     rollouts: Mapping[str, Rollout] = field(default_factory=lambda: _frozen([]))
     proxy_groups: Mapping[str, ProxyGroup] = field(default_factory=lambda: _frozen([]))
+    statuses: Mapping[str, RolloutStatus] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Rollout name → the status the control plane wrote for it."""
 
     @classmethod
-    def of(cls, resources: Iterable[Resource]) -> DesiredState:
+    def of(
+        cls, resources: Iterable[Resource], statuses: Mapping[str, RolloutStatus] | None = None
+    ) -> DesiredState:
         """Build a state from resources of any kind (a later duplicate wins)."""
         by_kind: dict[str, dict[str, Resource]] = {}
         for resource in resources:
@@ -51,6 +58,7 @@ class DesiredState:
             credentials=pick("Credential", Credential),
             rollouts=pick("Rollout", Rollout),
             proxy_groups=pick("ProxyGroup", ProxyGroup),
+            statuses=MappingProxyType(dict(sorted((statuses or {}).items()))),
         )
 
     def resources(self) -> list[Resource]:
@@ -79,13 +87,21 @@ class DesiredState:
 
     def with_applied(self, resources: Iterable[Resource]) -> DesiredState:
         """The state after creating or replacing `resources`."""
-        return DesiredState.of([*self.resources(), *resources])
+        return DesiredState.of([*self.resources(), *resources], self.statuses)
 
     def without(self, kind: str, name: str) -> DesiredState:
         """The state after deleting one resource."""
         return DesiredState.of(
-            r for r in self.resources() if (r.kind, r.name) != (kind, name)
+            (r for r in self.resources() if (r.kind, r.name) != (kind, name)), self.statuses
         )
+
+    def with_status(self, name: str, status: RolloutStatus) -> DesiredState:
+        """The state with one rollout's status replaced."""
+        return DesiredState.of(self.resources(), {**self.statuses, name: status})
+
+    def status(self, rollout: str) -> RolloutStatus:
+        """A rollout's status; Pending if the control plane has not written one yet."""
+        return self.statuses.get(rollout) or RolloutStatus()
 
     def groups(self) -> list[str]:
         """Proxy groups the state configures (declared or named by a listener), sorted."""
@@ -144,6 +160,8 @@ class DesiredState:
                         f"Upstream/{spec.upstream} has no version {version!r} "
                         f"(it has {sorted(ups.spec.versions)})",
                     ))
+            if not self.status(rollout.name).active:
+                continue  # a finished rollout does not own its upstream any more
             if spec.upstream in owner:
                 errors.append(FieldError(
                     f"{where}.upstream",

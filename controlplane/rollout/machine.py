@@ -15,41 +15,13 @@ A step's weight is in force only once the fleet has ACKed the config carrying it
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 from controlplane.model.duration import parse_duration
 from controlplane.model.resources import RolloutSpec
+from controlplane.model.status import ACTIVE_PHASES, FINAL_PHASES, Phase, RolloutStatus
 
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    PROMOTING = "Promoting"
-    SUCCEEDED = "Succeeded"
-    ROLLING_BACK = "RollingBack"
-    ROLLED_BACK = "RolledBack"
-    ABORTED = "Aborted"
-
-
-ACTIVE = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
-                    Phase.ROLLING_BACK})
-FINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
-
-
-@dataclass(frozen=True)
-class RolloutStatus:
-    """What the engine stores for one rollout; `weight` is the percent of traffic on `to`."""
-
-    phase: Phase = Phase.PENDING
-    step: int = -1
-    weight: float = 0.0
-    applied: bool = False
-    since: float = 0.0
-    failed_checks: int = 0
-    reason: str = ""
-    message: str = ""
-    finished_at: float | None = None
+ACTIVE = ACTIVE_PHASES
+FINAL = FINAL_PHASES
 
 
 # ---- events ----------------------------------------------------------------------------------
@@ -120,8 +92,18 @@ def _to(status: RolloutStatus, now: float, reason: str, **changes: object) -> De
     return Decision(new, reason)
 
 
+def steps_of(spec: RolloutSpec) -> list[float]:
+    """The weights a rollout goes through. mirror-then-canary starts with a 0% step
+    (shadow traffic only); bluegreen previews `to` at 0%, then switches all at once."""
+    if spec.strategy == "bluegreen":
+        return [0.0, 100.0]
+    if spec.strategy == "mirror-then-canary" and spec.steps[0] > 0:
+        return [0.0, *spec.steps]
+    return list(spec.steps)
+
+
 def _step(spec: RolloutSpec, status: RolloutStatus, index: int, now: float, why: str) -> Decision:
-    weight = spec.steps[index]
+    weight = steps_of(spec)[index]
     if weight >= 100:
         return _to(status, now, why, phase=Phase.PROMOTING, step=index, weight=100.0,
                    applied=False, failed_checks=0, message="")
@@ -146,7 +128,7 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
         if status.applied or phase not in (Phase.PROGRESSING, Phase.PROMOTING):
             return NO_CHANGE
         # Halt at the last good step: the proxy keeps the config before this one.
-        previous = spec.steps[status.step - 1] if status.step > 0 else 0.0
+        previous = steps_of(spec)[status.step - 1] if status.step > 0 else 0.0
         return _to(status, event.now, "config rejected by a proxy (NACK)",
                    phase=Phase.PAUSED, weight=previous, applied=False,
                    step=max(status.step - 1, -1), message=event.detail)
@@ -167,6 +149,12 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
     if isinstance(event, Tick):
         if phase == Phase.PENDING:
             return _step(spec, status, 0, event.now, "rollout started")
+        waited = event.now - status.since
+        if phase in (Phase.PROGRESSING, Phase.PROMOTING) and not status.applied and (
+            waited >= parse_duration(spec.ack_timeout)
+        ):
+            return _to(status, event.now, f"the fleet did not ACK weight {status.weight:g}% "
+                       f"within {spec.ack_timeout}", phase=Phase.PAUSED)
         if phase == Phase.PROGRESSING and status.applied and spec.analysis is None:
             if event.now - status.since >= parse_duration(spec.step_interval):
                 return _step(spec, status, status.step + 1, event.now, "step interval elapsed")
@@ -213,9 +201,10 @@ def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Deci
         Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED
     ):
         index = status.step + 1
-        if verb == "promote-full" or index >= len(spec.steps):
+        steps = steps_of(spec)
+        if verb == "promote-full" or index >= len(steps):
             return _to(status, now, f"promoted to 100% {by}", phase=Phase.PROMOTING,
-                       step=len(spec.steps) - 1, weight=100.0, applied=False, message="")
+                       step=len(steps) - 1, weight=100.0, applied=False, message="")
         return _step(spec, status, index, now, f"promoted {by}")
     if verb == "abort" and phase in ACTIVE and phase != Phase.ROLLING_BACK:
         return _to(status, now, f"aborted {by}", phase=Phase.ABORTED, weight=0.0,

@@ -30,6 +30,11 @@ class Keys:
     def statuses(self) -> bytes:
         return f"{self.prefix}/status/".encode()
 
+    @property
+    def state_range(self) -> tuple[bytes, bytes]:
+        """[resources/, status/ + 1): specs and statuses, read or watched together."""
+        return self.resources, f"{self.prefix}/status0".encode()
+
     def status(self, kind: str, name: str) -> bytes:
         return f"{self.prefix}/status/{kind}/{name}".encode()
 
@@ -47,6 +52,11 @@ class Keys:
     @property
     def leader(self) -> bytes:
         return f"{self.prefix}/leader".encode()
+
+    def parse_status(self, key: bytes) -> tuple[str, str]:
+        """`…/status/Rollout/payments-v2` → ("Rollout", "payments-v2")."""
+        kind, _, name = key.decode()[len(self.statuses):].partition("/")
+        return kind, name
 
     def parse_resource(self, key: bytes) -> tuple[str, str]:
         """`…/resources/Upstream/payments` → ("Upstream", "payments")."""

@@ -114,8 +114,13 @@ class EtcdKV:
         return None if got is None else KV(got.key, got.value, got.mod_revision,
                                            got.create_revision)
 
-    async def range(self, prefix: bytes) -> Range:
-        got = await self._call("range", lambda c: c.get_prefix(prefix, sort_target="key"))
+    async def range(self, prefix: bytes, end: bytes | None = None) -> Range:
+        """Every key under `prefix`, or in [prefix, end) when `end` is given: one
+        consistent read at one revision."""
+        if end is None:
+            got = await self._call("range", lambda c: c.get_prefix(prefix, sort_target="key"))
+        else:
+            got = await self._call("range", lambda c: c.get_range(prefix, end, sort_target="key"))
         kvs = tuple(KV(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in got.kvs)
         return Range(kvs, int(got.header.revision))
 
@@ -165,15 +170,21 @@ class EtcdKV:
     async def revoke(self, lease_id: int) -> None:
         await self._call("lease revoke", lambda c: c.revoke_lease(lease_id))
 
-    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchEvent]:
-        """Events under `prefix` from `start_revision` on.
+    async def watch(
+        self, prefix: bytes, start_revision: int, end: bytes | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Events under `prefix` (or in [prefix, end)) from `start_revision` on.
 
         Errors:
             Compacted: that revision is gone; re-list and watch again.
             StoreUnavailableError: the connection broke; call again to resume.
         """
         try:
-            watch = await self._connect().watch_prefix(prefix, start_revision=start_revision)
+            client = self._connect()
+            if end is None:
+                watch = await client.watch_prefix(prefix, start_revision=start_revision)
+            else:
+                watch = await client.watch(prefix, range_end=end, start_revision=start_revision)
             async for event in watch:
                 yield WatchEvent(event.kv.key, event.kv.value, event.kind == "DELETE",
                                  event.kv.mod_revision)

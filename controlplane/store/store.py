@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from controlplane.errors import ConflictError, InvalidInputError, NotFoundError
 from controlplane.errors import StoreUnavailableError as Unavailable
 from controlplane.model import DesiredState, Resource, from_stored, to_document, to_stored
+from controlplane.model.status import RolloutStatus
 from controlplane.store.audit import AuditEntry, AuditRecord, verify_chain
 from controlplane.store.keys import Keys
 from controlplane.store.kv import KV, Compacted, EtcdKV
@@ -77,16 +78,26 @@ class Store:
     # ---- reads ----------------------------------------------------------------------------
 
     async def _snapshot(self) -> _Snapshot:
-        got = await self._kv.range(self.keys.resources)
-        resources, kvs = [], {}
+        got = await self._kv.range(*self.keys.state_range)
+        resources, kvs, statuses = [], {}, {}
         for kv in got.kvs:
             try:
-                resources.append(from_stored(kv.value))
-            except ValueError as exc:  # written by hand, or by a newer version
+                if kv.key.startswith(self.keys.statuses):
+                    kind, name = self.keys.parse_status(kv.key)
+                    if kind == "Rollout":
+                        statuses[name] = RolloutStatus.from_json(kv.value)
+                else:
+                    resources.append(from_stored(kv.value))
+            except (ValueError, TypeError) as exc:  # written by hand, or by a newer version
                 log.error("ignoring unreadable %s: %s", kv.key.decode(), exc)
                 continue
             kvs[kv.key] = kv
-        return _Snapshot(DesiredState.of(resources), kvs, got.revision)
+        return _Snapshot(DesiredState.of(resources, statuses), kvs, got.revision)
+
+    async def read(self) -> tuple[DesiredState, Mapping[bytes, int], int]:
+        """The state, each of its keys' mod revision (for compare-and-swap), the revision."""
+        snap = await self._snapshot()
+        return snap.state, {k: kv.mod_revision for k, kv in snap.kvs.items()}, snap.revision
 
     async def load(self) -> tuple[DesiredState, int]:
         """The whole desired state and the etcd revision it was read at."""
@@ -166,8 +177,11 @@ class Store:
                 raise InvalidInputError(problems)
             record = AuditRecord(actor=actor, action="delete", kind=kind, name=name,
                                  before=to_document(resource))
+            deletes = [key]
+            if kind == "Rollout":  # its status goes with it
+                deletes.append(self.keys.status(kind, name))
             revision = await self.commit(
-                puts={}, deletes=[key], expect={key: old.mod_revision}, audit=[record]
+                puts={}, deletes=deletes, expect={key: old.mod_revision}, audit=[record]
             )
             if revision is not None:
                 return Change(kind, name, "deleted")
@@ -255,7 +269,8 @@ class Store:
         seen = revision
         while True:
             try:
-                async for event in self._kv.watch(self.keys.resources, seen + 1):
+                start, end = self.keys.state_range
+                async for event in self._kv.watch(start, seen + 1, end):
                     if event.mod_revision <= seen:
                         continue  # already part of the last consistent read
                     state, revision = await self.load()

@@ -37,7 +37,9 @@ def at(phase: Phase, step: int = -1, weight: float = 0.0, *, applied: bool = Fal
 
 CASES = [
     pytest.param(SPEC, at(P.PENDING), Tick(1), (P.PROGRESSING, 0, 10), id="start"),
-    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Tick(100), None, id="no-step-before-ack"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Tick(59), None, id="no-step-before-ack"),
+    pytest.param(SPEC, at(P.PROGRESSING, 0, 10), Tick(60), (P.PAUSED, 0, 10),
+                 id="ack-timeout-pauses"),
     pytest.param(SPEC, at(P.PROGRESSING, 0, 10, applied=True, since=0), Tick(29), None,
                  id="interval-not-elapsed"),
     pytest.param(SPEC, at(P.PROGRESSING, 0, 10, applied=True, since=0), Tick(30),

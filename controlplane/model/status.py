@@ -1,0 +1,66 @@
+"""Rollout status: what the control plane writes about a Rollout (like a Kubernetes
+status subresource). It lives in etcd beside the spec, so every replica translates
+the same weights and a restarted control plane resumes where it was."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+
+
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
+                           Phase.ROLLING_BACK})
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """One rollout's progress.
+
+    Attributes:
+        step: index into the rollout's steps (-1 before the first).
+        weight: percent of the upstream's traffic on `to`.
+        applied: every proxy that must carry this weight has ACKed it.
+        since: when the phase, step or `applied` last changed (seconds since the epoch).
+        message: details for people: a NACK's text, the failing analysis numbers.
+        proxies_acked / proxies_total: the fleet's progress on the current config.
+    """
+
+    phase: Phase = Phase.PENDING
+    step: int = -1
+    weight: float = 0.0
+    applied: bool = False
+    since: float = 0.0
+    failed_checks: int = 0
+    reason: str = ""
+    message: str = ""
+    finished_at: float | None = None
+    proxies_acked: int = 0
+    proxies_total: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RolloutStatus:
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["phase"] = Phase(data.get("phase", Phase.PENDING))
+        return cls(**data)

@@ -1,0 +1,117 @@
+"""The rollout engine: the leader's loop that feeds events to the state machine and
+writes its decisions, fenced by the leader's lease.
+
+It reads everything from etcd (never from memory), so a restarted or newly elected
+leader continues exactly where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from controlplane.errors import StoreUnavailableError
+from controlplane.model import DesiredState
+from controlplane.rollout.machine import Event, FleetAcked, Nacked, Tick, transition
+from controlplane.rollout.writer import apply_decision, write_status
+from controlplane.store import Store
+from controlplane.store.leader import Fence
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+
+
+@dataclass(frozen=True)
+class FleetProgress:
+    """How far the proxies that carry a rollout's upstream are on its current config."""
+
+    acked: int
+    total: int
+    nack: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.acked >= self.total
+
+
+class FleetView(Protocol):
+    """Tells whether the fleet carries the config a state implies (the wiring's job:
+    it knows the translation and the proxies' ACKs)."""
+
+    def progress(self, state: DesiredState, rollout: str) -> FleetProgress: ...
+
+
+class RolloutEngine:
+    """Drives every rollout in etcd, one transition at a time, while this replica leads."""
+
+    def __init__(
+        self, store: Store, fleet: FleetView, *, identity: str,
+        clock: Callable[[], float] = time.time, tick_s: float = TICK_S,
+    ) -> None:
+        self._store = store
+        self._fleet = fleet
+        self._actor = f"rollout-engine@{identity}"
+        self._clock = clock
+        self._tick_s = tick_s
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Something changed (state, ACKs): look again now rather than at the next tick."""
+        self._wake.set()
+
+    async def lead(self, fence: Fence) -> None:
+        """Run until cancelled (the leadership ends)."""
+        while True:
+            try:
+                await self.step(fence)
+            except StoreUnavailableError as exc:
+                log.warning("rollouts hold: %s", exc)  # no step and no rollback on stale data
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._tick_s)
+            except TimeoutError:
+                pass
+
+    async def step(self, fence: Fence) -> None:
+        """One pass over all rollouts: at most one transition each."""
+        state, revisions, _ = await self._store.read()
+        for name in state.rollouts:
+            status = state.status(name)
+            if not status.active:
+                continue
+            now = self._clock()
+            progress = self._fleet.progress(state, name)
+            events: list[Event] = []
+            if progress.nack:
+                events.append(Nacked(now, progress.nack))
+            elif progress.complete:
+                events.append(FleetAcked(now))
+            events.append(Tick(now))
+            spec = state.rollouts[name].spec
+            for event in events:
+                decision = transition(spec, status, event)
+                if decision.status is not None:
+                    new = replace(decision.status, proxies_acked=progress.acked,
+                                  proxies_total=progress.total)
+                    written = await apply_decision(
+                        self._store, state, revisions, name, replace(decision, status=new),
+                        actor=self._actor, fence=fence,
+                    )
+                    if written:
+                        log.info("rollout %s: %s → %s (%s)", name, status.phase, new.phase,
+                                 decision.reason)
+                    break
+            else:
+                if (progress.acked, progress.total) != (status.proxies_acked,
+                                                        status.proxies_total):
+                    await write_status(
+                        self._store, state, revisions, name,
+                        replace(status, proxies_acked=progress.acked,
+                                proxies_total=progress.total),
+                        actor=self._actor, audit=False, fence=fence,
+                    )

@@ -1,0 +1,42 @@
+"""Rollout statuses → how each upstream's traffic is split: translate's `traffic` input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from controlplane.model import DesiredState
+from controlplane.model.status import Phase
+from controlplane.model.traffic import TrafficPolicy
+
+# While rolling back or after an abort, `match` and mirroring stop with the weight.
+_STEERING = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
+
+
+def traffic_of(state: DesiredState) -> Mapping[str, TrafficPolicy]:
+    """Upstream name → its split, for every rollout in an active phase.
+
+    A finished rollout has no policy: the upstream's `active` version (which the
+    engine set on success, or left at `from`) takes all traffic.
+    """
+    out: dict[str, TrafficPolicy] = {}
+    for name, rollout in state.rollouts.items():
+        status = state.status(name)
+        spec = rollout.spec
+        if not status.active or spec.upstream not in state.upstreams:
+            continue
+        steering = status.phase in _STEERING
+        mirror = None
+        if steering and status.weight == 0 and (
+            spec.mirror is not None or spec.strategy == "mirror-then-canary"
+        ):
+            mirror = spec.mirror.percent if spec.mirror is not None else 100.0
+        out[spec.upstream] = TrafficPolicy(
+            upstream=spec.upstream,
+            from_version=spec.from_,
+            to_version=spec.to,
+            weight=status.weight,
+            match_headers=dict(spec.match.headers) if steering and spec.match else {},
+            match_cookie=spec.match.cookie if steering and spec.match else None,
+            mirror_percent=mirror,
+        )
+    return out

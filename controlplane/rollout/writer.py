@@ -1,0 +1,71 @@
+"""Apply a rollout decision to etcd: one compare-and-swap transaction with its audit entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from controlplane.model import DesiredState, to_stored
+from controlplane.model.status import Phase, RolloutStatus
+from controlplane.rollout.machine import Decision
+from controlplane.store import AuditRecord, Store
+from controlplane.store.leader import NO_FENCE, Fence
+
+
+def _summary(status: RolloutStatus) -> dict[str, object]:
+    return {"phase": str(status.phase), "step": status.step, "weight": status.weight,
+            "applied": status.applied}
+
+
+async def write_status(
+    store: Store,
+    state: DesiredState,
+    revisions: Mapping[bytes, int],
+    name: str,
+    status: RolloutStatus,
+    *,
+    actor: str,
+    reason: str = "",
+    audit: bool = True,
+    fence: Fence = NO_FENCE,
+) -> bool:
+    """Write `status` for rollout `name` if nothing changed it since `revisions` were read.
+
+    On success the upstream's `active` follows the outcome in the same transaction:
+    `to` once Succeeded, `from` once RolledBack. Returns False when a guard failed
+    (someone else wrote first, or this replica is no longer the leader).
+    """
+    keys = store.keys
+    key = keys.status("Rollout", name)
+    spec = state.rollouts[name].spec
+    before = state.status(name)
+    puts = {key: status.to_json()}
+    expect = {key: revisions.get(key, 0)}
+    target = {Phase.SUCCEEDED: spec.to, Phase.ROLLED_BACK: spec.from_}.get(status.phase)
+    upstream = state.upstreams.get(spec.upstream)
+    if target is not None and upstream is not None and upstream.spec.active != target:
+        switched = upstream.model_copy(
+            update={"spec": upstream.spec.model_copy(update={"active": target})}
+        )
+        ukey = keys.resource("Upstream", upstream.name)
+        puts[ukey] = to_stored(switched)
+        expect[ukey] = revisions.get(ukey, 0)
+    records = [AuditRecord(
+        actor=actor, action=f"rollout/{status.phase}", kind="Rollout", name=name,
+        reason=reason, before=_summary(before), after=_summary(status),
+    )] if audit else []
+    revision = await store.commit(
+        puts=puts, expect=expect, audit=records, lease=fence.lease,
+        expect_values=fence.values,
+    )
+    return revision is not None
+
+
+async def apply_decision(
+    store: Store, state: DesiredState, revisions: Mapping[bytes, int], name: str,
+    decision: Decision, *, actor: str, fence: Fence = NO_FENCE,
+) -> bool:
+    """Write a machine decision (a no-op decision writes nothing and succeeds)."""
+    if decision.status is None:
+        return True
+    return await write_status(store, state, revisions, name, decision.status, actor=actor,
+                              reason=decision.reason, fence=fence)
