@@ -1,18 +1,62 @@
-"""Whether the fleet carries the config a desired state implies: the rollout engine's
-view of the proxies. A step counts as applied only when every connected proxy of the
-groups that route to the upstream has ACKed exactly the snapshot that carries it."""
+"""The fleet's progress, fleet-wide: every replica reports what its proxies ACKed into
+etcd (under its own lease, so a dead replica's proxies vanish with it), and the rollout
+leader reads all reports. A step counts as applied only when every connected proxy of
+the groups that route to the upstream has ACKed exactly the snapshot that carries it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+from controlplane.errors import StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
 from controlplane.rollout.traffic import traffic_of
+from controlplane.store import Store
 from controlplane.translate import translate
-from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.proxies import ProxyRegistry, ProxyStatus
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.xds.snapshot import Snapshot
 
+log = logging.getLogger(__name__)
+
 _CHECKED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+REPORT_LEASE_TTL = 10
+
+
+@dataclass(frozen=True)
+class ProxyReport:
+    """What one proxy has: ACKed version per type, and its NACKs (version, text)."""
+
+    node_id: str
+    group: str
+    connected_at: float = 0.0
+    acked: dict[str, str] = field(default_factory=dict)
+    nacks: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, proxy: ProxyStatus) -> ProxyReport:
+        return cls(
+            node_id=proxy.node_id, group=proxy.group, connected_at=proxy.connected_at,
+            acked={t.type_url: t.acked_version for t in proxy.types if t.acked_version},
+            nacks={t.type_url: (t.last_nack_version, t.last_nack) for t in proxy.types
+                   if t.last_nack and t.last_nack_version},
+        )
+
+
+def encode(reports: Iterable[ProxyReport]) -> bytes:
+    return json.dumps([asdict(r) for r in reports], sort_keys=True).encode()
+
+
+def decode(raw: bytes) -> list[ProxyReport]:
+    return [ProxyReport(r["node_id"], r["group"], r["connected_at"], r["acked"],
+                        {k: (v[0], v[1]) for k, v in r["nacks"].items()})
+            for r in json.loads(raw)]
 
 
 def groups_routing_to(state: DesiredState, upstream: str) -> list[str]:
@@ -25,31 +69,91 @@ def groups_routing_to(state: DesiredState, upstream: str) -> list[str]:
     return sorted(groups)
 
 
-class RegistryFleet:
-    """FleetView over this replica's connected proxies."""
+def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport]
+                ) -> FleetProgress:
+    """Pure: how many proxies carry the config `state` implies for this rollout."""
+    upstream = state.rollouts[rollout].spec.upstream
+    groups = groups_routing_to(state, upstream)
+    traffic = traffic_of(state)
+    expected = {
+        g: Snapshot.build(translate(state, group=g, traffic=traffic).by_type_url()).versions
+        for g in groups
+    }
+    # A proxy that moved to another replica may still be in the dead one's report
+    # until its lease lapses: its newest stream is the one that counts.
+    latest: dict[str, ProxyReport] = {}
+    for report in reports:
+        seen = latest.get(report.node_id)
+        if seen is None or report.connected_at > seen.connected_at:
+            latest[report.node_id] = report
+    acked = total = 0
+    nack: str | None = None
+    for report in latest.values():
+        if report.group not in expected:
+            continue
+        total += 1
+        want = {u: expected[report.group][u] for u in _CHECKED
+                if u in report.acked or u in report.nacks}
+        if want and all(report.acked.get(u) == v for u, v in want.items()):
+            acked += 1
+            continue
+        for url, version in want.items():
+            rejected = report.nacks.get(url)
+            if rejected and rejected[0] == version and report.acked.get(url) != version:
+                nack = f"{report.node_id}: {rejected[1]}"
+    return FleetProgress(acked, total, nack)
 
-    def __init__(self, registry: ProxyRegistry) -> None:
+
+class EtcdFleet:
+    """FleetView over every replica's reports in etcd."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
+        got = await self._store.kv.range(self._store.keys.fleet)
+        reports = [r for kv in got.kvs for r in decode(kv.value)]
+        return progress_of(state, rollout, reports)
+
+
+class FleetReporter:
+    """Writes this replica's proxies to `{prefix}/fleet/{identity}` whenever they change."""
+
+    def __init__(self, store: Store, registry: ProxyRegistry, identity: str) -> None:
+        self._store = store
         self._registry = registry
+        self._key = store.keys.fleet_member(identity)
 
-    def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
-        upstream = state.rollouts[rollout].spec.upstream
-        traffic = traffic_of(state)
-        acked = total = 0
-        nack: str | None = None
-        for group in groups_routing_to(state, upstream):
-            expected = Snapshot.build(
-                translate(state, group=group, traffic=traffic).by_type_url()
-            ).versions
-            for proxy in self._registry.list(group):
-                total += 1
-                versions = {url: expected[url] for url in _CHECKED
-                            if url in expected and proxy.type(url) is not None}
-                if proxy.has_acked(versions):
-                    acked += 1
-                elif proxy.has_nacked(versions):
-                    nack = next(
-                        f"{proxy.node_id}: {t.last_nack}" for url in versions
-                        if (t := proxy.type(url)) is not None and t.last_nack
-                        and t.last_nack_version == versions[url]
-                    )
-        return FleetProgress(acked, total, nack)
+    async def run(self) -> None:
+        lease: int | None = None
+        written: bytes | None = None
+        while True:
+            current = self._encoded()
+            try:
+                if lease is None:
+                    lease = await self._store.kv.grant(REPORT_LEASE_TTL)
+                    written = None
+                elif await self._store.kv.refresh(lease) <= 0:
+                    lease = None
+                    continue
+                if current != written:
+                    await self._store.kv.put(self._key, current, lease=lease)
+                    written = current
+            except StoreUnavailableError as exc:
+                log.warning("fleet report: %s", exc)
+                lease = None
+                await asyncio.sleep(1.0)
+                continue
+            await self._registry.wait_until(
+                functools.partial(self._changed_since, current), timeout=REPORT_LEASE_TTL / 3
+            )
+
+    def _changed_since(self, seen: bytes) -> bool:
+        return self._encoded() != seen
+
+    def _encoded(self) -> bytes:
+        return encode(ProxyReport.of(p) for p in self._registry.list())
+
+    async def close(self) -> None:
+        with contextlib.suppress(StoreUnavailableError):
+            await self._store.kv.delete(self._key)

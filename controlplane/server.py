@@ -24,7 +24,7 @@ import grpc
 from controlplane.admin import AdminService
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
-from controlplane.fleet import RegistryFleet
+from controlplane.fleet import EtcdFleet, FleetReporter
 from controlplane.publish import Publisher, xds_diff
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.store import EmbeddedEtcd, Store
@@ -68,6 +68,7 @@ class ControlPlane:
         self.admin_port = 0
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine: RolloutEngine | None = None
+        self.reporter: FleetReporter | None = None
         self.election: LeaderElection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
@@ -95,8 +96,9 @@ class ControlPlane:
         self.publisher.update(state)
         self.publisher.publish_now()  # the first full state, before any proxy is answered
         self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
-        self.engine = RolloutEngine(self.store, RegistryFleet(self.registry),
-                                    identity=self.identity)
+        self.reporter = FleetReporter(self.store, self.registry, self.identity)
+        self._tasks.append(asyncio.create_task(self.reporter.run(), name="fleet-report"))
+        self.engine = RolloutEngine(self.store, EtcdFleet(self.store), identity=self.identity)
         self.election = LeaderElection(self.store, self.identity,
                                        ttl=self.config.leader_ttl)
         self._tasks.append(asyncio.create_task(self.election.run(self.engine.lead),
@@ -148,6 +150,8 @@ class ControlPlane:
     async def stop(self) -> None:
         for server in self._servers:
             await server.stop(grace=0.5)
+        if self.reporter is not None:
+            await self.reporter.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

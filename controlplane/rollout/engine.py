@@ -43,7 +43,7 @@ class FleetView(Protocol):
     """Tells whether the fleet carries the config a state implies (the wiring's job:
     it knows the translation and the proxies' ACKs)."""
 
-    def progress(self, state: DesiredState, rollout: str) -> FleetProgress: ...
+    async def progress(self, state: DesiredState, rollout: str) -> FleetProgress: ...
 
 
 class RolloutEngine:
@@ -85,7 +85,7 @@ class RolloutEngine:
             if not status.active:
                 continue
             now = self._clock()
-            progress = self._fleet.progress(state, name)
+            progress = await self._fleet.progress(state, name)
             events: list[Event] = []
             if progress.nack:
                 events.append(Nacked(now, progress.nack))

@@ -5,6 +5,7 @@
     {prefix}/audit/{seq:020d}          audit entries, hash-chained
     {prefix}/audit-head                {"seq", "hash"} of the last entry
     {prefix}/leader                    the rollout engine's leader, held by a lease
+    {prefix}/fleet/{replica}           what the replica's proxies ACKed, held by its lease
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class Keys:
     @property
     def audit_head(self) -> bytes:
         return f"{self.prefix}/audit-head".encode()
+
+    @property
+    def fleet(self) -> bytes:
+        return f"{self.prefix}/fleet/".encode()
+
+    def fleet_member(self, identity: str) -> bytes:
+        return f"{self.prefix}/fleet/{identity}".encode()
 
     @property
     def leader(self) -> bytes:
