@@ -53,10 +53,10 @@ async def write_status(
         actor=actor, action=f"rollout/{status.phase}", kind="Rollout", name=name,
         reason=reason, before=_summary(before), after=_summary(status),
     )] if audit else []
-    revision = await store.commit(
-        puts=puts, expect=expect, audit=records, lease=fence.lease,
-        expect_values=fence.values,
-    )
+    # Fenced by comparing the leader key, not by attaching keys to the lease:
+    # the status must outlive the leader that wrote it.
+    revision = await store.commit(puts=puts, expect=expect, audit=records,
+                                  expect_values=fence.values)
     return revision is not None
 
 

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Fence:
-    """Attach to a leader's writes: `store.commit(..., lease=f.lease, expect_values=f.values)`."""
+    """Guards a leader's writes: `store.commit(..., expect_values=f.values)` fails once the
+    leader key (held by `lease`) is gone or names another replica."""
 
     lease: int | None = None
     values: Mapping[bytes, bytes] = field(default_factory=dict)

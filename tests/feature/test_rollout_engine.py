@@ -1,0 +1,119 @@
+"""The rollout engine against a real etcd, with the fleet's answers scripted: steps wait
+for ACKs, a NACK halts at the last good step, and a deposed leader cannot write."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.model import DesiredState, parse_yaml
+from controlplane.model.status import Phase
+from controlplane.rollout.engine import FleetProgress, RolloutEngine
+from controlplane.store import EmbeddedEtcd, Store
+from controlplane.store.leader import Fence, LeaderElection
+
+STATE = """
+apiVersion: controlplane/v1
+kind: Listener
+metadata: {name: edge-http}
+spec: {group: edge, port: 10000}
+---
+apiVersion: controlplane/v1
+kind: Route
+metadata: {name: payments}
+spec: {listener: edge-http, upstream: payments}
+---
+apiVersion: controlplane/v1
+kind: Upstream
+metadata: {name: payments}
+spec:
+  active: v1
+  versions: {v1: {endpoints: ["127.0.0.1:9001"]}, v2: {endpoints: ["127.0.0.1:9002"]}}
+---
+apiVersion: controlplane/v1
+kind: Rollout
+metadata: {name: payments-v2}
+spec: {upstream: payments, from: v1, to: v2, steps: [10, 50, 100], stepInterval: 10s}
+"""
+
+
+class ScriptedFleet:
+    """The fleet's answer, set by the test (the real one reads proxies' ACKs)."""
+
+    def __init__(self) -> None:
+        self.answer = FleetProgress(0, 1)
+
+    async def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
+        return self.answer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    etcd = await EmbeddedEtcd.start(tmp_path / "data")
+    s = await Store.connect([etcd.endpoint])
+    try:
+        await s.apply(parse_yaml(STATE), actor="test")
+        yield s
+    finally:
+        await s.close()
+        await etcd.stop()
+
+
+async def phase(store: Store) -> tuple[Phase, int, float, str]:
+    state, _ = await store.load()
+    st = state.status("payments-v2")
+    return st.phase, st.step, st.weight, st.message
+
+
+async def test_steps_wait_for_acks_and_a_nack_halts_at_the_last_good_step(store: Store) -> None:
+    fleet, clock = ScriptedFleet(), Clock()
+    engine = RolloutEngine(store, fleet, identity="t", clock=clock)
+    fence = Fence()
+    await engine.step(fence)
+    assert await phase(store) == (Phase.PROGRESSING, 0, 10.0, "")
+    clock.now += 50  # longer than the step interval, shorter than the ACK timeout
+    await engine.step(fence)  # not ACKed yet: no next step
+    state, _ = await store.load()
+    assert not state.status("payments-v2").applied
+    fleet.answer = FleetProgress(1, 1)
+    await engine.step(fence)
+    state, _ = await store.load()
+    assert state.status("payments-v2").applied
+    clock.now += 10
+    await engine.step(fence)
+    assert (await phase(store))[:3] == (Phase.PROGRESSING, 1, 50.0)
+
+    fleet.answer = FleetProgress(0, 1, nack="edge-1: cluster payments|v2 rejected")
+    await engine.step(fence)
+    assert await phase(store) == (Phase.PAUSED, 0, 10.0, "edge-1: cluster payments|v2 rejected")
+    entries = await store.audit()
+    paused = [e for e in entries if e.action == "rollout/Paused"]
+    assert paused and "NACK" in paused[-1].reason and paused[-1].actor == "rollout-engine@t"
+
+
+async def test_a_deposed_leader_cannot_write(store: Store) -> None:
+    election = LeaderElection(store, "replica-a", ttl=5)
+    lease = await election._campaign()
+    fence = Fence(lease, {store.keys.leader: b"replica-a"})
+    engine = RolloutEngine(store, ScriptedFleet(), identity="replica-a", clock=Clock())
+    await engine.step(fence)
+    assert (await phase(store))[0] == Phase.PROGRESSING
+
+    await store.kv.revoke(lease)  # the lease lapses: partitioned, paused, or too slow
+    other = LeaderElection(store, "replica-b", ttl=5)
+    await other._campaign()
+    before = await store.audit()
+    await engine.step(fence)  # a late write from the old leader
+    await engine.step(fence)
+    assert await store.audit() == before
+    assert (await phase(store))[0] == Phase.PROGRESSING
