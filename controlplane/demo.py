@@ -1,9 +1,8 @@
 """`controlplane demo`: everything local, no Docker — embedded etcd, the control plane,
 a real Envoy, upstreams v1 and v2, generated traffic, and a live view of where it goes.
 
-This first version shows the backbone: traffic through a real Envoy follows the
-desired state in etcd, and a blue/green switch of `active` moves it without a failed
-request. Managed canaries join it with the rollout engine.
+It runs a canary v1 → v2 step by step (each step applied only once Envoy ACKed it),
+then an operator's rollback inside the rollback window, and counts every request.
 """
 
 from __future__ import annotations
@@ -30,7 +29,11 @@ from rich.live import Live
 from rich.table import Table
 
 from controlplane.model import parse_yaml
+from controlplane.model.status import Phase
+from controlplane.rollout.machine import Operator, transition
+from controlplane.rollout.writer import apply_decision
 from controlplane.server import ControlPlane, ServeConfig
+from controlplane.store import Store
 from controlplane.translate.bootstrap import bootstrap
 
 console = Console(stderr=False)
@@ -134,7 +137,7 @@ spec:
 
 def _view(traffic: Traffic, phase: str, active: str) -> Table:
     table = Table(title="controlplane demo: payments through a real Envoy")
-    for column in ("phase", "active", "v1 (window)", "v2 (window)", "sent", "failed"):
+    for column in ("phase", "desired split", "v1 (window)", "v2 (window)", "sent", "failed"):
         table.add_column(column)
     total = sum(traffic.window.values()) or 1
     table.add_row(
@@ -206,23 +209,9 @@ async def run_demo(*, keep: bool, hold: float) -> int:
                     console.print("[red]Envoy did not start serving within 20 s[/]")
                     return 1
                 runner = asyncio.create_task(traffic.run(stop_traffic))
-                with Live(_view(traffic, "v1 active", "v1"), console=console,
+                with Live(_view(traffic, "steady on v1", "v1 100%"), console=console,
                           refresh_per_second=8) as live:
-                    for phase, active in (
-                        ("steady on v1", "v1"), ("blue/green switch to v2", "v2"),
-                        ("switch back to v1", "v1"),
-                    ):
-                        traffic.window.clear()
-                        await cp.store.apply(
-                            parse_yaml(RESOURCES.format(active=active, **ports)), actor="demo"
-                        )
-                        started = time.monotonic()
-                        await _until(lambda a=active: traffic.last == a, 5)
-                        traffic.window.clear()
-                        while time.monotonic() - started < hold:
-                            live.update(_view(traffic, phase, active))
-                            await asyncio.sleep(0.125)
-                        live.update(_view(traffic, phase, active))
+                    ok = await _scenario(cp, traffic, live, hold=hold)
                 stop_traffic.set()
                 await runner
                 console.print()
@@ -242,11 +231,80 @@ async def run_demo(*, keep: bool, hold: float) -> int:
                                   f"try CONTROLPLANE_SERVER=127.0.0.1:{cp.admin_port} "
                                   "controlplane get proxies. Ctrl-C stops everything.")
                     await _wait_for_signal()
-                return 0 if traffic.failed == 0 else 1
+                return 0 if ok and traffic.failed == 0 else 1
     finally:
         for server in servers:
             server.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+ROLLOUT = """
+apiVersion: controlplane/v1
+kind: Rollout
+metadata: {{name: payments-v2}}
+spec:
+  upstream: payments
+  from: v1
+  to: v2
+  steps: [10, 25, 50, 100]
+  stepInterval: {interval}
+  rollbackWindow: 1h
+"""
+
+
+async def _scenario(cp: ControlPlane, traffic: Traffic, live: Live, *, hold: float) -> bool:
+    """steady on v1 → canary to v2, step by step → an operator's rollback to v1."""
+    assert cp.store is not None
+    store = cp.store
+
+    async def show(phase: str, seconds: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            live.update(_view(traffic, phase, await _split(store)))
+            await asyncio.sleep(0.125)
+
+    await show("steady on v1", hold)
+    await store.apply(parse_yaml(ROLLOUT.format(interval=f"{max(hold / 2, 0.5):g}s")),
+                      actor="demo")
+    step = -2
+    while True:
+        state, _ = await store.load()
+        status = state.status("payments-v2")
+        if status.step != step:
+            step = status.step
+            traffic.window.clear()
+        await show(f"canary: {status.phase}", 0.25)
+        if not status.active:
+            break
+    if status.phase != Phase.SUCCEEDED:
+        return False
+    traffic.window.clear()
+    await show("canary succeeded: v2 active", hold)
+    state, revisions, _ = await store.read()
+    decision = transition(state.rollouts["payments-v2"].spec, state.status("payments-v2"),
+                          Operator(time.time(), "rollback", "demo"))
+    await apply_decision(store, state, revisions, "payments-v2", decision, actor="demo")
+    traffic.window.clear()
+    while True:
+        state, _ = await store.load()
+        status = state.status("payments-v2")
+        await show(f"rollback: {status.phase}", 0.25)
+        if status.phase == Phase.ROLLED_BACK:
+            break
+    traffic.window.clear()
+    await show("rolled back: v1 active", hold)
+    return True
+
+
+async def _split(store: Store) -> str:
+    state, _ = await store.load()
+    if "payments-v2" not in state.rollouts:
+        return f"{state.upstreams['payments'].spec.active} 100%"
+    status = state.status("payments-v2")
+    if not status.active:
+        return f"{state.upstreams['payments'].spec.active} 100%"
+    return (f"v1 {100 - status.weight:g}% / v2 {status.weight:g}% "
+            f"(ACKed {status.proxies_acked}/{status.proxies_total})")
 
 
 async def _until_async(probe: Traffic, timeout: float) -> bool:

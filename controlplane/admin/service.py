@@ -9,7 +9,7 @@ import grpc
 from controlplane.admin.audit_tokens import AuditTokenMethods
 from controlplane.admin.auth import Role
 from controlplane.admin.base import AdminBase
-from controlplane.admin.rollouts import RolloutMethods
+from controlplane.admin.rollouts import RolloutMethods, status_document
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import FieldError, InvalidInputError
 from controlplane.model import canonical_kind, to_document, validate_documents
@@ -50,9 +50,15 @@ class AdminService(
                 resources = [await self._store.get(kind, request.name)]
             else:
                 resources = await self._store.list_kind(kind)
-            return admin_pb2.GetResponse(
-                documents=[json.dumps(to_document(r)) for r in resources]
-            )
+            docs = [to_document(r) for r in resources]
+            if kind == "Rollout" and docs:
+                state, _ = await self._store.load()
+                for doc in docs:
+                    if doc["metadata"]["name"] in state.rollouts:
+                        full = status_document(state, doc["metadata"]["name"])
+                        doc["status"] = {k: full[k] for k in (
+                            "phase", "step", "weight", "applied", "proxies", "reason", "message")}
+            return admin_pb2.GetResponse(documents=[json.dumps(d) for d in docs])
 
         return await self._guard(context, Role.VIEWER, "get", run)
 

@@ -174,14 +174,17 @@ _COLUMNS: dict[str, tuple[list[str], Row]] = {
         ],
     ),
     "Rollout": (
-        ["NAME", "UPSTREAM", "FROM", "TO", "STRATEGY", "STEPS"],
+        ["NAME", "UPSTREAM", "FROM", "TO", "STRATEGY", "PHASE", "WEIGHT", "PROXIES"],
         lambda d: [
             _name(d),
             _spec(d)["upstream"],
             _spec(d)["from"],
             _spec(d)["to"],
             _spec(d).get("strategy", "canary"),
-            ",".join(f"{s:g}" for s in _spec(d).get("steps", [])),
+            d.get("status", {}).get("phase", "Pending"),
+            f"{d.get('status', {}).get('weight', 0):g}%",
+            "{acked}/{total}".format(**d.get("status", {}).get("proxies",
+                                                               {"acked": 0, "total": 0})),
         ],
     ),
     "ProxyGroup": (

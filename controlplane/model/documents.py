@@ -95,6 +95,9 @@ def validate_documents(docs: Iterable[Any]) -> list[Resource]:
                 FieldError(f"{where}: kind", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
             )
             continue
+        # Like kubectl: `status` is the control plane's to write; a round-tripped
+        # `get -o yaml` may carry it, and apply ignores it.
+        doc = {k: v for k, v in doc.items() if k != "status"}
         try:
             resource = _ADAPTER.validate_python(doc)
         except PydanticValidationError as exc:

@@ -121,6 +121,8 @@ def test_canary_runs_to_success_without_a_failed_request(
         assert doc["proxies"] == {"acked": 1, "total": 1}
         seen = share(port, 1000)
         assert abs(seen["v2"] / 10 - 10) <= 5, seen  # percent of 1,000 requests
+        table = cli(["get", "rollouts"], server=serve.admin).out
+        assert "PHASE" in table and "Paused" in table and "10%" in table and "1/1" in table
         verb(serve, "resume", "payments-v2")
         wait_status(serve, 30, phase="Succeeded", weight=100.0)
         version_behind(port, CONVERGE_S)("v2")
