@@ -19,6 +19,8 @@ class TrafficPolicy:
         match_cookie: `name=value`; a request with that cookie always goes to `to_version`.
         mirror_percent: percent of `from_version` traffic copied to `to_version`;
             the copies' responses are discarded.
+        rolling: instead of splitting between two clusters, the `from` cluster keeps
+            all traffic and EDS swaps its endpoints for `to`'s, `weight` percent at a time.
     """
 
     upstream: str
@@ -28,3 +30,4 @@ class TrafficPolicy:
     match_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     match_cookie: str | None = None
     mirror_percent: float | None = None
+    rolling: bool = False

@@ -38,5 +38,6 @@ def traffic_of(state: DesiredState) -> Mapping[str, TrafficPolicy]:
             match_headers=dict(spec.match.headers) if steering and spec.match else {},
             match_cookie=spec.match.cookie if steering and spec.match else None,
             mirror_percent=mirror,
+            rolling=spec.strategy == "rolling",
         )
     return out

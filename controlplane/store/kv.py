@@ -1,8 +1,16 @@
-"""The one place that talks to etcd (through aetcd): a tiny KV interface that reconnects.
+"""The one place that talks to etcd (through aetcd): a small KV interface that reconnects.
 
-aetcd does not reconnect by itself: on a connection failure the client is dropped
-and the next call connects again, trying each endpoint in turn. Every etcd failure
-leaves this module as a StoreUnavailableError.
+aetcd is untyped and does not reconnect by itself; nothing else imports it. Here:
+
+- A failed call drops the connection and tries the next endpoint, once per endpoint;
+  the next call after that connects afresh (a new gRPC channel skips the channel's
+  reconnect back-off, so a restarted etcd is seen at once).
+- Every etcd failure leaves this module as a StoreUnavailableError that says what to do.
+- Transactions are built from etcd's own protobuf messages, not aetcd's helper, to get
+  the revision they committed at and, when a guard fails, the guarded keys as they are.
+
+Replaying a call on the next endpoint is safe for everything the store sends: writes
+are compare-and-swap transactions, so a replay of one that did land fails its guard.
 """
 
 from __future__ import annotations
@@ -10,19 +18,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
 import grpc
+from aetcd import rpc
 
-from controlplane.errors import StoreUnavailableError
+from controlplane.errors import ControlPlaneError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 CALL_TIMEOUT_S = 5
+# Notice a silently dead connection (a partition) within seconds, also on an idle watch.
+# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+_CHANNEL_OPTIONS = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -31,12 +48,32 @@ class KV:
     value: bytes
     mod_revision: int
     create_revision: int
+    lease: int = 0
 
 
 @dataclass(frozen=True)
 class Range:
+    """Keys read in one consistent read, and the revision it was at."""
+
     kvs: tuple[KV, ...]
     revision: int
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """A transaction's outcome; true when its guards held and it wrote.
+
+    Attributes:
+        revision: the store's revision after the transaction (its own when it wrote).
+        current: when a guard failed, every guarded key as it is now (None: absent).
+    """
+
+    succeeded: bool
+    revision: int
+    current: Mapping[bytes, KV | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.succeeded
 
 
 @dataclass(frozen=True)
@@ -47,82 +84,115 @@ class WatchEvent:
     mod_revision: int
 
 
-class Compacted(Exception):  # an internal signal: it never leaves the store
-    """The watch's start revision was compacted; re-list from `revision`."""
+class Compacted(ControlPlaneError):  # an internal signal: it never leaves the store
+    """The watch's start revision was compacted; re-list, then watch from the new revision."""
 
     def __init__(self, revision: int) -> None:
-        super().__init__(f"compacted up to {revision}")
+        super().__init__(f"etcd compacted its history up to revision {revision}")
         self.revision = revision
 
 
-def _split(endpoint: str) -> tuple[str, int]:
-    endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
-    host, _, port = endpoint.rpartition(":")
-    return host or "127.0.0.1", int(port or 2379)
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """`http://host:port`, `host:port` or `host` (port 2379) → (host, port)."""
+    text = endpoint.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "2379"
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise StoreUnavailableError(
+            f"bad etcd endpoint {endpoint!r}: use HOST:PORT, e.g. 127.0.0.1:2379"
+        ) from None
 
 
-_DOWN = (
-    aetcd.exceptions.ConnectionFailedError,
-    aetcd.exceptions.ConnectionTimeoutError,
-    aetcd.exceptions.InternalError,
+# Failures of the connection (or of etcd) as opposed to our own mistakes: all of them
+# mean "etcd did not do it"; aetcd raises ClientError for codes it has no class for.
+_DOWN: tuple[type[BaseException], ...] = (
+    aetcd.exceptions.ClientError,
     grpc.RpcError,
     OSError,
-    asyncio.TimeoutError,
+    TimeoutError,
 )
 
 
-class EtcdKV:
-    """A connection to an etcd cluster given by its endpoints."""
+def _kv(raw: Any) -> KV:
+    return KV(raw.key, raw.value, raw.mod_revision, raw.create_revision, raw.lease)
 
-    def __init__(self, endpoints: Sequence[str]) -> None:
+
+class EtcdKV:
+    """A connection to an etcd cluster given by its endpoints; safe to share between tasks."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: int = CALL_TIMEOUT_S) -> None:
         if not endpoints:
             raise StoreUnavailableError("no etcd endpoint given: pass --etcd HOST:PORT")
-        self._endpoints = [_split(e) for e in endpoints]
+        self._endpoints = [parse_endpoint(e) for e in endpoints]
+        self._timeout = timeout
         self._next = 0
         self._client: Any = None
 
-    def _connect(self) -> Any:
+    @property
+    def endpoint(self) -> str:
+        """The endpoint the next call goes to."""
+        host, port = self._endpoints[self._next % len(self._endpoints)]
+        return f"{host}:{port}"
+
+    async def _connect(self) -> Any:
         if self._client is None:
             host, port = self._endpoints[self._next % len(self._endpoints)]
-            self._client = aetcd.Client(host=host, port=port, timeout=CALL_TIMEOUT_S)
+            client = aetcd.Client(host=host, port=port, timeout=self._timeout,
+                                  options=_CHANNEL_OPTIONS)
+            await client.connect()  # only builds the channel: it does not wait for etcd
+            if self._client is None:
+                self._client = client
+            else:  # another task connected while we did
+                await client.close()
         return self._client
 
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
+    async def _drop(self, client: Any) -> None:
+        """Forget `client` (if still current) and move on to the next endpoint."""
+        if client is None or client is not self._client:
+            return  # another task already dropped it
+        self._client = None
         self._next += 1
-        if client is not None:
-            try:
-                await client.close()
-            except _DOWN:
-                pass
+        try:
+            await client.close()
+        except _DOWN as exc:
+            log.debug("closing a broken etcd connection: %r", exc)
 
     async def _call(self, what: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
-        try:
-            return await fn(self._connect())
-        except _DOWN as exc:
-            await self._drop()
-            raise StoreUnavailableError(
-                f"etcd unavailable during {what}: {exc}; nothing was written. "
-                "Check that etcd is running and reachable, then retry."
-            ) from exc
+        error: BaseException | None = None
+        for _ in range(len(self._endpoints)):
+            client = await self._connect()
+            try:
+                return await fn(client)
+            except _DOWN as exc:
+                error = exc
+                log.debug("etcd %s failed at %s: %r", what, self.endpoint, exc)
+                await self._drop(client)
+        where = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
+        raise StoreUnavailableError(
+            f"etcd ({where}) did not answer a {what}: {_describe(error)}. Check that etcd is "
+            "running and reachable (--etcd HOST:PORT), then retry."
+        ) from error
 
     async def close(self) -> None:
-        await self._drop()
+        await self._drop(self._client)
+
+    # ---- key-value ----------------------------------------------------------------------
 
     async def get(self, key: bytes) -> KV | None:
         got = await self._call("get", lambda c: c.get(key))
-        return None if got is None else KV(got.key, got.value, got.mod_revision,
-                                           got.create_revision)
+        return None if got is None else _kv(got)
 
     async def range(self, prefix: bytes, end: bytes | None = None) -> Range:
-        """Every key under `prefix`, or in [prefix, end) when `end` is given: one
-        consistent read at one revision."""
+        """Every key under `prefix`, or in [prefix, end) when `end` is given, sorted by key:
+        one consistent read at one revision."""
         if end is None:
-            got = await self._call("range", lambda c: c.get_prefix(prefix, sort_target="key"))
+            got = await self._call("read", lambda c: c.get_prefix(prefix, sort_target="key"))
         else:
-            got = await self._call("range", lambda c: c.get_range(prefix, end, sort_target="key"))
-        kvs = tuple(KV(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in got.kvs)
-        return Range(kvs, int(got.header.revision))
+            got = await self._call("read", lambda c: c.get_range(prefix, end, sort_target="key"))
+        return Range(tuple(_kv(kv) for kv in got.kvs), int(got.header.revision))
 
     async def txn(
         self,
@@ -132,17 +202,45 @@ class EtcdKV:
         deletes: Sequence[bytes] = (),
         lease: int | None = None,
         expect_values: Mapping[bytes, bytes] | None = None,
-    ) -> bool:
-        """All of `puts`/`deletes` if every key's mod revision is as expected (0: absent)."""
+        leased: Sequence[bytes] | None = None,
+    ) -> TxnResult:
+        """All of `puts` and `deletes` at one revision, if every guard holds.
 
-        async def run(client: Any) -> bool:
-            t = client.transactions
-            compare = [t.mod(k) == rev for k, rev in expect.items()]
-            compare += [t.value(k) == v for k, v in (expect_values or {}).items()]
-            ops = [t.put(k, v, lease=lease) for k, v in puts.items()]
-            ops += [t.delete(k) for k in deletes]
-            ok, _ = await client.transaction(compare=compare, success=ops, failure=[])
-            return bool(ok)
+        Args:
+            expect: key → its mod revision as read (0: the key must not exist).
+            expect_values: key → the value it must hold.
+            lease: attach puts to this lease (etcd deletes them when it ends); only the
+                keys in `leased` when that is given.
+        """
+        guards = [*expect, *(k for k in (expect_values or {}) if k not in expect)]
+        compare = [
+            rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=k,
+                        mod_revision=rev)
+            for k, rev in expect.items()
+        ] + [
+            rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=k, value=v)
+            for k, v in (expect_values or {}).items()
+        ]
+        attach = set(puts if leased is None else leased)
+        success = [
+            rpc.RequestOp(request_put=rpc.PutRequest(
+                key=k, value=v, lease=(lease or 0) if k in attach else 0))
+            for k, v in puts.items()
+        ] + [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in guards]
+        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+
+        async def run(client: Any) -> TxnResult:
+            reply = await client.kvstub.Txn(request, timeout=self._timeout,
+                                            metadata=client.metadata)
+            revision = int(reply.header.revision)
+            if reply.succeeded:
+                return TxnResult(True, revision)
+            current: dict[bytes, KV | None] = {}
+            for key, op in zip(guards, reply.responses, strict=True):
+                kvs = op.response_range.kvs
+                current[key] = _kv(kvs[0]) if kvs else None
+            return TxnResult(False, revision, current)
 
         return await self._call("transaction", run)
 
@@ -153,14 +251,19 @@ class EtcdKV:
         await self._call("delete", lambda c: c.delete(key))
 
     async def compact(self, revision: int) -> None:
-        await self._call("compact", lambda c: c.compact(revision, physical=True))
+        """Drop the history before `revision` (watches from before it get Compacted)."""
+        await self._call("compaction", lambda c: c.compact(revision, physical=True))
+
+    # ---- leases -------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; returns its id."""
         lease = await self._call("lease grant", lambda c: c.lease(ttl))
         return int(lease.id)
 
     async def refresh(self, lease_id: int) -> int:
-        """Keep a lease alive; returns its remaining TTL (0 or less: it expired)."""
+        """Keep a lease alive; returns its remaining TTL (0 or less: it has expired)."""
+
         async def run(client: Any) -> int:
             reply = await client.refresh_lease(lease_id)
             return int(reply.TTL) if reply is not None else 0
@@ -168,28 +271,70 @@ class EtcdKV:
         return await self._call("lease keep-alive", run)
 
     async def revoke(self, lease_id: int) -> None:
-        await self._call("lease revoke", lambda c: c.revoke_lease(lease_id))
+        """End a lease now, deleting its keys; a lease that already expired is fine."""
+
+        async def run(client: Any) -> None:
+            try:
+                await client.revoke_lease(lease_id)
+            except aetcd.exceptions.ClientError as exc:
+                if "lease not found" not in str(exc):
+                    raise
+
+        await self._call("lease revoke", run)
+
+    # ---- watch --------------------------------------------------------------------------
 
     async def watch(
         self, prefix: bytes, start_revision: int, end: bytes | None = None
     ) -> AsyncIterator[WatchEvent]:
-        """Events under `prefix` (or in [prefix, end)) from `start_revision` on.
+        """Events under `prefix` (or in [prefix, end)) from `start_revision` on, in order.
 
         Errors:
             Compacted: that revision is gone; re-list and watch again.
-            StoreUnavailableError: the connection broke; call again to resume.
+            StoreUnavailableError: the stream broke (or ended); call again to resume.
         """
+        client = await self._connect()
+        range_end = end if end is not None else _prefix_end(prefix)
         try:
-            client = self._connect()
-            if end is None:
-                watch = await client.watch_prefix(prefix, start_revision=start_revision)
-            else:
-                watch = await client.watch(prefix, range_end=end, start_revision=start_revision)
+            watch = await client.watch(prefix, range_end=range_end,
+                                       start_revision=start_revision)
+        except aetcd.exceptions.RevisionCompactedError as exc:
+            raise Compacted(int(exc.compacted_revision)) from exc
+        except _DOWN as exc:
+            await self._drop(client)
+            raise StoreUnavailableError(f"etcd watch could not start: {_describe(exc)}") from exc
+        try:
             async for event in watch:
                 yield WatchEvent(event.kv.key, event.kv.value, event.kind == "DELETE",
                                  event.kv.mod_revision)
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(int(exc.compacted_revision)) from exc
         except _DOWN as exc:
-            await self._drop()
-            raise StoreUnavailableError(f"etcd watch broke: {exc}") from exc
+            await self._drop(client)
+            raise StoreUnavailableError(f"etcd watch broke: {_describe(exc)}") from exc
+        finally:
+            if client is self._client:
+                try:
+                    await watch.cancel()
+                except _DOWN as exc:
+                    log.debug("cancelling a watch: %r", exc)
+        # The stream ended without an error: its connection was closed under it.
+        raise StoreUnavailableError("etcd watch ended: its connection was closed")
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The end of the range of keys that start with `prefix` (etcd's convention)."""
+    raw = bytearray(prefix)
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return bytes(raw)
+        raw.pop()
+    return b"\0"
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text else repr(error)

@@ -101,7 +101,7 @@ def translate(
         listeners=build_listeners(listeners, edge=edge),
         routes=route_configs,
         clusters=build_clusters(upstreams.values(), edge=edge),
-        endpoints=build_endpoints(upstreams.values()),
+        endpoints=build_endpoints(upstreams.values(), traffic),
     )
     problems += dangling_clusters(resources)
     if problems:

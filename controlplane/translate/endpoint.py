@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.endpoint.v3.endpoint_components_pb2 import (
     Endpoint,
@@ -12,31 +13,52 @@ from envoy.config.endpoint.v3.endpoint_components_pb2 import (
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from controlplane.model import Upstream
+from controlplane.model.traffic import TrafficPolicy
 from controlplane.translate.common import socket_address, split_endpoint
 from controlplane.translate.names import cluster_name
 
 
-def build_endpoints(upstreams: Iterable[Upstream]) -> list[ClusterLoadAssignment]:
+def build_endpoints(
+    upstreams: Iterable[Upstream], traffic: Mapping[str, TrafficPolicy]
+) -> list[ClusterLoadAssignment]:
     """One assignment per version of each upstream, endpoints in the order the user wrote them.
 
     Errors:
         TranslationError: an endpoint is not IP:PORT.
     """
     return [
-        build_load_assignment(upstream, version)
+        build_load_assignment(upstream, version, traffic.get(upstream.name))
         for upstream in upstreams
         for version in sorted(upstream.spec.versions)
     ]
 
 
-def build_load_assignment(upstream: Upstream, version: str) -> ClusterLoadAssignment:
+def rolling_endpoints(old: Sequence[str], new: Sequence[str], percent: float) -> list[str]:
+    """`from` endpoints replaced by `to` endpoints, `percent` of each at a time.
+
+    New ones come in before old ones go (rounding up new, down old), like a
+    Deployment's surge: at 10% of 2 → 3 endpoints, never fewer than before.
+    """
+    keep_old = len(old) - math.floor(len(old) * percent / 100)
+    add_new = math.ceil(len(new) * percent / 100)
+    return [*old[:keep_old], *new[:add_new]]
+
+
+def build_load_assignment(
+    upstream: Upstream, version: str, policy: TrafficPolicy | None = None
+) -> ClusterLoadAssignment:
     """The endpoints of one version, in a single locality (we know no zones).
 
     Errors:
         TranslationError: an endpoint is not IP:PORT.
     """
+    endpoints = upstream.spec.versions[version].endpoints
+    if policy is not None and policy.rolling and version == policy.from_version:
+        endpoints = rolling_endpoints(
+            endpoints, upstream.spec.versions[policy.to_version].endpoints, policy.weight
+        )
     lb_endpoints = []
-    for text in upstream.spec.versions[version].endpoints:
+    for text in endpoints:
         host, port = split_endpoint(text)
         lb_endpoints.append(LbEndpoint(endpoint=Endpoint(address=socket_address(host, port))))
     return ClusterLoadAssignment(

@@ -130,9 +130,11 @@ def build_routes(
     Without a policy: one route to the active version's cluster. With one: match
     routes (headers, then cookie) to the `to` cluster, then the weighted split.
     """
-    if policy is None:
+    if policy is None or policy.rolling:
+        # A rolling update keeps one cluster (`from`); EDS swaps its endpoints.
+        version = policy.from_version if policy is not None else upstream.spec.active
         return [_route(route.name, route, upstream, RouteMatch(prefix=route.spec.prefix),
-                       RouteAction(cluster=cluster_name(upstream.name, upstream.spec.active)))]
+                       RouteAction(cluster=cluster_name(upstream.name, version)))]
     to_cluster = cluster_name(upstream.name, policy.to_version)
     out: list[RouteProto] = []
     if policy.match_headers:

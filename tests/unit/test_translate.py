@@ -338,3 +338,20 @@ def test_parse_cluster_name_rejects(name: str) -> None:
 )
 def test_duration_is_exact_to_the_millisecond(text: str, seconds: int, nanos: int) -> None:
     assert duration(text) == Duration(seconds=seconds, nanos=nanos)
+
+
+@pytest.mark.parametrize(
+    ("percent", "expected"),
+    [
+        pytest.param(0, ["a1", "a2"], id="none-yet"),
+        pytest.param(10, ["a1", "a2", "b1"], id="surge-first"),
+        pytest.param(50, ["a1", "b1"], id="half"),
+        pytest.param(100, ["b1", "b2"], id="all-new"),
+    ],
+)
+def test_rolling_endpoints_bring_new_ones_in_before_old_ones_go(
+    percent: float, expected: list[str]
+) -> None:
+    from controlplane.translate.endpoint import rolling_endpoints
+
+    assert rolling_endpoints(["a1", "a2"], ["b1", "b2"], percent) == expected
