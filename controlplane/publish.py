@@ -13,15 +13,25 @@ import difflib
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.rollout.traffic import traffic_of
-from controlplane.translate import ResourceSet, translate
+from controlplane.translate import (
+    GroupCertificate,
+    ResourceSet,
+    SecretMaterial,
+    placeholder_material,
+    translate,
+)
 from controlplane.translate.render import render
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
+
+if TYPE_CHECKING:  # the secrets package pulls in cryptography: keep CLI starts fast
+    from controlplane.secrets import Material
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,7 @@ class Publisher:
         self._cache = cache
         self._state: DesiredState | None = None
         self._traffic: Traffic = _NO_TRAFFIC
+        self._secrets = SecretMaterial()  # key material from the vault (update_secrets)
         self._extra_groups: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._on_published = on_published
@@ -60,6 +71,12 @@ class Publisher:
         self._state = state
         self._traffic = traffic_of(state)
         self._arm()
+
+    def update_secrets(self, material: Material) -> None:
+        """Take new key material (a rotation); published after the hold-off like a state."""
+        self._secrets = secret_material(material)
+        if self._state is not None:
+            self._arm()
 
     def publish_now(self) -> None:
         """Publish the latest state immediately (first load: serve nothing before it)."""
@@ -88,7 +105,8 @@ class Publisher:
         published: dict[str, Snapshot] = {}
         for group in sorted({*state.groups(), *self._extra_groups}):
             try:
-                resources = translate(state, group=group, traffic=self._traffic)
+                resources = translate(state, group=group, traffic=self._traffic,
+                                      secrets=self._secrets)
                 snapshot = Snapshot.build(resources.by_type_url())
                 self._cache.set_snapshot(group, snapshot)
             except ControlPlaneError as exc:
@@ -99,6 +117,18 @@ class Publisher:
         self.published.set()
         if self._on_published is not None:
             self._on_published(published)
+
+
+def secret_material(material: Material) -> SecretMaterial:
+    """The vault's material as translate's input type."""
+    return SecretMaterial(
+        ca_pem=material.ca_pem,
+        certificates=MappingProxyType({
+            group: GroupCertificate(cert.cert_pem, cert.key_pem)
+            for group, cert in material.certificates.items()
+        }),
+        credentials=material.credentials,
+    )
 
 
 def _render(resources: ResourceSet) -> str:
@@ -121,6 +151,8 @@ def xds_diff(before: DesiredState, after: DesiredState) -> dict[str, str]:
 
 def _render_or_error(state: DesiredState, group: str, traffic: Traffic) -> str:
     try:
-        return _render(translate(state, group=group, traffic=traffic))
+        # Secrets render redacted: placeholders show which ones a group would get.
+        return _render(translate(state, group=group, traffic=traffic,
+                                 secrets=placeholder_material(state)))
     except ControlPlaneError as exc:
         return f"# cannot translate: {exc}\n"

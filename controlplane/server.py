@@ -15,9 +15,10 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,11 +28,14 @@ from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter
 from controlplane.publish import Publisher, xds_diff
 from controlplane.rollout.engine import RolloutEngine
-from controlplane.store import EmbeddedEtcd, Store
+from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.leader import LeaderElection
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import AggregatedDiscoveryServer
+
+if TYPE_CHECKING:
+    from controlplane.secrets.vault import AuditNote, SecretSync
 
 log = logging.getLogger("controlplane")
 
@@ -52,6 +56,7 @@ class ServeConfig:
     metrics_addr: str | None = DEFAULT_METRICS_ADDR
     tls_dir: Path | None = None
     leader_ttl: int = 10
+    cert_lifetime_s: float = 24 * 3600.0
 
 
 class ControlPlane:
@@ -70,6 +75,7 @@ class ControlPlane:
         self.engine: RolloutEngine | None = None
         self.reporter: FleetReporter | None = None
         self.election: LeaderElection | None = None
+        self.secret_sync: SecretSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
 
@@ -93,6 +99,20 @@ class ControlPlane:
         self.store = await Store.connect(endpoints)
         watch = self.store.watch_state()
         state, revision = await anext(watch)
+        # Secrets: sealed CA, group certificates and credential values in etcd. The sync
+        # issues and rotates them and hands the material to the publisher, primed before
+        # the first publish so TLS groups are whole from their first snapshot. Imported
+        # here: cryptography adds ~90 ms to every CLI command, which imports this module.
+        from controlplane.secrets import SealingKey, Vault
+        from controlplane.secrets.vault import SecretSync
+
+        vault = Vault(self.store.kv, self.store.keys,
+                      SealingKey.load(tls_dir=self.config.tls_dir,
+                                      data_dir=self.config.data_dir),
+                      self._commit_secrets, cert_lifetime_s=self.config.cert_lifetime_s)
+        self.secret_sync = SecretSync(vault, self.publisher.update_secrets)
+        await self.secret_sync.prime(state)
+        self._tasks.append(asyncio.create_task(self.secret_sync.run(), name="secrets"))
         self.publisher.update(state)
         self.publisher.publish_now()  # the first full state, before any proxy is answered
         self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
@@ -108,9 +128,9 @@ class ControlPlane:
         AggregatedDiscoveryServer(self.cache, self.registry).add_to_server(xds)
         self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff), admin
-        )
+        service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff)
+        service.attach_vault(vault)  # cert rotate / credential rotate
+        admin_pb2_grpc.add_AdminServicer_to_server(service, admin)
         self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr")
         for server in (xds, admin):
             await server.start()
@@ -122,8 +142,22 @@ class ControlPlane:
         async for state, revision in watch:
             log.debug("etcd revision %d", revision)
             self.publisher.update(state)  # type: ignore[arg-type]
+            if self.secret_sync is not None:
+                self.secret_sync.update(state)  # type: ignore[arg-type]
             if self.engine is not None:
                 self.engine.poke()
+
+    async def _commit_secrets(
+        self, puts: Mapping[bytes, bytes], expect: Mapping[bytes, int],
+        deletes: Sequence[bytes], notes: Sequence[AuditNote],
+    ) -> bool:
+        """The vault's writes: one compare-and-swap transaction with its audit entries."""
+        assert self.store is not None
+        records = [AuditRecord(actor=n.actor, action=n.action, kind=n.kind, name=n.name,
+                               reason=n.reason, after=n.after) for n in notes]
+        revision = await self.store.commit(puts=puts, expect=expect, deletes=deletes,
+                                           audit=records)
+        return revision is not None
 
     def _proxies(self) -> list[admin_pb2.Proxy]:
         return [

@@ -10,13 +10,14 @@ from controlplane.admin.audit_tokens import AuditTokenMethods
 from controlplane.admin.auth import Role
 from controlplane.admin.base import AdminBase
 from controlplane.admin.rollouts import RolloutMethods, status_document
+from controlplane.admin.secrets_methods import SecretMethods
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import FieldError, InvalidInputError
 from controlplane.model import canonical_kind, to_document, validate_documents
 
 
 class AdminService(
-    AuditTokenMethods, RolloutMethods, AdminBase, admin_pb2_grpc.AdminServicer  # type: ignore[misc]
+    SecretMethods, AuditTokenMethods, RolloutMethods, AdminBase, admin_pb2_grpc.AdminServicer  # type: ignore[misc]
 ):
     """controlplane.admin.v1.Admin: resources, proxies, rollouts, audit, tokens."""
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from controlplane.cli import audit_cmd, resources, rollout_cmd, token_cmd
+from controlplane.cli import audit_cmd, resources, rollout_cmd, secrets_cmd, token_cmd
 from controlplane.cli.bootstrap_cmd import add_bootstrap_parser
 from controlplane.cli.client import DEFAULT_SERVER, Connection
 from controlplane.cli.output import error
@@ -99,6 +99,7 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
     rollout_cmd.add_parser(sub, client)
     audit_cmd.add_parser(sub, client)
     token_cmd.add_parser(sub, client)
+    secrets_cmd.add_parser(sub, client)
     return parser
 
 

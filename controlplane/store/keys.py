@@ -6,6 +6,10 @@
     {prefix}/audit-head                {"seq", "hash"} of the last entry
     {prefix}/leader                    the rollout engine's leader, held by a lease
     {prefix}/fleet/{replica}           what the replica's proxies ACKed, held by its lease
+    {prefix}/vault/ca                  our CA (its key sealed; controlplane.secrets.records)
+    {prefix}/vault/certs/{group}       a proxy group's serving certificate (key sealed)
+    {prefix}/vault/credentials/{name}  a Credential's current value (sealed); `vault/` sorts
+                                       after `status0`, outside the state watch's range
 """
 
 from __future__ import annotations
@@ -60,6 +64,21 @@ class Keys:
     @property
     def leader(self) -> bytes:
         return f"{self.prefix}/leader".encode()
+
+    @property
+    def secrets(self) -> bytes:
+        """The vault's records (controlplane.secrets.vault), watched on their own."""
+        return f"{self.prefix}/vault/".encode()
+
+    @property
+    def secret_ca(self) -> bytes:
+        return f"{self.prefix}/vault/ca".encode()
+
+    def secret_certificate(self, group: str) -> bytes:
+        return f"{self.prefix}/vault/certs/{group}".encode()
+
+    def secret_credential(self, name: str) -> bytes:
+        return f"{self.prefix}/vault/credentials/{name}".encode()
 
     def parse_status(self, key: bytes) -> tuple[str, str]:
         """`…/status/Rollout/payments-v2` → ("Rollout", "payments-v2")."""

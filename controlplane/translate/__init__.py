@@ -7,7 +7,9 @@ by name, that serialize to the same bytes (`SerializeToString(deterministic=True
       ├── listener.py  Listener whose spec.group == G    → Listener (HCM, RDS over ADS)
       ├── route.py     Route on those listeners          → RouteConfiguration per listener
       ├── cluster.py   every version of each routed-to Upstream → Cluster (EDS over ADS)
-      └── endpoint.py  the same versions                 → ClusterLoadAssignment
+      ├── endpoint.py  the same versions                 → ClusterLoadAssignment
+      └── sds.py       TLS listeners, versions' credentials → Secret (from `secrets`, the
+                       key material the caller passes in: translate reads no disk or etcd)
     names.py: cluster_name(upstream, version) == "upstream|version", and its inverse.
 
 A group whose ProxyGroup says `edge: true` also gets Envoy's edge-proxy hardening in its
@@ -39,6 +41,14 @@ from controlplane.translate.route import (
     policy_problems,
     referenced_clusters,
 )
+from controlplane.translate.sds import (
+    NO_MATERIAL,
+    GroupCertificate,
+    SecretMaterial,
+    build_secrets,
+    placeholder_material,
+    tls_problems,
+)
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -46,10 +56,13 @@ __all__ = [
     "LISTENER_TYPE",
     "ROUTE_TYPE",
     "SECRET_TYPE",
+    "GroupCertificate",
     "ResourceSet",
+    "SecretMaterial",
     "cluster_name",
     "dangling_clusters",
     "parse_cluster_name",
+    "placeholder_material",
     "translate",
 ]
 
@@ -61,6 +74,7 @@ def translate(
     *,
     group: str,
     traffic: Mapping[str, TrafficPolicy] = _NO_TRAFFIC,
+    secrets: SecretMaterial = NO_MATERIAL,
 ) -> ResourceSet:
     """The Envoy resources proxy group `group` gets.
 
@@ -70,6 +84,8 @@ def translate(
         group: the proxy group (Envoy node.cluster).
         traffic: rollout traffic policies by upstream name; an upstream without one
             sends all traffic to its `spec.active` version.
+        secrets: certificates and credential values; the group gets only those its
+            listeners and clusters name.
 
     Returns:
         Listeners of the group, one RouteConfiguration per listener, and a cluster plus
@@ -79,7 +95,8 @@ def translate(
     Errors:
         TranslationError: every problem found, at once: a route to a missing upstream,
             a bad traffic policy, a route naming a cluster the set does not carry
-            (Envoy would accept it and answer 503), two listeners on one address.
+            (Envoy would accept it and answer 503), two listeners on one address,
+            a secret the group needs that `secrets` lacks.
     """
     profile = state.proxy_groups.get(group)
     edge = profile is not None and profile.spec.edge
@@ -94,14 +111,23 @@ def translate(
 
     problems = address_problems(listeners)
     problems += policy_problems(traffic, upstreams)
+    problems += tls_problems((lst.name, lst.spec.tls) for lst in listeners if lst.spec.tls)
+    credentials = sorted({
+        spec.credential for ups in upstreams.values() for spec in ups.spec.versions.values()
+        if spec.credential is not None and spec.credential in state.credentials
+    })
     route_configs = build_route_configurations(
         listeners, routes, state.upstreams, traffic, problems
     )
     resources = ResourceSet.of(
         listeners=build_listeners(listeners, edge=edge),
         routes=route_configs,
-        clusters=build_clusters(upstreams.values(), edge=edge),
+        clusters=build_clusters(upstreams.values(), edge=edge, credentials=state.credentials),
         endpoints=build_endpoints(upstreams.values(), traffic),
+        secrets=build_secrets(
+            group, tls=[lst.spec.tls for lst in listeners if lst.spec.tls],
+            credentials=credentials, material=secrets, problems=problems,
+        ),
     )
     problems += dangling_clusters(resources)
     if problems:

@@ -7,7 +7,8 @@ the target cluster is already warm (endpoints known, health checked).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers as CircuitBreakersProto
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -18,30 +19,45 @@ from envoy.config.core.v3.base_pb2 import RoutingPriority
 from envoy.config.core.v3.health_check_pb2 import HealthCheck as HealthCheckProto
 from google.protobuf.wrappers_pb2 import UInt32Value
 
-from controlplane.model import Upstream
+from controlplane.model import Credential, Upstream
 from controlplane.model.resources import CircuitBreakers, HealthCheck, OutlierDetection
-from controlplane.translate.common import ads, duration
+from controlplane.translate.common import ads, duration, pack
 from controlplane.translate.names import cluster_name
+from controlplane.translate.sds import HTTP_PROTOCOL_OPTIONS, credential_protocol_options
+
+_NO_CREDENTIALS: Mapping[str, Credential] = MappingProxyType({})
 
 EDGE_BUFFER_LIMIT_BYTES = 32 * 1024
 """Per-connection buffer limit for edge proxies (Envoy's edge best practices: 32 KiB)."""
 
 
-def build_clusters(upstreams: Iterable[Upstream], *, edge: bool = False) -> list[Cluster]:
+def build_clusters(
+    upstreams: Iterable[Upstream],
+    *,
+    edge: bool = False,
+    credentials: Mapping[str, Credential] = _NO_CREDENTIALS,
+) -> list[Cluster]:
     """One cluster per version of each upstream, named `cluster_name(upstream, version)`.
 
     Args:
         upstreams: the upstreams the group's routes reference.
         edge: apply Envoy's edge-proxy buffer limits.
+        credentials: Credentials by name; a version naming one injects it (sds.py).
     """
     return [
-        build_cluster(upstream, version, edge=edge)
+        build_cluster(upstream, version, edge=edge, credentials=credentials)
         for upstream in upstreams
         for version in sorted(upstream.spec.versions)
     ]
 
 
-def build_cluster(upstream: Upstream, version: str, *, edge: bool = False) -> Cluster:
+def build_cluster(
+    upstream: Upstream,
+    version: str,
+    *,
+    edge: bool = False,
+    credentials: Mapping[str, Credential] = _NO_CREDENTIALS,
+) -> Cluster:
     """The EDS cluster for one version; its endpoints come from `endpoint.build_endpoints`."""
     spec = upstream.spec
     cluster = Cluster(
@@ -59,8 +75,14 @@ def build_cluster(upstream: Upstream, version: str, *, edge: bool = False) -> Cl
         cluster.circuit_breakers.CopyFrom(_circuit_breakers(spec.circuit_breakers))
     if edge:
         cluster.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT_BYTES
-    # Credentials (version.credential: credential_injector in HttpProtocolOptions) and
-    # upstream mTLS (transport_socket) are added here by the secrets issue.
+    credential = spec.versions[version].credential
+    if credential is not None and credential in credentials:
+        # Envoy's credential_injector as an upstream filter, value over SDS (sds.py).
+        # A missing Credential is a state problem (DesiredState.problems) and, if it
+        # got here anyway, a dangling-secret problem of translate.
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
+            pack(credential_protocol_options(credentials[credential])))
+    # Upstream mTLS (transport_socket) is not implemented yet.
     return cluster
 
 

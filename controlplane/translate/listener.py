@@ -31,6 +31,7 @@ from controlplane.translate.names import (
     ROUTER_FILTER,
     route_config_name,
 )
+from controlplane.translate.sds import downstream_tls
 
 EDGE_BUFFER_LIMIT_BYTES = 32 * 1024
 # Envoy's "Configuring Envoy as an edge proxy" best practices (HTTP part).
@@ -72,9 +73,9 @@ def _filter_chain(listener: Listener, *, edge: bool) -> FilterChain:
             listener.name, edge=edge
         )))]
     )
-    # TLS goes here: when listener.spec.tls is set, the SDS issue sets
-    # chain.transport_socket to a DownstreamTlsContext whose certificate (and, with
-    # mtls, validation context) come over SDS (ads). Plain HTTP until then.
+    if listener.spec.tls is not None:
+        # The group's certificate (and, with mtls, our CA) come over SDS: see sds.py.
+        chain.transport_socket.CopyFrom(downstream_tls(listener.spec.group, listener.spec.tls))
     return chain
 
 

@@ -32,9 +32,23 @@ def to_plain(message: Message) -> dict[str, Any]:
     return data
 
 
-def render_messages(messages: Iterable[Message]) -> str:
-    """A YAML list of the messages, keys sorted."""
-    return yaml.safe_dump([to_plain(m) for m in messages], sort_keys=True)
+REDACTED = "[redacted]"
+_SECRET_FIELDS = frozenset({"inline_bytes", "inline_string", "environment_variable", "filename"})
+
+
+def redacted(data: Any) -> Any:
+    """`data` with every DataSource value replaced by `[redacted]` (for Secrets)."""
+    if isinstance(data, dict):
+        return {k: REDACTED if k in _SECRET_FIELDS else redacted(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redacted(v) for v in data]
+    return data
+
+
+def render_messages(messages: Iterable[Message], *, redact: bool = False) -> str:
+    """A YAML list of the messages, keys sorted; `redact` hides DataSource values."""
+    plain = [to_plain(m) for m in messages]
+    return yaml.safe_dump([redacted(p) for p in plain] if redact else plain, sort_keys=True)
 
 
 def render(resources: ResourceSet, *, skip_empty: Iterable[str] = ("secrets",)) -> dict[str, str]:
@@ -44,5 +58,6 @@ def render(resources: ResourceSet, *, skip_empty: Iterable[str] = ("secrets",)) 
     for kind in KINDS:
         messages: tuple[Message, ...] = getattr(resources, kind)
         if messages or kind not in skip:
-            out[kind] = render_messages(messages)
+            # Secrets never print: golden files, dry-run diffs and logs show the shape only.
+            out[kind] = render_messages(messages, redact=kind == "secrets")
     return out

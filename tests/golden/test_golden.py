@@ -1,7 +1,9 @@
 """Golden files: tests/golden/in/<case>.yaml → tests/golden/out/<case>/<group>.<kind>.yaml.
 
 Each input is resource YAML as users write it; `<case>.traffic.yaml`, if present,
-holds the rollout traffic policies ({upstream: TrafficPolicy fields}). Every group
+holds the rollout traffic policies ({upstream: TrafficPolicy fields}). Key material
+(certificates from a fresh test CA, credential values) is generated per run: secrets
+render redacted, so the golden text does not depend on it. Every group
 of the state is translated and rendered as sorted YAML (proto field names).
 `pytest --update-golden` rewrites the expected files and deletes orphans; review
 the diff. A second test loads each output into real Envoy (`--mode validate`), both
@@ -20,10 +22,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.model.traffic import TrafficPolicy
-from controlplane.translate import ResourceSet, translate
+from controlplane.secrets import CertificateAuthority
+from controlplane.translate import GroupCertificate, ResourceSet, SecretMaterial, translate
 from controlplane.translate.bootstrap import bootstrap
 from controlplane.translate.render import render
 from controlplane.translate.render import to_plain as to_dict
@@ -49,11 +53,28 @@ def load_case(case: str) -> tuple[DesiredState, dict[str, TrafficPolicy]]:
     return state, traffic
 
 
+def material_for(state: DesiredState) -> SecretMaterial:
+    """Real (throwaway) key material for every group and credential of `state`."""
+    ca = CertificateAuthority.create(now=1_700_000_000)
+    certs = {}
+    for group in state.groups():
+        issued = ca.issue(group, now=1_700_000_000, lifetime_s=86400)
+        certs[group] = GroupCertificate(issued.cert_pem, issued.key_pem)
+    values = {name: SecretStr(f"value-of-{name}") for name in state.credentials}
+    return SecretMaterial(ca_pem=ca.cert_pem, certificates=MappingProxyType(certs),
+                          credentials=MappingProxyType(values))
+
+
+def translate_case(state: DesiredState, group: str,
+                   traffic: dict[str, TrafficPolicy]) -> ResourceSet:
+    return translate(state, group=group, traffic=traffic, secrets=material_for(state))
+
+
 def expected_files(case: str) -> dict[Path, str]:
     state, traffic = load_case(case)
     files: dict[Path, str] = {}
     for group in state.groups():
-        for kind, text in render(translate(state, group=group, traffic=traffic)).items():
+        for kind, text in render(translate_case(state, group, traffic)).items():
             files[OUT / case / f"{group}.{kind}.yaml"] = text
     return files
 
@@ -122,7 +143,22 @@ def static_bootstrap(resources: ResourceSet) -> dict[str, Any]:
         listeners.append(data)
     assert not assignments, f"load assignments without a cluster: {sorted(assignments)}"
     assert not route_configs, f"route configurations no listener uses: {sorted(route_configs)}"
-    return {"static_resources": {"listeners": listeners, "clusters": clusters}}
+    static: dict[str, Any] = {"listeners": _static_sds(listeners),
+                              "clusters": _static_sds(clusters)}
+    if resources.secrets:
+        static["secrets"] = [to_dict(s) for s in resources.secrets]
+    return {"static_resources": static}
+
+
+def _static_sds(data: Any) -> Any:
+    """SDS references over ADS → references to static secrets (no sds_config)."""
+    if isinstance(data, dict):
+        if "sds_config" in data and "name" in data:
+            return {k: v for k, v in data.items() if k != "sds_config"}
+        return {k: _static_sds(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_static_sds(v) for v in data]
+    return data
 
 
 def served_bootstrap(resources: ResourceSet, group: str) -> dict[str, Any]:
@@ -148,7 +184,7 @@ def envoy_validate(config: dict[str, Any], path: Path) -> subprocess.CompletedPr
 def test_envoy_accepts(case: str, tmp_path: Path) -> None:
     state, traffic = load_case(case)
     for group in state.groups():
-        resources = translate(state, group=group, traffic=traffic)
+        resources = translate_case(state, group, traffic)
         for form, config in (
             ("inlined", static_bootstrap(resources)),
             ("served", served_bootstrap(resources, group)),

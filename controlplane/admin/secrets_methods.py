@@ -1,0 +1,64 @@
+"""Rotation verbs on the admin API: `cert rotate` and `credential rotate` (operator role).
+
+The vault does the compare-and-swap writes and names the audit entries; this mixin
+only checks roles and shapes responses. No response carries key material or values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from pydantic import SecretStr
+
+from controlplane.admin.auth import Role
+from controlplane.admin.base import AdminBase
+from controlplane.api import admin_pb2
+from controlplane.errors import ControlPlaneError
+
+if TYPE_CHECKING:  # the vault pulls in cryptography: keep it out of every CLI start
+    from controlplane.secrets import Vault
+
+
+class SecretMethods(AdminBase):
+    """Mixed into AdminService; the wiring attaches the vault with `attach_vault`."""
+
+    _vault: Vault | None = None
+
+    def attach_vault(self, vault: Vault) -> None:
+        self._vault = vault
+
+    def _require_vault(self) -> Vault:
+        if self._vault is None:
+            raise ControlPlaneError("this server has no secrets vault configured")
+        return self._vault
+
+    async def RotateCertificates(
+        self, request: admin_pb2.RotateCertificatesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RotateCertificatesResponse:
+        async def run(actor: str) -> admin_pb2.RotateCertificatesResponse:
+            vault = self._require_vault()
+            state, _ = await self._store.load()
+            groups = [request.group] if request.group else []
+            done = await vault.rotate_certs(state, groups=groups, actor=actor)
+            return admin_pb2.RotateCertificatesResponse(certificates=[
+                admin_pb2.RotatedCertificate(group=g, old_serial=old, new_serial=new)
+                for g, (old, new) in sorted(done.items())
+            ])
+
+        return await self._guard(context, Role.OPERATOR, "cert rotate", run)
+
+    async def RotateCredential(
+        self, request: admin_pb2.RotateCredentialRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RotateCredentialResponse:
+        async def run(actor: str) -> admin_pb2.RotateCredentialResponse:
+            vault = self._require_vault()
+            state, _ = await self._store.load()
+            generation = await vault.rotate_credential(
+                state, request.name,
+                value=SecretStr(request.value) if request.value else None,
+                emergency=request.emergency, actor=actor,
+            )
+            return admin_pb2.RotateCredentialResponse(name=request.name, generation=generation)
+
+        return await self._guard(context, Role.OPERATOR, "credential rotate", run)

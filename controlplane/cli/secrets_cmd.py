@@ -1,0 +1,93 @@
+"""`controlplane cert rotate [--group G]` and `controlplane credential rotate NAME`.
+
+Neither prints key material or credential values: only serials and generations.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from controlplane.api import admin_pb2
+from controlplane.cli.client import Connection
+from controlplane.errors import FieldError, InvalidInputError
+
+_CERT_EPILOG = """Issues new serving certificates now (they also rotate by themselves at about
+half their lifetime). New TLS handshakes get the new certificate within moments; open
+connections keep theirs.
+
+examples:
+  controlplane cert rotate
+  controlplane cert rotate --group edge
+"""
+
+_CREDENTIAL_EPILOG = """Switches every proxy injecting the credential to the new value at once.
+Without --from-file the control plane re-reads the Credential's valueFrom file.
+--emergency records the rotation in the audit log as revoking the previous value.
+
+examples:
+  controlplane credential rotate payments-key-2026 --from-file /run/secrets/payments-2026.new
+  controlplane credential rotate payments-key-2026 --emergency
+"""
+
+
+def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
+    """Register `cert rotate` and `credential rotate` on `sub`."""
+    p = sub.add_parser("cert", help="serving certificates issued by the built-in CA")
+    verbs = p.add_subparsers(dest="cert_command", required=True, parser_class=type(p))
+    c = verbs.add_parser("rotate", parents=[client], help="issue new certificates now",
+                         epilog=_CERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--group", default="", help="only this proxy group (default: every TLS group)")
+    c.set_defaults(handler=cert_rotate)
+
+    p = sub.add_parser("credential", help="upstream credentials injected by the proxies")
+    verbs = p.add_subparsers(dest="credential_command", required=True, parser_class=type(p))
+    c = verbs.add_parser("rotate", parents=[client], help="switch a credential to a new value",
+                         epilog=_CREDENTIAL_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("name")
+    c.add_argument("--from-file", help="file holding the new value (read here, sent once)")
+    c.add_argument("--emergency", action="store_true",
+                   help="audit the rotation as revoking the previous value")
+    c.set_defaults(handler=credential_rotate)
+
+
+def _conn(args: argparse.Namespace) -> Connection:
+    return Connection.from_args(args.server, args.token, args.client_tls_dir)
+
+
+def cert_rotate(args: argparse.Namespace) -> int:
+    conn = _conn(args)
+    response = conn.stub().RotateCertificates(
+        admin_pb2.RotateCertificatesRequest(group=args.group),
+        metadata=conn.metadata(), timeout=conn.timeout,
+    )
+    for cert in response.certificates:
+        print(f"certificate/{cert.group} rotated: serial {cert.old_serial or '(none)'} -> "
+              f"{cert.new_serial}")
+    return 0
+
+
+def _read_value(path: str) -> str:
+    try:
+        value = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InvalidInputError([FieldError("--from-file", f"cannot read {path}: "
+                                                           f"{exc.strerror}")]) from None
+    if not value:
+        raise InvalidInputError([FieldError("--from-file", f"{path} is empty")])
+    return value
+
+
+def credential_rotate(args: argparse.Namespace) -> int:
+    value = _read_value(args.from_file) if args.from_file else ""
+    conn = _conn(args)
+    response = conn.stub().RotateCredential(
+        admin_pb2.RotateCredentialRequest(name=args.name, value=value,
+                                          emergency=args.emergency),
+        metadata=conn.metadata(), timeout=conn.timeout,
+    )
+    what = "revoked the previous value and rotated" if args.emergency else "rotated"
+    print(f"credential/{response.name} {what} (generation {response.generation})")
+    return 0

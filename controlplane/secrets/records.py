@@ -1,0 +1,97 @@
+"""What the vault stores under `{prefix}/vault/`: JSON with every secret sealed.
+
+    vault/ca                  {"cert": PEM, "key": sealed PEM}
+    vault/certs/{group}       {"cert", "key" (sealed), "serial", "notBefore", "notAfter",
+                              "rotateAt"}: the group's serving certificate
+    vault/credentials/{name}  {"value" (sealed), "source", "generation", "rotatedAt"}:
+                              a Credential's current value; `source` is a digest of the
+                              resource's value source, so re-applying it with another
+                              source re-reads the value, and a rotation survives re-applies
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretBytes, SecretStr
+
+from controlplane.model import Credential
+from controlplane.secrets.ca import IssuedCertificate
+from controlplane.secrets.crypto import SealingKey
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_ca(cert_pem: str, key_pem: SecretBytes, sealing: SealingKey) -> bytes:
+    return _dump({"cert": cert_pem, "key": sealing.seal(key_pem.get_secret_value())})
+
+
+def decode_ca(raw: bytes, sealing: SealingKey) -> tuple[str, bytes]:
+    data = json.loads(raw)
+    return str(data["cert"]), sealing.unseal(str(data["key"]))
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    cert: IssuedCertificate
+    rotate_at: float
+
+
+def encode_cert(record: CertRecord, sealing: SealingKey) -> bytes:
+    c = record.cert
+    return _dump({
+        "cert": c.cert_pem, "key": sealing.seal(c.key_pem.get_secret_value()),
+        "serial": c.serial, "notBefore": c.not_before, "notAfter": c.not_after,
+        "rotateAt": record.rotate_at,
+    })
+
+
+def decode_cert(raw: bytes, sealing: SealingKey) -> CertRecord:
+    data = json.loads(raw)
+    cert = IssuedCertificate(
+        cert_pem=str(data["cert"]), key_pem=SecretBytes(sealing.unseal(str(data["key"]))),
+        serial=str(data["serial"]), not_before=float(data["notBefore"]),
+        not_after=float(data["notAfter"]),
+    )
+    return CertRecord(cert, float(data["rotateAt"]))
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    value: SecretStr
+    source: str
+    generation: int
+    rotated_at: float
+
+
+def encode_credential(record: CredentialRecord, sealing: SealingKey) -> bytes:
+    return _dump({
+        "value": sealing.seal(record.value.get_secret_value().encode()),
+        "source": record.source, "generation": record.generation,
+        "rotatedAt": record.rotated_at,
+    })
+
+
+def decode_credential(raw: bytes, sealing: SealingKey) -> CredentialRecord:
+    data = json.loads(raw)
+    return CredentialRecord(
+        value=SecretStr(sealing.unseal(str(data["value"])).decode()),
+        source=str(data["source"]), generation=int(data["generation"]),
+        rotated_at=float(data["rotatedAt"]),
+    )
+
+
+def source_digest(credential: Credential) -> str:
+    """Which value source the resource names (a digest: never the value itself)."""
+    spec = credential.spec
+    if spec.value is not None:
+        text = "value:" + spec.value.get_secret_value()
+    else:
+        assert spec.value_from is not None  # the model requires exactly one
+        text = "file:" + spec.value_from.file
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,445 @@
+"""The vault: secret records in etcd, created, rotated and read with compare-and-swap.
+
+Any replica may issue or rotate: every write is guarded by the mod revisions it read,
+so two replicas racing to rotate one certificate write it once; the loser re-reads.
+Every write goes through the `Committer` the wiring supplies, which appends audit
+entries (summaries only: serials and generations, never key material or values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+
+from controlplane.errors import ConflictError, ControlPlaneError, InvalidInputError, NotFoundError
+from controlplane.model import Credential, DesiredState
+from controlplane.secrets.ca import CertificateAuthority, IssuedCertificate
+from controlplane.secrets.crypto import SealingKey
+from controlplane.secrets.records import (
+    CertRecord,
+    CredentialRecord,
+    decode_ca,
+    decode_cert,
+    decode_credential,
+    encode_ca,
+    encode_cert,
+    encode_credential,
+    source_digest,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CERT_LIFETIME_S = 24 * 3600.0
+ROTATE_FRACTION = (0.45, 0.55)
+"""A certificate is rotated at half its lifetime, ±5 % jitter so groups do not rotate at once."""
+CAS_ATTEMPTS = 5
+SYSTEM_ACTOR = "controlplane"
+
+
+class SecretKV(Protocol):
+    """The part of the store's EtcdKV the vault reads with."""
+
+    async def range(self, prefix: bytes, end: bytes | None = None) -> Any: ...
+
+    def watch(self, prefix: bytes, start_revision: int,
+              end: bytes | None = None) -> AsyncIterator[Any]: ...
+
+
+class SecretKeys(Protocol):
+    """Where the records live (store.keys.Keys provides these)."""
+
+    @property
+    def secrets(self) -> bytes: ...
+
+    @property
+    def secret_ca(self) -> bytes: ...
+
+    def secret_certificate(self, group: str) -> bytes: ...
+
+    def secret_credential(self, name: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class AuditNote:
+    """One audit entry to append with a write (no secret in any field)."""
+
+    actor: str
+    action: str
+    kind: str
+    name: str
+    reason: str = ""
+    after: Mapping[str, Any] | None = None
+
+
+Committer = Callable[
+    [Mapping[bytes, bytes], Mapping[bytes, int], Sequence[bytes], Sequence[AuditNote]],
+    Awaitable[bool],
+]
+"""(puts, expect {key: mod revision, 0 = absent}, deletes, audit) → whether it was written."""
+
+
+@dataclass(frozen=True)
+class Material:
+    """What translate needs: the CA PEM, group certificates, credential values (redacted)."""
+
+    ca_pem: str = ""
+    certificates: Mapping[str, IssuedCertificate] = field(
+        default_factory=lambda: MappingProxyType({}))
+    credentials: Mapping[str, SecretStr] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def tls_groups(state: DesiredState) -> list[str]:
+    """Groups with at least one `tls: {certificate: auto}` listener, sorted."""
+    return sorted({lst.spec.group for lst in state.listeners.values() if lst.spec.tls})
+
+
+def read_credential_file(path: str) -> SecretStr:
+    """A credential value from a file (server side), trailing newline stripped.
+
+    Errors:
+        InvalidInputError: the file cannot be read or is empty.
+    """
+    try:
+        value = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read credential file {path}: {exc.strerror}") from None
+    if not value:
+        raise InvalidInputError(f"credential file {path} is empty")
+    return SecretStr(value)
+
+
+def _resolve(credential: Credential) -> SecretStr:
+    spec = credential.spec
+    if spec.value is not None:
+        return spec.value
+    assert spec.value_from is not None
+    return read_credential_file(spec.value_from.file)
+
+
+@dataclass
+class _Read:
+    revision: int
+    mods: dict[bytes, int]
+    ca: CertificateAuthority | None
+    certs: dict[str, CertRecord]
+    credentials: dict[str, CredentialRecord]
+    unreadable: list[bytes] = field(default_factory=list)
+
+
+class Vault:
+    """Secret records under `keys.secrets`.
+
+    Args:
+        kv: etcd reads and watches.
+        keys: the key layout.
+        sealing: seals key material and values before they are written.
+        commit: writes with compare-and-swap and audit (see `Committer`).
+        cert_lifetime_s: lifetime of group certificates (rotated at about half of it).
+    """
+
+    def __init__(
+        self, kv: SecretKV, keys: SecretKeys, sealing: SealingKey, commit: Committer, *,
+        cert_lifetime_s: float = DEFAULT_CERT_LIFETIME_S,
+        clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+    ) -> None:
+        self._kv = kv
+        self._keys = keys
+        self._sealing = sealing
+        self._commit = commit
+        self.cert_lifetime_s = cert_lifetime_s
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    # ---- reads ------------------------------------------------------------------------
+
+    async def _read(self) -> _Read:
+        got = await self._kv.range(self._keys.secrets)
+        out = _Read(int(got.revision), {}, None, {}, {})
+        cert_prefix = self._keys.secret_certificate("")
+        cred_prefix = self._keys.secret_credential("")
+        for kv in got.kvs:
+            key: bytes = kv.key
+            out.mods[key] = int(kv.mod_revision)
+            try:
+                if key == self._keys.secret_ca:
+                    cert_pem, key_pem = decode_ca(kv.value, self._sealing)
+                    out.ca = CertificateAuthority.from_pem(cert_pem, key_pem)
+                elif key.startswith(cert_prefix):
+                    out.certs[key[len(cert_prefix):].decode()] = decode_cert(
+                        kv.value, self._sealing)
+                elif key.startswith(cred_prefix):
+                    out.credentials[key[len(cred_prefix):].decode()] = decode_credential(
+                        kv.value, self._sealing)
+            except (ControlPlaneError, ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring unreadable secret record %s: %s", key.decode(), exc)
+                out.unreadable.append(key)
+        return out
+
+    async def load(self) -> tuple[Material, int]:
+        """Every stored secret, unsealed, and the etcd revision it was read at."""
+        read = await self._read()
+        return Material(
+            ca_pem=read.ca.cert_pem if read.ca else "",
+            certificates=MappingProxyType({g: r.cert for g, r in sorted(read.certs.items())}),
+            credentials=MappingProxyType(
+                {n: r.value for n, r in sorted(read.credentials.items())}),
+        ), read.revision
+
+    async def rotation_times(self) -> dict[str, float]:
+        """Group → when its certificate is due for rotation (epoch seconds)."""
+        return {g: r.rotate_at for g, r in (await self._read()).certs.items()}
+
+    async def changes(self, start_revision: int) -> AsyncIterator[int]:
+        """Yields a revision each time a secret record changes (etcd watch)."""
+        async for event in self._kv.watch(self._keys.secrets, start_revision):
+            yield int(event.mod_revision)
+
+    # ---- writes -----------------------------------------------------------------------
+
+    def _issue(self, ca: CertificateAuthority, group: str, now: float) -> CertRecord:
+        cert = ca.issue(group, now=now, lifetime_s=self.cert_lifetime_s)
+        fraction = self._rng.uniform(*ROTATE_FRACTION)
+        return CertRecord(cert, now + self.cert_lifetime_s * fraction)
+
+    async def ensure(self, state: DesiredState) -> list[str]:
+        """Create what `state` needs and is missing, rotate what is due. Returns what was done.
+
+        The CA; a certificate for every TLS group (new, or past its rotation time);
+        the value of every Credential whose record is missing or names another source;
+        the records of deleted Credentials are removed.
+        """
+        read = await self._read()
+        if read.unreadable:  # sealed with another key: never overwrite what we cannot read
+            log.error("not issuing or rotating secrets: %d record(s) cannot be unsealed",
+                      len(read.unreadable))
+            return []
+        now = self._clock()
+        puts: dict[bytes, bytes] = {}
+        expect: dict[bytes, int] = {}
+        deletes: list[bytes] = []
+        notes: list[AuditNote] = []
+        ca = read.ca
+        groups = tls_groups(state)
+        if ca is None and groups:
+            ca = CertificateAuthority.create(now=now)
+            puts[self._keys.secret_ca] = encode_ca(ca.cert_pem, ca.key_pem, self._sealing)
+            expect[self._keys.secret_ca] = 0
+            notes.append(AuditNote(SYSTEM_ACTOR, "ca/create", "CertificateAuthority", "ca"))
+        for group in groups:
+            old = read.certs.get(group)
+            if old is not None and now < old.rotate_at:
+                continue
+            assert ca is not None
+            self._put_cert(read, ca, group, now, puts, expect, notes, actor=SYSTEM_ACTOR,
+                           action="cert/issue" if old is None else "cert/rotate",
+                           reason="" if old is None else "half of its lifetime passed")
+        for name, credential in state.credentials.items():
+            source = source_digest(credential)
+            old_cred = read.credentials.get(name)
+            if old_cred is not None and old_cred.source == source:
+                continue
+            try:
+                value = _resolve(credential)
+            except InvalidInputError as exc:
+                log.error("Credential/%s has no value yet: %s", name, exc)
+                continue
+            self._put_credential(read, name, value, source, now, puts, expect, notes,
+                                 actor=SYSTEM_ACTOR, action="credential/load")
+        for name in sorted(set(read.credentials) - set(state.credentials)):
+            key = self._keys.secret_credential(name)
+            deletes.append(key)
+            expect[key] = read.mods[key]
+        if not puts and not deletes:
+            return []
+        if not await self._commit(puts, expect, deletes, notes):
+            log.info("another replica wrote secrets first; re-reading")
+            return []
+        return [f"{n.action} {n.name}" for n in notes] + [f"delete {k.decode()}" for k in deletes]
+
+    def _put_cert(self, read: _Read, ca: CertificateAuthority, group: str, now: float,
+                  puts: dict[bytes, bytes], expect: dict[bytes, int], notes: list[AuditNote],
+                  *, actor: str, action: str, reason: str) -> CertRecord:
+        key = self._keys.secret_certificate(group)
+        record = self._issue(ca, group, now)
+        puts[key] = encode_cert(record, self._sealing)
+        expect[key] = read.mods.get(key, 0)
+        old = read.certs.get(group)
+        notes.append(AuditNote(actor, action, "Certificate", group, reason, {
+            "serial": record.cert.serial, "notAfter": record.cert.not_after,
+            "previousSerial": old.cert.serial if old else None,
+        }))
+        return record
+
+    def _put_credential(self, read: _Read, name: str, value: SecretStr, source: str, now: float,
+                        puts: dict[bytes, bytes], expect: dict[bytes, int],
+                        notes: list[AuditNote], *, actor: str, action: str,
+                        reason: str = "") -> int:
+        key = self._keys.secret_credential(name)
+        old = read.credentials.get(name)
+        generation = (old.generation + 1) if old else 1
+        puts[key] = encode_credential(
+            CredentialRecord(value, source, generation, now), self._sealing)
+        expect[key] = read.mods.get(key, 0)
+        notes.append(AuditNote(actor, action, "Credential", name, reason,
+                               {"generation": generation}))
+        return generation
+
+    async def rotate_certs(
+        self, state: DesiredState, *, groups: Sequence[str] = (), actor: str
+    ) -> dict[str, tuple[str, str]]:
+        """Issue new certificates now; returns group → (old serial, new serial).
+
+        Errors:
+            NotFoundError: a named group has no TLS listener (or no group has one).
+            ConflictError: other writers kept winning.
+        """
+        known = tls_groups(state)
+        wanted = list(groups) or known
+        unknown = sorted(set(wanted) - set(known))
+        if unknown or not wanted:
+            raise NotFoundError(
+                f"no TLS listener in group(s) {unknown or '(any)'}; groups with "
+                f"`tls: {{certificate: auto}}` listeners: {known or 'none'}")
+        for _ in range(CAS_ATTEMPTS):
+            read = await self._read()
+            now = self._clock()
+            puts: dict[bytes, bytes] = {}
+            expect: dict[bytes, int] = {}
+            notes: list[AuditNote] = []
+            ca = read.ca
+            if ca is None:
+                ca = CertificateAuthority.create(now=now)
+                puts[self._keys.secret_ca] = encode_ca(ca.cert_pem, ca.key_pem, self._sealing)
+                expect[self._keys.secret_ca] = 0
+                notes.append(AuditNote(actor, "ca/create", "CertificateAuthority", "ca"))
+            done: dict[str, tuple[str, str]] = {}
+            for group in wanted:
+                old = read.certs.get(group)
+                record = self._put_cert(read, ca, group, now, puts, expect, notes,
+                                        actor=actor, action="cert/rotate",
+                                        reason="operator request")
+                done[group] = (old.cert.serial if old else "", record.cert.serial)
+            if await self._commit(puts, expect, [], notes):
+                return done
+        raise ConflictError("certificates kept changing; rotate again")
+
+    async def rotate_credential(
+        self, state: DesiredState, name: str, *, value: SecretStr | None, emergency: bool,
+        actor: str,
+    ) -> int:
+        """Switch Credential `name` to `value` (or re-read its source); returns its generation.
+
+        Errors:
+            NotFoundError: no such Credential.
+            InvalidInputError: its file cannot be read.
+            ConflictError: other writers kept winning.
+        """
+        credential = state.credentials.get(name)
+        if credential is None:
+            raise NotFoundError(f"Credential/{name} not found; `controlplane get credentials` "
+                                "lists what exists")
+        new_value = value if value is not None else _resolve(credential)
+        for _ in range(CAS_ATTEMPTS):
+            read = await self._read()
+            puts: dict[bytes, bytes] = {}
+            expect: dict[bytes, int] = {}
+            notes: list[AuditNote] = []
+            generation = self._put_credential(
+                read, name, new_value, source_digest(credential), self._clock(), puts, expect,
+                notes, actor=actor,
+                action="credential/revoke" if emergency else "credential/rotate",
+                reason=("emergency: the previous value is revoked" if emergency
+                        else "operator request"),
+            )
+            if await self._commit(puts, expect, [], notes):
+                return generation
+        raise ConflictError(f"Credential/{name} kept changing; rotate again")
+
+
+class SecretSync:
+    """Keeps the vault in step with the state, and the proxies in step with the vault.
+
+    Args:
+        vault: the records.
+        on_material: called with the full material after each change (the publisher).
+        check_every_s: the longest sleep between rotation checks.
+    """
+
+    def __init__(self, vault: Vault, on_material: Callable[[Material], None], *,
+                 check_every_s: float = 30.0, retry_s: float = 1.0) -> None:
+        self._vault = vault
+        self._on_material = on_material
+        self._check_every_s = check_every_s
+        self._retry_s = retry_s
+        self._state: DesiredState | None = None
+        self._wake = asyncio.Event()
+        self._revision = 0
+
+    async def prime(self, state: DesiredState) -> None:
+        """Before the first publish: create what is missing, hand over the material."""
+        self._state = state
+        for done in await self._vault.ensure(state):
+            log.info("secrets: %s", done)
+        material, self._revision = await self._vault.load()
+        self._on_material(material)
+
+    def update(self, state: DesiredState) -> None:
+        self._state = state
+        self._wake.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._ensure_loop())
+            tasks.create_task(self._watch_loop())
+
+    async def _ensure_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), await self._sleep_s())
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._state is None:
+                continue
+            try:
+                for done in await self._vault.ensure(self._state):
+                    log.info("secrets: %s", done)
+            except ControlPlaneError as exc:
+                log.warning("secrets: %s; retrying in %.1fs", exc, self._retry_s)
+                await asyncio.sleep(self._retry_s)
+                self._wake.set()
+
+    async def _sleep_s(self) -> float:
+        try:
+            due = min((await self._vault.rotation_times()).values(), default=None)
+        except ControlPlaneError:
+            return self._retry_s
+        if due is None:
+            return self._check_every_s
+        return max(0.05, min(self._check_every_s, due - time.time()))
+
+    async def _watch_loop(self) -> None:
+        while True:
+            try:
+                async for revision in self._vault.changes(self._revision + 1):
+                    if revision <= self._revision:
+                        continue
+                    material, self._revision = await self._vault.load()
+                    self._on_material(material)
+            except ControlPlaneError as exc:  # down or compacted: re-read, watch again
+                log.warning("secrets watch: %s; re-reading in %.1fs", exc, self._retry_s)
+                await asyncio.sleep(self._retry_s)
+                try:
+                    material, self._revision = await self._vault.load()
+                    self._on_material(material)
+                except ControlPlaneError:
+                    continue
