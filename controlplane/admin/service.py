@@ -50,7 +50,7 @@ class AdminService(
             if request.name:
                 resources = [await self._store.get(kind, request.name)]
             else:
-                resources = await self._store.list_kind(kind)
+                resources = await self._store.list(kind)
             docs = [to_document(r) for r in resources]
             if kind == "Rollout" and docs:
                 state, _ = await self._store.load()

