@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from controlplane.admin import AdminService
+from controlplane.admin.auth import TokenAuthenticator
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter
@@ -128,7 +129,8 @@ class ControlPlane:
         AggregatedDiscoveryServer(self.cache, self.registry).add_to_server(xds)
         self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
-        service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff)
+        service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff,
+                               authenticator=TokenAuthenticator(self.store))
         service.attach_vault(vault)  # cert rotate / credential rotate
         admin_pb2_grpc.add_AdminServicer_to_server(service, admin)
         self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr")
@@ -255,7 +257,8 @@ async def _serve(config: ServeConfig) -> int:
             _start_metrics(config.metrics_addr)
             print(
                 f"serving xDS on 127.0.0.1:{cp.xds_port} and the admin API on "
-                f"127.0.0.1:{cp.admin_port} (loopback only, no credentials configured)",
+                f"127.0.0.1:{cp.admin_port} "
+                f"({await TokenAuthenticator(cp.store).mode() if cp.store else 'no store'})",
                 file=sys.stderr, flush=True,
             )
             await stop.wait()

@@ -6,13 +6,18 @@ Roles (DESIGN.md): viewer (get, status, audit) < operator (rollout verbs, rotate
 
 from __future__ import annotations
 
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
-from controlplane.errors import PermissionDeniedError
+from controlplane.errors import AuthenticationError, PermissionDeniedError
+from controlplane.store import Store
+from controlplane.store.tokens import TokenRecord, TokenStore, digest
 
 
 class Role(IntEnum):
@@ -51,3 +56,117 @@ class LocalAuthenticator:
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         return Principal(name=f"local:{context.peer()}", role=Role.ADMIN)
+
+
+CACHE_TTL_S = 5.0
+_CACHE_MAX = 4096
+_NEEDS_TOKEN = ("pass --token or set CONTROLPLANE_TOKEN (an admin makes one with "
+                "`controlplane token create`)")
+
+
+class TokenAuthenticator:
+    """Bearer tokens (`authorization: Bearer <token>`) looked up by hash in etcd.
+
+    While no token exists, loopback callers act as admin named `local:<peer>`, so the
+    first `controlplane token create` works from the server's host. Once any token
+    exists, every call needs a valid one. Lookups are cached for `cache_ttl` seconds
+    (a revoked token may work that long); a token created on this replica is
+    remembered at once, and "no token yet" is never cached, so bootstrap mode ends
+    on every replica as soon as the first token is written.
+    """
+
+    def __init__(self, store: Store, *, cache_ttl: float = CACHE_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._tokens = TokenStore(store)
+        self._ttl = cache_ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}  # digest → (until, rec)
+        self._exist_until = 0.0
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """Errors:
+        AuthenticationError: a bad token, no token where one is needed, or a remote
+            caller while the server is still in loopback bootstrap mode.
+        """
+        token = bearer_token(context.invocation_metadata())
+        if token is not None:
+            record = await self._lookup(token)
+            if record is None:
+                raise AuthenticationError(f"the bearer token is not valid; {_NEEDS_TOKEN}")
+            return Principal(name=f"token:{record.name}", role=Role[record.role.upper()])
+        if await self._tokens_exist():
+            raise AuthenticationError(f"this server requires a bearer token: {_NEEDS_TOKEN}")
+        peer = context.peer()
+        if not is_loopback(peer):
+            raise AuthenticationError(
+                "no token exists yet, so only loopback callers are admitted: run "
+                "`controlplane token create --role admin` on the server's host"
+            )
+        return Principal(name=f"local:{peer}", role=Role.ADMIN)
+
+    def remember(self, token: str, record: TokenRecord) -> None:
+        """A token this replica just created: valid here at once, bootstrap mode over."""
+        now = self._clock()
+        self._put(digest(token), record, now)
+        self._exist_until = now + self._ttl
+
+    async def mode(self) -> str:
+        """For the startup line: whether tokens are required yet."""
+        if await self._tokens.exist():
+            return "bearer tokens required"
+        return ("loopback bootstrap mode: no token yet, loopback callers act as admin until "
+                "`controlplane token create --role admin`")
+
+    async def _lookup(self, token: str) -> TokenRecord | None:
+        key, now = digest(token), self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self._tokens.lookup(token)
+        self._put(key, record, now)
+        return record
+
+    def _put(self, key: str, record: TokenRecord | None, now: float) -> None:
+        if len(self._cache) >= _CACHE_MAX:  # bounded: a flood of bad tokens cannot grow it
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+        self._cache[key] = (now + self._ttl, record)
+
+    async def _tokens_exist(self) -> bool:
+        now = self._clock()
+        if self._exist_until > now:
+            return True
+        if await self._tokens.exist():
+            self._exist_until = now + self._ttl
+            return True
+        return False
+
+
+def bearer_token(metadata: Iterable[Any] | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` header, if there is one."""
+    for item in metadata or ():
+        key, value = item[0], item[1]
+        if key.lower() != "authorization":
+            continue
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def is_loopback(peer: str) -> bool:
+    """Whether a gRPC peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`, `unix:…`) is local."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return True
+    if scheme not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rpartition(":")[0].strip("[]").partition("%")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
