@@ -237,6 +237,10 @@ class RolloutSpec(Model):
     rollback_window: Duration = "1h"
     ack_timeout: Duration = "60s"
     """A step not ACKed by the fleet within this long pauses the rollout."""
+    ack_fraction: float = Field(default=1.0, gt=0, le=1)
+    """The share of connected proxies that must ACK a step before it counts."""
+    on_nack: Literal["pause", "rollback"] = "pause"
+    """What a NACKed step does: halt at the last good step, or roll back."""
 
     @field_validator("steps")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,9 +35,9 @@ class FleetProgress:
     total: int
     nack: str | None = None
 
-    @property
-    def complete(self) -> bool:
-        return self.acked >= self.total
+    def enough(self, fraction: float) -> bool:
+        """At least `fraction` of the connected proxies ACKed (all of them at 1.0)."""
+        return self.acked >= math.ceil(self.total * fraction - 1e-9)
 
 
 class FleetView(Protocol):
@@ -87,12 +88,12 @@ class RolloutEngine:
             now = self._clock()
             progress = await self._fleet.progress(state, name)
             events: list[Event] = []
+            spec = state.rollouts[name].spec
             if progress.nack:
                 events.append(Nacked(now, progress.nack))
-            elif progress.complete:
+            elif progress.enough(spec.ack_fraction):
                 events.append(FleetAcked(now))
             events.append(Tick(now))
-            spec = state.rollouts[name].spec
             for event in events:
                 decision = transition(spec, status, event)
                 if decision.status is not None:

@@ -127,6 +127,8 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
     if isinstance(event, Nacked):
         if status.applied or phase not in (Phase.PROGRESSING, Phase.PROMOTING):
             return NO_CHANGE
+        if spec.on_nack == "rollback":
+            return _rollback(status, event.now, "config rejected by a proxy (NACK)", event.detail)
         # Halt at the last good step: the proxy keeps the config before this one.
         previous = steps_of(spec)[status.step - 1] if status.step > 0 else 0.0
         return _to(status, event.now, "config rejected by a proxy (NACK)",

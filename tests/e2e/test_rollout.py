@@ -114,15 +114,17 @@ def test_canary_runs_to_success_without_a_failed_request(
 ) -> None:
     port = edge[0]
     with Load(port) as load:
-        apply(serve, rollout_yaml())
-        wait_status(serve, CONVERGE_S * 3, phase="Progressing", step=0, applied=True)
-        verb(serve, "pause", "payments-v2")
-        doc = wait_status(serve, CONVERGE_S, phase="Paused", weight=10.0)
+        # A long first interval holds the 10% step while it is measured.
+        apply(serve, rollout_yaml(interval="1h"))
+        doc = wait_status(serve, CONVERGE_S * 3, phase="Progressing", step=0, applied=True)
         assert doc["proxies"] == {"acked": 1, "total": 1}
         seen = share(port, 1000)
         assert abs(seen["v2"] / 10 - 10) <= 5, seen  # percent of 1,000 requests
+        verb(serve, "pause", "payments-v2")
+        wait_status(serve, CONVERGE_S, phase="Paused", weight=10.0)
         table = cli(["get", "rollouts"], server=serve.admin).out
         assert "PHASE" in table and "Paused" in table and "10%" in table and "1/1" in table
+        apply(serve, rollout_yaml(interval="1s"))  # editing a running rollout's pace
         verb(serve, "resume", "payments-v2")
         wait_status(serve, 30, phase="Succeeded", weight=100.0)
         version_behind(port, CONVERGE_S)("v2")
@@ -132,11 +134,13 @@ def test_canary_runs_to_success_without_a_failed_request(
     upstream = json.loads(cli(["get", "upstream", "payments", "-o", "json"],
                               server=serve.admin).out)
     assert upstream["spec"]["active"] == "v2"  # the outcome sticks without the rollout
-    entries = json.loads(cli(["audit", "-o", "json"], server=serve.admin).out) if cli(
-        ["audit", "-o", "json"], server=serve.admin).code == 0 else None
-    if entries is not None:
-        actions = [e["action"] for e in entries if e["kind"] == "Rollout"]
-        assert actions.count("rollout/Succeeded") == 1
+    entries = json.loads(cli(["audit", "-o", "json"], server=serve.admin).out)
+    transitions = [(e["action"], e["after"]["step"]) for e in entries
+                   if e["kind"] == "Rollout" and e["action"].startswith("rollout/")]
+    assert ("rollout/Succeeded", 2) in transitions
+    assert [t for t in transitions if t[0] == "rollout/Succeeded"] == [("rollout/Succeeded", 2)]
+    assert any(e["action"] == "rollout/Paused" and e["actor"].startswith("local:")
+               for e in entries)  # the operator's pause, with its principal
 
 
 def test_header_match_reaches_the_new_version_at_weight_zero(

@@ -54,6 +54,8 @@ CASES = [
                  id="nack-on-first-step"),
     pytest.param(SPEC, at(P.PROGRESSING, 1, 50, applied=True), Nacked(3, "late"), None,
                  id="nack-after-ack-ignored"),
+    pytest.param(SPEC.model_copy(update={"on_nack": "rollback"}), at(P.PROGRESSING, 1, 50),
+                 Nacked(3, "bad"), (P.ROLLING_BACK, 1, 0), id="nack-rolls-back-if-asked"),
     pytest.param(SPEC, at(P.PROGRESSING, 1, 50), Operator(1, "pause", "op"),
                  (P.PAUSED, 1, 50), id="pause"),
     pytest.param(SPEC, at(P.PAUSED, 1, 50), Operator(1, "pause", "op"), None,
