@@ -13,30 +13,9 @@ from controlplane.model.status import Phase
 from controlplane.rollout.engine import FleetProgress, RolloutEngine
 from controlplane.store import EmbeddedEtcd, Store
 from controlplane.store.leader import Fence, LeaderElection
+from tests.support.states import with_rollout
 
-STATE = """
-apiVersion: controlplane/v1
-kind: Listener
-metadata: {name: edge-http}
-spec: {group: edge, port: 10000}
----
-apiVersion: controlplane/v1
-kind: Route
-metadata: {name: payments}
-spec: {listener: edge-http, upstream: payments}
----
-apiVersion: controlplane/v1
-kind: Upstream
-metadata: {name: payments}
-spec:
-  active: v1
-  versions: {v1: {endpoints: ["127.0.0.1:9001"]}, v2: {endpoints: ["127.0.0.1:9002"]}}
----
-apiVersion: controlplane/v1
-kind: Rollout
-metadata: {name: payments-v2}
-spec: {upstream: payments, from: v1, to: v2, steps: [10, 50, 100], stepInterval: 10s}
-"""
+STATE = with_rollout()
 
 
 class ScriptedFleet:
