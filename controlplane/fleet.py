@@ -18,7 +18,7 @@ from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
 from controlplane.rollout.traffic import traffic_of
 from controlplane.store import Store
-from controlplane.translate import translate
+from controlplane.translate import placeholder_material, translate
 from controlplane.xds.proxies import ProxyRegistry, ProxyStatus
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.xds.snapshot import Snapshot
@@ -75,8 +75,13 @@ def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport
     upstream = state.rollouts[rollout].spec.upstream
     groups = groups_routing_to(state, upstream)
     traffic = traffic_of(state)
+    # Key material only reaches SDS, which is not compared: stand-ins give the same
+    # CDS/EDS/LDS/RDS versions the publisher serves with the real certificates.
+    material = placeholder_material(state)
     expected = {
-        g: Snapshot.build(translate(state, group=g, traffic=traffic).by_type_url()).versions
+        g: Snapshot.build(
+            translate(state, group=g, traffic=traffic, secrets=material).by_type_url()
+        ).versions
         for g in groups
     }
     # A proxy that moved to another replica may still be in the dead one's report

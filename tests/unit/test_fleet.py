@@ -53,3 +53,19 @@ def test_a_proxy_that_moved_replica_counts_once_by_its_newest_stream() -> None:
     progress = progress_of(STATE, "payments-v2", reports)
     assert (progress.acked, progress.total) == (1, 1)
     assert decode(encode(reports)) == reports
+
+
+def test_groups_with_tls_and_credentials_are_compared_without_key_material() -> None:
+    secured = DesiredState.of(parse_yaml(
+        with_rollout().replace("spec: {group: edge, port: 10000}",
+                               "spec: {group: edge, port: 10000, tls: {certificate: auto}}")
+        .replace('v2: {endpoints: ["127.0.0.1:9002"]}',
+                 'v2: {endpoints: ["127.0.0.1:9002"], credential: key-2026}')
+        + """---
+apiVersion: controlplane/v1
+kind: Credential
+metadata: {name: key-2026}
+spec: {header: x-api-key, value: not-for-versions}
+"""))
+    progress = progress_of(secured, "payments-v2", [ProxyReport("e1", "edge", 1.0, acked={})])
+    assert (progress.acked, progress.total) == (0, 1)
