@@ -26,7 +26,7 @@ install: $(STAMP) protos
 protos: $(PROTO_OUT)/admin_pb2.py
 
 lint: install
-	$(BIN)/ruff check controlplane tests $(wildcard benchmarks/*.py)
+	$(BIN)/ruff check controlplane tests deploy $(wildcard benchmarks/*.py)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
