@@ -6,6 +6,7 @@ only checks roles and shapes responses. No response carries key material or valu
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import grpc
@@ -14,10 +15,13 @@ from pydantic import SecretStr
 from controlplane.admin.auth import Role
 from controlplane.admin.base import AdminBase
 from controlplane.api import admin_pb2
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 
 if TYPE_CHECKING:  # the vault pulls in cryptography: keep it out of every CLI start
     from controlplane.secrets import Vault
+
+
+_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class SecretMethods(AdminBase):
@@ -62,3 +66,20 @@ class SecretMethods(AdminBase):
             return admin_pb2.RotateCredentialResponse(name=request.name, generation=generation)
 
         return await self._guard(context, Role.OPERATOR, "credential rotate", run)
+
+    async def IssueProxyCertificate(
+        self, request: admin_pb2.IssueProxyCertificateRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> admin_pb2.IssueProxyCertificateResponse:
+        async def run(actor: str) -> admin_pb2.IssueProxyCertificateResponse:
+            if not _GROUP.match(request.group):
+                raise InvalidInputError([FieldError(
+                    "--group", f"{request.group!r} is not a proxy group name (RFC 1123 label)")])
+            ca_pem, issued = await self._require_vault().identity(request.group, actor=actor)
+            return admin_pb2.IssueProxyCertificateResponse(
+                ca_pem=ca_pem, cert_pem=issued.cert_pem,
+                key_pem=issued.key_pem.get_secret_value().decode(),
+                serial=issued.serial, not_after=issued.not_after,
+            )
+
+        return await self._guard(context, Role.ADMIN, "cert issue", run)

@@ -40,6 +40,14 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
                          epilog=_CERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--group", default="", help="only this proxy group (default: every TLS group)")
     c.set_defaults(handler=cert_rotate)
+    c = verbs.add_parser(
+        "issue", parents=[client], help="a client certificate for a proxy's xDS connection",
+        epilog="example: controlplane cert issue --group edge --out /etc/envoy/tls && "
+               "controlplane bootstrap --node-id edge-1 --group edge --tls-dir /etc/envoy/tls",
+    )
+    c.add_argument("--group", required=True, help="the proxy group the certificate names")
+    c.add_argument("--out", required=True, help="directory for ca.crt, proxy.crt, proxy.key")
+    c.set_defaults(handler=cert_issue)
 
     p = sub.add_parser("credential", help="upstream credentials injected by the proxies")
     verbs = p.add_subparsers(dest="credential_command", required=True, parser_class=type(p))
@@ -66,6 +74,25 @@ def cert_rotate(args: argparse.Namespace) -> int:
     for cert in response.certificates:
         print(f"certificate/{cert.group} rotated: serial {cert.old_serial or '(none)'} -> "
               f"{cert.new_serial}")
+    return 0
+
+
+def cert_issue(args: argparse.Namespace) -> int:
+    conn = _conn(args)
+    response = conn.stub().IssueProxyCertificate(
+        admin_pb2.IssueProxyCertificateRequest(group=args.group),
+        metadata=conn.metadata(), timeout=conn.timeout,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ca.crt").write_text(response.ca_pem)
+    (out / "proxy.crt").write_text(response.cert_pem)
+    key = out / "proxy.key"
+    key.touch(mode=0o600)
+    key.chmod(0o600)
+    key.write_text(response.key_pem)
+    print(f"certificate for group {args.group} (serial {response.serial}) written to "
+          f"{out}/proxy.crt, its key to {key}, the CA to {out}/ca.crt")
     return 0
 
 

@@ -22,6 +22,14 @@ CA_LIFETIME_S = 10 * 365 * 86400
 SKEW_S = 60
 
 
+TRUST_DOMAIN = "controlplane"
+
+
+def spiffe_id(group: str) -> str:
+    """`spiffe://controlplane/group/<group>`: who a certificate's holder is."""
+    return f"spiffe://{TRUST_DOMAIN}/group/{group}"
+
+
 def _time(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
 
@@ -107,6 +115,8 @@ class CertificateAuthority:
             .not_valid_before(_time(not_before))
             .not_valid_after(_time(not_after))
             .add_extension(x509.SubjectAlternativeName([
+                # The proxy's identity on the xDS connection (DESIGN.md: SPIFFE URI SAN).
+                x509.UniformResourceIdentifier(spiffe_id(group)),
                 x509.DNSName(group), x509.DNSName(f"{group}.controlplane.local"),
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             ]), critical=False)

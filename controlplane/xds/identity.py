@@ -1,0 +1,56 @@
+"""Who a proxy is, from its mTLS client certificate rather than the node it claims.
+
+With `serve --tls-dir` the xDS port requires a client certificate signed by our CA;
+the proxy's group is the `spiffe://<trust-domain>/group/<group>` URI SAN in it. A
+node claiming another group gets its certificate's group's config, never the one
+it asked for (and secrets follow the group, so it gets only its own).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from cryptography import x509
+from envoy.config.core.v3 import base_pb2
+
+from controlplane.errors import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+SPIFFE_PREFIX = "spiffe://controlplane/group/"
+
+
+def group_of_certificate(pem: bytes, prefix: str = SPIFFE_PREFIX) -> str | None:
+    """The group a certificate names in its SPIFFE URI SAN, or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(prefix) and uri[len(prefix):]:
+            return uri[len(prefix):]
+    return None
+
+
+def peer_certificate_group(
+    node: base_pb2.Node, context: grpc.aio.ServicerContext[Any, Any]
+) -> str:
+    """A `GroupOf` for mTLS: the group comes from the peer's certificate.
+
+    Errors:
+        AuthenticationError: no client certificate, or one that names no group.
+    """
+    pems = context.auth_context().get("x509_pem_cert") or []
+    group = group_of_certificate(pems[0]) if pems else None
+    if group is None:
+        raise AuthenticationError(
+            "the xDS client presented no certificate naming a proxy group "
+            f"({SPIFFE_PREFIX}<group>); issue one with `controlplane cert issue`"
+        )
+    if node.cluster and node.cluster != group:
+        log.warning("node %s claims group %r but its certificate says %r: serving %r",
+                    node.id, node.cluster, group, group)
+    return group
