@@ -24,11 +24,13 @@ import grpc
 
 from controlplane.admin import AdminService
 from controlplane.admin.auth import TokenAuthenticator
+from controlplane.analysis import Window
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter
 from controlplane.publish import Publisher, xds_diff
 from controlplane.rollout.engine import RolloutEngine
+from controlplane.rollout.metrics import EtcdAnalysis, MetricsReporter
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.leader import LeaderElection
 from controlplane.xds.cache import SnapshotCache
@@ -75,6 +77,8 @@ class ControlPlane:
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine: RolloutEngine | None = None
         self.reporter: FleetReporter | None = None
+        self.window = Window()
+        self.metrics_reporter: MetricsReporter | None = None
         self.election: LeaderElection | None = None
         self.secret_sync: SecretSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,7 +123,13 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
         self.reporter = FleetReporter(self.store, self.registry, self.identity)
         self._tasks.append(asyncio.create_task(self.reporter.run(), name="fleet-report"))
-        self.engine = RolloutEngine(self.store, EtcdFleet(self.store), identity=self.identity)
+        # Analysis: proxies push stats here; each replica reports its counts to etcd and
+        # the leader judges canaries on the fleet-wide sums.
+        self.metrics_reporter = MetricsReporter(self.store, self.window, self.identity)
+        self._tasks.append(asyncio.create_task(self.metrics_reporter.run(),
+                                               name="metrics-report"))
+        self.engine = RolloutEngine(self.store, EtcdFleet(self.store), identity=self.identity,
+                                    analysis=EtcdAnalysis(self.store))
         self.election = LeaderElection(self.store, self.identity,
                                        ttl=self.config.leader_ttl)
         self._tasks.append(asyncio.create_task(self.election.run(self.engine.lead),
@@ -127,6 +137,10 @@ class ControlPlane:
 
         xds = grpc.aio.server(options=_GRPC_OPTIONS)
         AggregatedDiscoveryServer(self.cache, self.registry).add_to_server(xds)
+        # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
+        from controlplane.analysis.receiver import MetricsReceiver
+
+        MetricsReceiver(self.window).add_to_server(xds)  # Envoy's stats sink: the xDS cluster
         self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
         service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff,
@@ -188,6 +202,8 @@ class ControlPlane:
             await server.stop(grace=0.5)
         if self.reporter is not None:
             await self.reporter.close()
+        if self.metrics_reporter is not None:
+            await self.metrics_reporter.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -44,6 +44,7 @@ def status_document(state: DesiredState, name: str) -> dict[str, Any]:
         "message": status.message,
         "since": status.since,
         "finishedAt": status.finished_at,
+        "lastCheck": status.last_check,
     }
 
 

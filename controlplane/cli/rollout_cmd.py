@@ -88,6 +88,9 @@ def render(s: dict[str, Any], elapsed: float | None = None) -> Table:
         table.add_row("Reason", s["reason"])
     if s["message"]:
         table.add_row("Message", s["message"])
+    check = s.get("lastCheck")
+    if check:
+        table.add_row("Last check", f"{check['verdict']}: {check['detail']}")
     if elapsed is not None:
         table.add_row("Elapsed", f"{elapsed:.0f}s")
     return table

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 
 class Phase(StrEnum):
@@ -36,6 +37,8 @@ class RolloutStatus:
         since: when the phase, step or `applied` last changed (seconds since the epoch).
         message: details for people: a NACK's text, the failing analysis numbers.
         proxies_acked / proxies_total: the fleet's progress on the current config.
+        last_check: the last analysis check of `to` (verdict, numbers and thresholds), as
+            `controlplane.analysis.Check.document()` gives it.
     """
 
     phase: Phase = Phase.PENDING
@@ -49,6 +52,7 @@ class RolloutStatus:
     finished_at: float | None = None
     proxies_acked: int = 0
     proxies_total: int = 0
+    last_check: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:

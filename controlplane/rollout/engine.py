@@ -15,9 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from controlplane.analysis import Check
 from controlplane.errors import StoreUnavailableError
 from controlplane.model import DesiredState
-from controlplane.rollout.machine import Event, FleetAcked, Nacked, Tick, transition
+from controlplane.model.duration import parse_duration
+from controlplane.model.status import Phase, RolloutStatus
+from controlplane.rollout.machine import (
+    AnalysisDone,
+    Event,
+    FleetAcked,
+    Nacked,
+    Tick,
+    transition,
+)
 from controlplane.rollout.writer import apply_decision, write_status
 from controlplane.store import Store
 from controlplane.store.leader import Fence
@@ -47,15 +57,30 @@ class FleetView(Protocol):
     async def progress(self, state: DesiredState, rollout: str) -> FleetProgress: ...
 
 
+class AnalysisProvider(Protocol):
+    """Judges a rollout's `to` version on the fleet's metrics (passed, failed, inconclusive)."""
+
+    async def check(self, state: DesiredState, rollout: str, now: float) -> Check: ...
+
+
+def analysis_due(state: DesiredState, rollout: str, status: RolloutStatus, now: float) -> bool:
+    """A check counts only on an applied step whose interval has elapsed (the machine's rule)."""
+    spec = state.rollouts[rollout].spec
+    return (spec.analysis is not None and status.phase == Phase.PROGRESSING
+            and status.applied and now - status.since >= parse_duration(spec.step_interval))
+
+
 class RolloutEngine:
     """Drives every rollout in etcd, one transition at a time, while this replica leads."""
 
     def __init__(
         self, store: Store, fleet: FleetView, *, identity: str,
         clock: Callable[[], float] = time.time, tick_s: float = TICK_S,
+        analysis: AnalysisProvider | None = None,
     ) -> None:
         self._store = store
         self._fleet = fleet
+        self._analysis = analysis
         self._actor = f"rollout-engine@{identity}"
         self._clock = clock
         self._tick_s = tick_s
@@ -93,12 +118,18 @@ class RolloutEngine:
                 events.append(Nacked(now, progress.nack))
             elif progress.enough(spec.ack_fraction):
                 events.append(FleetAcked(now))
+            check: Check | None = None
+            if self._analysis is not None and analysis_due(state, name, status, now):
+                check = await self._analysis.check(state, name, now)
+                events.append(AnalysisDone(now, check.verdict, check.detail))
             events.append(Tick(now))
             for event in events:
                 decision = transition(spec, status, event)
                 if decision.status is not None:
                     new = replace(decision.status, proxies_acked=progress.acked,
                                   proxies_total=progress.total)
+                    if isinstance(event, AnalysisDone) and check is not None:
+                        new = replace(new, last_check=check.document())
                     written = await apply_decision(
                         self._store, state, revisions, name, replace(decision, status=new),
                         actor=self._actor, fence=fence,

@@ -8,6 +8,8 @@
     {prefix}/fence/{lease:x}           empty, under a lease: written by a fenced commit,
                                        so the commit fails once the lease has expired
     {prefix}/fleet/{replica}           what the replica's proxies ACKed, held by its lease
+    {prefix}/metrics/{replica}         its proxies' request counts per second (analysis), held
+                                       by its lease
     {prefix}/vault/ca                  our CA (its key sealed; controlplane.secrets.records)
     {prefix}/vault/certs/{group}       a proxy group's serving certificate (key sealed)
     {prefix}/vault/credentials/{name}  a Credential's current value (sealed); `vault/` sorts
@@ -62,6 +64,13 @@ class Keys:
 
     def fleet_member(self, identity: str) -> bytes:
         return f"{self.prefix}/fleet/{identity}".encode()
+
+    @property
+    def metrics(self) -> bytes:
+        return f"{self.prefix}/metrics/".encode()
+
+    def metrics_member(self, identity: str) -> bytes:
+        return f"{self.prefix}/metrics/{identity}".encode()
 
     def fence(self, lease: int) -> bytes:
         return f"{self.prefix}/fence/{lease:x}".encode()

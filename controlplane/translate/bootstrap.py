@@ -22,6 +22,9 @@ EDGE_MAX_DOWNSTREAM_CONNECTIONS = 50_000
 """Global limit of client connections on an edge proxy, across all listeners."""
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_METRICS_SERVICE = "envoy.config.metrics.v3.MetricsServiceConfig"
+STATS_FLUSH_INTERVAL = "1s"
+"""How often Envoy pushes its stats to the control plane's MetricsService (analysis)."""
 
 
 def bootstrap(
@@ -57,6 +60,8 @@ def bootstrap(
         },
         "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port)]},
         "admin": {"address": _socket_address(admin_host, admin_port)},
+        "stats_sinks": [_metrics_sink()],
+        "stats_flush_interval": STATS_FLUSH_INTERVAL,
     }
     if edge:
         config["overload_manager"] = _edge_overload_manager()
@@ -85,6 +90,22 @@ def _ads_config(*, delta: bool) -> dict[str, Any]:
         }],
         # The node (with its long extension list) is sent once per stream, not per request.
         "set_node_on_first_message_only": True,
+    }
+
+
+def _metrics_sink() -> dict[str, Any]:
+    """Stats pushed over the xDS connection's cluster to the control plane's MetricsService:
+    counters as deltas per flush and tags as labels (`envoy_cluster_name`), so a replica
+    can add them up per cluster (= upstream version) without keeping per-proxy state."""
+    return {
+        "name": "envoy.stat_sinks.metrics_service",
+        "typed_config": {
+            "@type": f"type.googleapis.com/{_METRICS_SERVICE}",
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+            "report_counters_as_deltas": True,
+            "emit_tags_as_labels": True,
+        },
     }
 
 

@@ -5,6 +5,8 @@
     up.start_in_thread()              # its own loop in a thread (for sync tests)
     ... GET /anything -> 200 {"version": "v1", "method": ..., "path": ..., "headers": {...}}
     up.status = 503                   # later requests to /anything answer 503
+    Upstream("v2", error_ratio=0.3)   # 3 of every 10 requests answer `error_status` (500)
+    Upstream("v2", latency_s=0.2)     # every answer waits 200 ms
     await up.stop() / up.stop_thread()
 
 `/healthz` always answers 200. Headers and body leave in one send: a second
@@ -28,9 +30,14 @@ _REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
 class Upstream:
     """An echo server on 127.0.0.1:`port` (a free port unless given)."""
 
-    def __init__(self, version: str, *, status: int = 200, port: int | None = None) -> None:
+    def __init__(self, version: str, *, status: int = 200, port: int | None = None,
+                 error_ratio: float = 0.0, error_status: int = 500,
+                 latency_s: float = 0.0) -> None:
         self.version = version
         self.status = status
+        self.error_ratio = error_ratio
+        self.error_status = error_status
+        self.latency_s = latency_s
         self.port = port or free_port()
         self.requests = 0
         self.paths: Counter[str] = Counter()
@@ -123,6 +130,12 @@ class Upstream:
             status, body = 200, b"ok\n"
         else:
             status = self.status
+            # Evenly spread: request n fails when floor(n·ratio) steps up.
+            n = self.paths.total()
+            if int(n * self.error_ratio) > int((n - 1) * self.error_ratio):
+                status = self.error_status
+            if self.latency_s > 0:
+                await asyncio.sleep(self.latency_s)
             body = json.dumps({"version": self.version, "method": method, "path": path,
                                "headers": headers}).encode()
         keep = headers.get("connection", "").lower() != "close"

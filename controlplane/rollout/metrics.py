@@ -1,0 +1,95 @@
+"""Fleet-wide analysis: every replica writes its proxies' recent per-second counts to etcd
+(under its own lease, like the fleet's ACK reports), and the rollout leader adds up all
+replicas' reports to judge a rollout's `to` version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from controlplane.analysis import Check, Window, evaluate, version_cluster
+from controlplane.analysis.window import RETENTION_S, decode, encode, total
+from controlplane.errors import StoreUnavailableError
+from controlplane.model import DesiredState
+from controlplane.store import Store
+
+log = logging.getLogger(__name__)
+
+REPORT_LEASE_TTL = 10
+REPORT_EVERY_S = 0.5
+"""How often a replica writes its slots (when they changed): the analysis lag past
+Envoy's 1 s flush."""
+
+
+class MetricsReporter:
+    """Writes this replica's window to `{prefix}/metrics/{identity}` while it changes."""
+
+    def __init__(self, store: Store, window: Window, identity: str, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._window = window
+        self._key = store.keys.metrics_member(identity)
+        self._clock = clock
+
+    async def run(self) -> None:
+        lease: int | None = None
+        written: bytes | None = None
+        refreshed = 0.0
+        while True:
+            now = self._clock()
+            self._window.prune(now)
+            current = encode(self._window.slots)
+            try:
+                if lease is None:
+                    lease = await self._store.kv.grant(REPORT_LEASE_TTL)
+                    written, refreshed = None, now
+                elif now - refreshed >= REPORT_LEASE_TTL / 3:
+                    if await self._store.kv.refresh(lease) <= 0:
+                        lease = None
+                        continue
+                    refreshed = now
+                if current != written:
+                    await self._store.kv.put(self._key, current, lease=lease)
+                    written = current
+            except StoreUnavailableError as exc:
+                log.warning("metrics report: %s", exc)
+                lease = None
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.sleep(REPORT_EVERY_S)
+
+    async def close(self) -> None:
+        with contextlib.suppress(StoreUnavailableError):
+            await self._store.kv.delete(self._key)
+
+
+class EtcdAnalysis:
+    """AnalysisProvider over every replica's metrics reports in etcd."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def check(self, state: DesiredState, rollout: str, now: float) -> Check:
+        """Judge the rollout's `to` version over the time since its step was applied
+        (or since the last check), at most the reports' retention (2 minutes) back.
+
+        Errors:
+            StoreUnavailableError: etcd cannot be read (the engine holds the rollout).
+        """
+        spec = state.rollouts[rollout].spec
+        assert spec.analysis is not None, "only rollouts with `analysis` are checked"
+        status = state.status(rollout)
+        start = max(status.since, now - RETENTION_S)
+        got = await self._store.kv.range(self._store.keys.metrics)
+        reports = []
+        for kv in got.kvs:
+            try:
+                reports.append(decode(kv.value))
+            except (ValueError, KeyError, TypeError) as exc:  # one bad report, not a dead leader
+                log.warning("metrics report %s unreadable: %s", kv.key.decode(), exc)
+        counts = total(reports, version_cluster(spec.upstream, spec.to), start=start, end=now)
+        return evaluate(spec.analysis, counts, version=spec.to, start=start, now=now)
