@@ -34,10 +34,13 @@ from controlplane.rollout.metrics import EtcdAnalysis, MetricsReporter
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.leader import LeaderElection
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.identity import peer_certificate_group
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import AggregatedDiscoveryServer
+from controlplane.xds.stream import node_cluster
 
 if TYPE_CHECKING:
+    from controlplane.secrets import Vault
     from controlplane.secrets.vault import AuditNote, SecretSync
 
 log = logging.getLogger("controlplane")
@@ -136,12 +139,18 @@ class ControlPlane:
                                                name="rollout-leader"))
 
         xds = grpc.aio.server(options=_GRPC_OPTIONS)
-        AggregatedDiscoveryServer(self.cache, self.registry).add_to_server(xds)
+        # With --tls-dir a proxy's group is the one its client certificate names.
+        group_of = peer_certificate_group if self.config.tls_dir else node_cluster
+        AggregatedDiscoveryServer(self.cache, self.registry, group_of=group_of).add_to_server(xds)
         # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
         from controlplane.analysis.receiver import MetricsReceiver
 
         MetricsReceiver(self.window).add_to_server(xds)  # Envoy's stats sink: the xDS cluster
-        self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
+        if self.config.tls_dir is not None:
+            creds = await _xds_server_credentials(self.config.tls_dir, vault)
+            self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr", creds)
+        else:
+            self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
         service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff,
                                authenticator=TokenAuthenticator(self.store))
@@ -223,11 +232,34 @@ _GRPC_OPTIONS = [
 ]
 
 
-def _bind(server: grpc.aio.Server, addr: str, flag: str) -> int:
-    port: int = server.add_insecure_port(addr)
+def _bind(server: grpc.aio.Server, addr: str, flag: str,
+          credentials: grpc.ServerCredentials | None = None) -> int:
+    if credentials is not None:
+        port: int = server.add_secure_port(addr, credentials)
+    else:
+        port = server.add_insecure_port(addr)
     if port == 0:
         raise InvalidInputError([FieldError(flag, f"cannot listen on {addr}: in use or invalid")])
     return port
+
+
+async def _xds_server_credentials(tls_dir: Path, vault: Vault) -> grpc.ServerCredentials:
+    """mTLS for the xDS port: ca.crt, server.crt and server.key from `tls_dir`, issued by
+    our CA (and written there) when absent. Clients must present a certificate from it."""
+    paths = {name: tls_dir / name for name in ("ca.crt", "server.crt", "server.key")}
+    if not all(p.exists() for p in paths.values()):
+        ca_pem, issued = await vault.identity("controlplane-xds", actor="controlplane")
+        tls_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        paths["ca.crt"].write_text(ca_pem)
+        paths["server.crt"].write_text(issued.cert_pem)
+        paths["server.key"].touch(mode=0o600)
+        paths["server.key"].write_bytes(issued.key_pem.get_secret_value())
+        log.info("issued the xDS server certificate into %s", tls_dir)
+    return grpc.ssl_server_credentials(
+        [(paths["server.key"].read_bytes(), paths["server.crt"].read_bytes())],
+        root_certificates=paths["ca.crt"].read_bytes(),
+        require_client_auth=True,
+    )
 
 
 def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

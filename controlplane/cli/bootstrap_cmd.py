@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -40,6 +41,9 @@ def add_bootstrap_parser(sub: Any) -> None:
     p.add_argument("--admin-port", type=int, default=9901)
     p.add_argument("--xds-addr", default=DEFAULT_XDS_ADDR, help=f"default {DEFAULT_XDS_ADDR}")
     p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
+    p.add_argument("--tls-dir", dest="proxy_tls_dir",
+                   help="mTLS to the control plane with ca.crt, proxy.crt and proxy.key "
+                        "from this directory (see `controlplane cert issue`)")
     p.set_defaults(handler=run_bootstrap)
 
 
@@ -53,6 +57,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         edge=args.edge,
         delta=args.delta,
+        tls_dir=str(Path(args.proxy_tls_dir).resolve()) if args.proxy_tls_dir else None,
     )
     print(yaml.dump(config, Dumper=_QuotingDumper, sort_keys=False).rstrip())
     return 0

@@ -37,6 +37,7 @@ def bootstrap(
     edge: bool = False,
     delta: bool = False,
     admin_host: str = "127.0.0.1",
+    tls_dir: str | None = None,
 ) -> dict[str, Any]:
     """The bootstrap for proxy `node_id` of proxy group `group`.
 
@@ -58,7 +59,7 @@ def bootstrap(
             "cds_config": _ads_source(),
             "lds_config": _ads_source(),
         },
-        "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port)]},
+        "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port, tls_dir)]},
         "admin": {"address": _socket_address(admin_host, admin_port)},
         "stats_sinks": [_metrics_sink()],
         "stats_flush_interval": STATS_FLUSH_INTERVAL,
@@ -121,8 +122,8 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _xds_cluster(host: str, port: int) -> dict[str, Any]:
-    return {
+def _xds_cluster(host: str, port: int, tls_dir: str | None = None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         # A DNS name (a compose or Kubernetes service) needs resolving; an IP does not.
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
@@ -142,6 +143,29 @@ def _xds_cluster(host: str, port: int) -> dict[str, Any]:
         },
         # Notice a silently dead control plane connection (no FIN) and reconnect.
         "upstream_connection_options": {"tcp_keepalive": {}},
+    }
+    if tls_dir is not None:
+        cluster["transport_socket"] = _xds_mtls(tls_dir)
+    return cluster
+
+
+def _xds_mtls(tls_dir: str) -> dict[str, Any]:
+    """mTLS to the control plane with the files `controlplane cert issue` writes: the
+    proxy's identity is its certificate, not the node it claims."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+                     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": f"{tls_dir}/proxy.crt"},
+                    "private_key": {"filename": f"{tls_dir}/proxy.key"},
+                }],
+                "validation_context": {"trusted_ca": {"filename": f"{tls_dir}/ca.crt"}},
+            },
+        },
     }
 
 

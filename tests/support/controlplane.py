@@ -47,6 +47,7 @@ class ServeProcess:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def admin(self) -> str:
@@ -65,6 +66,7 @@ class ServeProcess:
         ]
         if self.etcd:
             args += ["--etcd", self.etcd]
+        args += list(self.extra_args)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"serve-{self.xds_port}.log"
         with open(self.log_path, "ab") as log:
