@@ -36,6 +36,10 @@ def cli(args: Sequence[str], *, server: str | None = None, stdin: str | None = N
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+class _PortTaken(RuntimeError):
+    """`serve` exited because a port picked for it was taken before it bound it."""
+
+
 @dataclass
 class ServeProcess:
     """`controlplane serve` on free loopback ports, stopped by PID."""
@@ -58,6 +62,25 @@ class ServeProcess:
         return f"127.0.0.1:{self.xds_port}"
 
     def start(self, timeout: float = 30.0) -> ServeProcess:
+        """Start and wait until the admin API answers.
+
+        Ports are picked free but bound later, so another process (the embedded
+        etcd picking its own) can take one in between: on the first start only,
+        that one case is retried with fresh ports. Restarts keep their ports, as
+        the Envoys a test started point at them.
+        """
+        first = self.proc is None
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if not first or attempt == 2:
+                    raise
+                self.xds_port, self.admin_port, self.metrics_port = (
+                    free_port(), free_port(), free_port())
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> ServeProcess:
         args = [
             sys.executable, "-m", "controlplane", "serve",
             "--data-dir", str(self.data_dir),
@@ -74,7 +97,10 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"controlplane serve exited: {self.log()}")
+                log = self.log()
+                if "Address already in use" in log:
+                    raise _PortTaken(log)
+                raise RuntimeError(f"controlplane serve exited: {log}")
             if cli(["get", "upstreams"], server=self.admin, timeout=10).code == 0:
                 return self
             time.sleep(0.1)
