@@ -25,6 +25,7 @@ import grpc
 from controlplane.admin import AdminService
 from controlplane.admin.auth import TokenAuthenticator
 from controlplane.analysis import Window
+from controlplane.analysis.health import HealthBoard
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter
@@ -81,6 +82,7 @@ class ControlPlane:
         self.engine: RolloutEngine | None = None
         self.reporter: FleetReporter | None = None
         self.window = Window()
+        self.health = HealthBoard()
         self.metrics_reporter: MetricsReporter | None = None
         self.election: LeaderElection | None = None
         self.secret_sync: SecretSync | None = None
@@ -128,11 +130,13 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.reporter.run(), name="fleet-report"))
         # Analysis: proxies push stats here; each replica reports its counts to etcd and
         # the leader judges canaries on the fleet-wide sums.
-        self.metrics_reporter = MetricsReporter(self.store, self.window, self.identity)
+        self.metrics_reporter = MetricsReporter(self.store, self.window, self.identity,
+                                                health=self.health)
         self._tasks.append(asyncio.create_task(self.metrics_reporter.run(),
                                                name="metrics-report"))
+        analysis = EtcdAnalysis(self.store)
         self.engine = RolloutEngine(self.store, EtcdFleet(self.store), identity=self.identity,
-                                    analysis=EtcdAnalysis(self.store))
+                                    analysis=analysis, health=analysis)
         self.election = LeaderElection(self.store, self.identity,
                                        ttl=self.config.leader_ttl)
         self._tasks.append(asyncio.create_task(self.election.run(self.engine.lead),
@@ -145,7 +149,8 @@ class ControlPlane:
         # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
         from controlplane.analysis.receiver import MetricsReceiver
 
-        MetricsReceiver(self.window).add_to_server(xds)  # Envoy's stats sink: the xDS cluster
+        # Envoy's stats sink: it reaches us over the xDS cluster.
+        MetricsReceiver(self.window, health=self.health).add_to_server(xds)
         if self.config.tls_dir is not None:
             creds = await _xds_server_credentials(self.config.tls_dir, vault)
             self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr", creds)

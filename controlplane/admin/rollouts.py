@@ -45,6 +45,7 @@ def status_document(state: DesiredState, name: str) -> dict[str, Any]:
         "since": status.since,
         "finishedAt": status.finished_at,
         "lastCheck": status.last_check,
+        "fromRetained": status.from_retained,
     }
 
 

@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import grpc
 
 from controlplane.analysis.decide import CLUSTER_SEPARATOR
+from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.window import Counts, Window
 
 with warnings.catch_warnings():
     # envoy-data-plane's generated validators trip pydantic deprecation warnings on import.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from envoy_data_plane.io.prometheus.client import MetricFamily
+    from envoy_data_plane.io.prometheus.client import Metric, MetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,10 @@ METHOD = "StreamMetrics"
 RQ_CLASS = "cluster.upstream_rq_xx"
 RQ_CODE = "cluster.upstream_rq"
 RQ_TIME = "cluster.upstream_rq_time"
+HEALTHY = "cluster.membership_healthy"
+MEMBERS = "cluster.membership_total"
 _WANTED = frozenset({RQ_CLASS.encode(), RQ_CODE.encode(), RQ_TIME.encode()})
+_GAUGES = frozenset({HEALTHY.encode(), MEMBERS.encode()})
 _CLUSTER = "envoy.cluster_name"
 _CLASS = "envoy.response_code_class"
 _CODE = "envoy.response_code"
@@ -93,8 +97,39 @@ def families(raw: bytes, wanted: frozenset[bytes] = _WANTED) -> Iterator[MetricF
 def counts_of(raw: bytes) -> dict[str, Counts]:
     """Per-cluster counts in one flush (counters are deltas since the last flush), for
     upstream-version clusters (`upstream|version`) only."""
+    return _counts(families(raw))
+
+
+def read_flush(raw: bytes) -> tuple[dict[str, Counts], dict[str, tuple[int, int]]]:
+    """One flush's request counts and endpoint membership (healthy, total) per
+    upstream-version cluster, in one walk over the message."""
+    wanted = list(families(raw, _WANTED | _GAUGES))
+    return (_counts(f for f in wanted if f.name not in (HEALTHY, MEMBERS)),
+            _membership(f for f in wanted if f.name in (HEALTHY, MEMBERS)))
+
+
+def _membership(found: Iterable[MetricFamily]) -> dict[str, tuple[int, int]]:
+    healthy: dict[str, int] = {}
+    members: dict[str, int] = {}
+    for family in found:
+        into = healthy if family.name == HEALTHY else members
+        for metric in family.metric:
+            cluster = _cluster_label(metric)
+            if cluster is not None and metric.gauge is not None:
+                into[cluster] = int(metric.gauge.value)
+    return {c: (healthy.get(c, 0), total) for c, total in members.items()}
+
+
+def _cluster_label(metric: Metric) -> str | None:
+    for label in metric.label:
+        if label.name == _CLUSTER:
+            return label.value if CLUSTER_SEPARATOR in label.value else None
+    return None
+
+
+def _counts(found: Iterable[MetricFamily]) -> dict[str, Counts]:
     out: dict[str, Counts] = {}
-    for family in families(raw):
+    for family in found:
         for metric in family.metric:
             labels = {label.name: label.value for label in metric.label}
             cluster = labels.get(_CLUSTER)
@@ -120,11 +155,15 @@ def counts_of(raw: bytes) -> dict[str, Counts]:
 
 
 class MetricsReceiver:
-    """Serves `StreamMetrics` and adds every flush to `window` (one event loop)."""
+    """Serves `StreamMetrics`: adds every flush's counts to `window` and keeps each
+    stream's latest endpoint membership on `health` (one event loop)."""
 
-    def __init__(self, window: Window, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window: Window, *, health: HealthBoard | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.window = window
+        self.health = health if health is not None else HealthBoard()
         self._clock = clock
+        self._streams = 0
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.method_handlers_generic_handler(SERVICE, {
@@ -134,11 +173,18 @@ class MetricsReceiver:
 
     async def _stream(self, requests: AsyncIterator[bytes],
                       context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        async for raw in requests:
-            try:
-                counts = counts_of(raw)
-            except (ValueError, IndexError) as exc:  # a malformed message: skip it, keep going
-                log.warning("metrics from %s: unreadable message: %s", context.peer(), exc)
-                continue
-            self.window.add(self._clock(), counts)
+        self._streams += 1
+        stream = self._streams
+        try:
+            async for raw in requests:
+                try:
+                    counts, membership = read_flush(raw)
+                except (ValueError, IndexError) as exc:  # a malformed message: skip it
+                    log.warning("metrics from %s: unreadable message: %s", context.peer(), exc)
+                    continue
+                now = self._clock()
+                self.window.add(now, counts)
+                self.health.update(stream, now, membership)
+        finally:
+            self.health.drop(stream)  # a gone proxy's view no longer counts
         return b""  # StreamMetricsResponse is empty

@@ -39,6 +39,8 @@ class RolloutStatus:
         proxies_acked / proxies_total: the fleet's progress on the current config.
         last_check: the last analysis check of `to` (verdict, numbers and thresholds), as
             `controlplane.analysis.Check.document()` gives it.
+        from_retained: after success, `from` stays configured (at 0%) until the rollback
+            window ends, so a rollback is instant and keeps `from`'s account.
     """
 
     phase: Phase = Phase.PENDING
@@ -53,6 +55,7 @@ class RolloutStatus:
     proxies_acked: int = 0
     proxies_total: int = 0
     last_check: dict[str, Any] | None = None
+    from_retained: bool = False
 
     @property
     def active(self) -> bool:

@@ -16,16 +16,19 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from controlplane.analysis import Check
+from controlplane.analysis.health import Membership
 from controlplane.errors import StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.model.duration import parse_duration
 from controlplane.model.status import Phase, RolloutStatus
+from controlplane.rollout.gate import health_gate
 from controlplane.rollout.machine import (
     AnalysisDone,
     Event,
     FleetAcked,
     Nacked,
     Tick,
+    post_switch_analysis,
     transition,
 )
 from controlplane.rollout.writer import apply_decision, write_status
@@ -35,6 +38,7 @@ from controlplane.store.leader import Fence
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
+HEALTH_WAIT = "waiting for the endpoints of "
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,19 @@ class AnalysisProvider(Protocol):
     async def check(self, state: DesiredState, rollout: str, now: float) -> Check: ...
 
 
+class HealthView(Protocol):
+    """What the fleet's Envoys report of one cluster's endpoint health."""
+
+    async def health(self, cluster: str) -> Membership: ...
+
+
 def analysis_due(state: DesiredState, rollout: str, status: RolloutStatus, now: float) -> bool:
     """A check counts only on an applied step whose interval has elapsed (the machine's rule)."""
     spec = state.rollouts[rollout].spec
-    return (spec.analysis is not None and status.phase == Phase.PROGRESSING
-            and status.applied and now - status.since >= parse_duration(spec.step_interval))
+    checked = (status.phase == Phase.PROGRESSING and status.applied) or post_switch_analysis(
+        spec, status)
+    return (spec.analysis is not None and checked
+            and now - status.since >= parse_duration(spec.step_interval))
 
 
 class RolloutEngine:
@@ -76,11 +88,15 @@ class RolloutEngine:
     def __init__(
         self, store: Store, fleet: FleetView, *, identity: str,
         clock: Callable[[], float] = time.time, tick_s: float = TICK_S,
-        analysis: AnalysisProvider | None = None,
+        analysis: AnalysisProvider | None = None, health: HealthView | None = None,
     ) -> None:
         self._store = store
         self._fleet = fleet
         self._analysis = analysis
+        self._health = health
+        # When this leader first saw a step's config ACKed everywhere: health reports
+        # count only from then (a new leader starts afresh, which only waits longer).
+        self._acked_at: dict[tuple[str, int, float, str], float] = {}
         self._actor = f"rollout-engine@{identity}"
         self._clock = clock
         self._tick_s = tick_s
@@ -108,26 +124,31 @@ class RolloutEngine:
         state, revisions, _ = await self._store.read()
         for name in state.rollouts:
             status = state.status(name)
-            if not status.active:
+            if not (status.active or status.from_retained):
                 continue
             now = self._clock()
             progress = await self._fleet.progress(state, name)
             events: list[Event] = []
             spec = state.rollouts[name].spec
+            waiting = ""
             if progress.nack:
                 events.append(Nacked(now, progress.nack))
             elif progress.enough(spec.ack_fraction):
-                events.append(FleetAcked(now))
+                waiting = await self._unhealthy(state, name, status, now)
+                if not waiting:
+                    events.append(FleetAcked(now))
             check: Check | None = None
             if self._analysis is not None and analysis_due(state, name, status, now):
                 check = await self._analysis.check(state, name, now)
                 events.append(AnalysisDone(now, check.verdict, check.detail))
-            events.append(Tick(now))
+            events.append(Tick(now, waiting))
             for event in events:
                 decision = transition(spec, status, event)
                 if decision.status is not None:
                     new = replace(decision.status, proxies_acked=progress.acked,
                                   proxies_total=progress.total)
+                    if isinstance(event, FleetAcked) and new.message.startswith(HEALTH_WAIT):
+                        new = replace(new, message="")
                     if isinstance(event, AnalysisDone) and check is not None:
                         new = replace(new, last_check=check.document())
                     written = await apply_decision(
@@ -139,11 +160,30 @@ class RolloutEngine:
                                  decision.reason)
                     break
             else:
-                if (progress.acked, progress.total) != (status.proxies_acked,
-                                                        status.proxies_total):
+                message = waiting or status.message
+                if (progress.acked, progress.total, message) != (
+                    status.proxies_acked, status.proxies_total, status.message
+                ):
                     await write_status(
                         self._store, state, revisions, name,
                         replace(status, proxies_acked=progress.acked,
-                                proxies_total=progress.total),
+                                proxies_total=progress.total, message=message),
                         actor=self._actor, audit=False, fence=fence,
                     )
+
+    async def _unhealthy(self, state: DesiredState, name: str, status: RolloutStatus,
+                         now: float) -> str:
+        """Why the ACKed step is not in force yet ("" when it is): its new endpoints are
+        not yet healthy on every proxy (blue-green preview, rolling batches)."""
+        gate = health_gate(state, name, status)
+        if gate is None or self._health is None:
+            return ""
+        key = (name, status.step, status.weight, str(status.phase))
+        acked_at = self._acked_at.setdefault(key, now)
+        for stale in [k for k in self._acked_at if k[0] == name and k != key]:
+            del self._acked_at[stale]
+        membership = await self._health.health(gate.cluster)
+        if membership.ready(gate.expected, acked_at):
+            return ""
+        return (f"{HEALTH_WAIT}{gate.cluster} to pass health checks: "
+                f"{membership.describe(gate.expected)}")

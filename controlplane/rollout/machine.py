@@ -29,9 +29,11 @@ FINAL = FINAL_PHASES
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passed; `now` is seconds since the epoch."""
+    """Time passed; `now` is seconds since the epoch. `waiting` says what the current
+    step still waits for besides the fleet's ACK (healthy endpoints), if anything."""
 
     now: float
+    waiting: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,12 @@ VERBS = frozenset({"pause", "resume", "promote", "promote-full", "abort", "rollb
 
 @dataclass(frozen=True)
 class Decision:
-    """The new status (None: nothing changes) and why, for the audit log."""
+    """The new status (None: nothing changes) and why, for the audit log (`quiet`: a
+    routine update, such as a passing check after a blue-green switch, is not audited)."""
 
     status: RolloutStatus | None
     reason: str = ""
+    quiet: bool = False
 
     @property
     def changed(self) -> bool:
@@ -122,6 +126,8 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
     if isinstance(event, Operator):
         return _operator(spec, status, event)
     phase = status.phase
+    if phase == Phase.SUCCEEDED and status.from_retained:
+        return _retained(spec, status, event)
     if phase in FINAL:
         return NO_CHANGE
     if isinstance(event, Nacked):
@@ -139,7 +145,9 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
             return NO_CHANGE
         if phase == Phase.PROMOTING:
             return _to(status, event.now, "fleet ACKed 100% on the new version",
-                       phase=Phase.SUCCEEDED, applied=True, finished_at=event.now)
+                       phase=Phase.SUCCEEDED, applied=True, finished_at=event.now,
+                       failed_checks=0, from_retained=spec.strategy != "rolling"
+                       and parse_duration(spec.rollback_window) > 0)
         if phase == Phase.ROLLING_BACK:
             return _to(status, event.now, "fleet ACKed 100% on the old version",
                        phase=Phase.ROLLED_BACK, applied=True, finished_at=event.now)
@@ -155,12 +163,49 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
         if phase in (Phase.PROGRESSING, Phase.PROMOTING) and not status.applied and (
             waited >= parse_duration(spec.ack_timeout)
         ):
+            if event.waiting:
+                return _to(status, event.now, f"weight {status.weight:g}% not in force within "
+                           f"{spec.ack_timeout}: {event.waiting}", phase=Phase.PAUSED,
+                           message=event.waiting)
             return _to(status, event.now, f"the fleet did not ACK weight {status.weight:g}% "
                        f"within {spec.ack_timeout}", phase=Phase.PAUSED)
         if phase == Phase.PROGRESSING and status.applied and spec.analysis is None:
             if event.now - status.since >= parse_duration(spec.step_interval):
                 return _step(spec, status, status.step + 1, event.now, "step interval elapsed")
     return NO_CHANGE
+
+
+def _retained(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decision:
+    """Succeeded, `from` still configured: the rollback window runs. A blue-green switch
+    stays under analysis until it ends; a failure switches back."""
+    finished = status.finished_at if status.finished_at is not None else status.since
+    if isinstance(event, Tick) and event.now - finished >= parse_duration(spec.rollback_window):
+        return _to(status, event.now, f"rollback window ({spec.rollback_window}) ended: "
+                   f"{spec.from_} retired", from_retained=False)
+    if not isinstance(event, AnalysisDone) or not post_switch_analysis(spec, status):
+        return NO_CHANGE
+    if event.now - status.since < parse_duration(spec.step_interval):
+        return NO_CHANGE
+    assert spec.analysis is not None
+    if event.verdict == "failed":
+        failed = status.failed_checks + 1
+        if failed >= spec.analysis.failure_limit:
+            return _to(status, event.now, f"analysis failed {failed} time(s) in a row after "
+                       f"the switch: {event.detail}", phase=Phase.ROLLING_BACK, weight=0.0,
+                       applied=False, from_retained=False, finished_at=None,
+                       message=event.detail)
+        return Decision(replace(status, failed_checks=failed, since=event.now,
+                                message=event.detail),
+                        f"analysis failed after the switch: {event.detail}")
+    # Passed or inconclusive: the switch stands; no audit entry for every check.
+    return Decision(replace(status, failed_checks=0, since=event.now, message=""),
+                    f"analysis {event.verdict} after the switch: {event.detail}", quiet=True)
+
+
+def post_switch_analysis(spec: RolloutSpec, status: RolloutStatus) -> bool:
+    """A blue-green rollout with `analysis` is checked after its switch, in the window."""
+    return (spec.strategy == "bluegreen" and spec.analysis is not None
+            and status.phase == Phase.SUCCEEDED and status.from_retained)
 
 
 def _analysis(spec: RolloutSpec, status: RolloutStatus, event: AnalysisDone) -> Decision:
@@ -218,5 +263,6 @@ def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Deci
             and now - status.finished_at <= window
         )
         if (phase in ACTIVE and phase != Phase.ROLLING_BACK) or in_window:
-            return _rollback(status, now, f"rollback {by}")
+            return _to(status, now, f"rollback {by}", phase=Phase.ROLLING_BACK, weight=0.0,
+                       applied=False, from_retained=False, finished_at=None)
     return NO_CHANGE

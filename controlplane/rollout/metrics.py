@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 
 from controlplane.analysis import Check, Window, evaluate, version_cluster
+from controlplane.analysis import health as health_report
+from controlplane.analysis.health import HealthBoard, Membership
 from controlplane.analysis.window import RETENTION_S, decode, encode, total
 from controlplane.errors import StoreUnavailableError
 from controlplane.model import DesiredState
@@ -26,27 +28,33 @@ Envoy's 1 s flush."""
 
 
 class MetricsReporter:
-    """Writes this replica's window to `{prefix}/metrics/{identity}` while it changes."""
+    """Writes this replica's window to `{prefix}/metrics/{identity}` and its proxies'
+    endpoint health to `{prefix}/health/{identity}` while they change."""
 
     def __init__(self, store: Store, window: Window, identity: str, *,
+                 health: HealthBoard | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._window = window
+        self._health = health if health is not None else HealthBoard()
         self._key = store.keys.metrics_member(identity)
+        self._health_key = store.keys.health_member(identity)
         self._clock = clock
 
     async def run(self) -> None:
         lease: int | None = None
         written: bytes | None = None
+        health_written: bytes | None = None
         refreshed = 0.0
         while True:
             now = self._clock()
             self._window.prune(now)
             current = encode(self._window.slots)
+            health = health_report.encode(self._health.summary())
             try:
                 if lease is None:
                     lease = await self._store.kv.grant(REPORT_LEASE_TTL)
-                    written, refreshed = None, now
+                    written, health_written, refreshed = None, None, now
                 elif now - refreshed >= REPORT_LEASE_TTL / 3:
                     if await self._store.kv.refresh(lease) <= 0:
                         lease = None
@@ -55,6 +63,9 @@ class MetricsReporter:
                 if current != written:
                     await self._store.kv.put(self._key, current, lease=lease)
                     written = current
+                if health != health_written:
+                    await self._store.kv.put(self._health_key, health, lease=lease)
+                    health_written = health
             except StoreUnavailableError as exc:
                 log.warning("metrics report: %s", exc)
                 lease = None
@@ -65,6 +76,7 @@ class MetricsReporter:
     async def close(self) -> None:
         with contextlib.suppress(StoreUnavailableError):
             await self._store.kv.delete(self._key)
+            await self._store.kv.delete(self._health_key)
 
 
 class EtcdAnalysis:
@@ -93,3 +105,18 @@ class EtcdAnalysis:
                 log.warning("metrics report %s unreadable: %s", kv.key.decode(), exc)
         counts = total(reports, version_cluster(spec.upstream, spec.to), start=start, end=now)
         return evaluate(spec.analysis, counts, version=spec.to, start=start, now=now)
+
+    async def health(self, cluster: str) -> Membership:
+        """One cluster's endpoint health over every replica's proxies.
+
+        Errors:
+            StoreUnavailableError: etcd cannot be read (the engine holds the rollout).
+        """
+        got = await self._store.kv.range(self._store.keys.health)
+        reports = []
+        for kv in got.kvs:
+            try:
+                reports.append(health_report.decode(kv.value))
+            except (ValueError, TypeError) as exc:
+                log.warning("health report %s unreadable: %s", kv.key.decode(), exc)
+        return health_report.fleet(reports, cluster)

@@ -16,13 +16,14 @@ def traffic_of(state: DesiredState) -> Mapping[str, TrafficPolicy]:
     """Upstream name → its split, for every rollout in an active phase.
 
     A finished rollout has no policy: the upstream's `active` version (which the
-    engine set on success, or left at `from`) takes all traffic.
+    engine set on success, or left at `from`) takes all traffic. Within the rollback
+    window after a success, `from` stays configured at 0% (`from_retained`).
     """
     out: dict[str, TrafficPolicy] = {}
     for name, rollout in state.rollouts.items():
         status = state.status(name)
         spec = rollout.spec
-        if not status.active or spec.upstream not in state.upstreams:
+        if not (status.active or status.from_retained) or spec.upstream not in state.upstreams:
             continue
         steering = status.phase in _STEERING
         mirror = None

@@ -68,4 +68,4 @@ async def apply_decision(
     if decision.status is None:
         return True
     return await write_status(store, state, revisions, name, decision.status, actor=actor,
-                              reason=decision.reason, fence=fence)
+                              reason=decision.reason, audit=not decision.quiet, fence=fence)

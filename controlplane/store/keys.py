@@ -10,6 +10,8 @@
     {prefix}/fleet/{replica}           what the replica's proxies ACKed, held by its lease
     {prefix}/metrics/{replica}         its proxies' request counts per second (analysis), held
                                        by its lease
+    {prefix}/health/{replica}          its proxies' endpoint health per cluster, held by its
+                                       lease
     {prefix}/vault/ca                  our CA (its key sealed; controlplane.secrets.records)
     {prefix}/vault/certs/{group}       a proxy group's serving certificate (key sealed)
     {prefix}/vault/credentials/{name}  a Credential's current value (sealed); `vault/` sorts
@@ -71,6 +73,13 @@ class Keys:
 
     def metrics_member(self, identity: str) -> bytes:
         return f"{self.prefix}/metrics/{identity}".encode()
+
+    @property
+    def health(self) -> bytes:
+        return f"{self.prefix}/health/".encode()
+
+    def health_member(self, identity: str) -> bytes:
+        return f"{self.prefix}/health/{identity}".encode()
 
     def fence(self, lease: int) -> bytes:
         return f"{self.prefix}/fence/{lease:x}".encode()

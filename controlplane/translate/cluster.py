@@ -69,6 +69,9 @@ def build_cluster(
     )
     if spec.health_check is not None:
         cluster.health_checks.append(_health_check(spec.health_check))
+        # EDS is the truth: an endpoint we remove (a rolling batch) leaves at once,
+        # rather than staying for as long as it passes health checks.
+        cluster.ignore_health_on_host_removal = True
     if spec.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(_outlier_detection(spec.outlier_detection))
     if spec.circuit_breakers is not None:
@@ -87,9 +90,12 @@ def build_cluster(
 
 
 def _health_check(spec: HealthCheck) -> HealthCheckProto:
+    # Envoy checks a cluster with no traffic only every 60 s by default; a blue-green
+    # preview at 0% is such a cluster, and its switch waits on these checks.
     return HealthCheckProto(
         timeout=duration(spec.timeout),
         interval=duration(spec.interval),
+        no_traffic_interval=duration(spec.interval),
         unhealthy_threshold=UInt32Value(value=spec.unhealthy_threshold),
         healthy_threshold=UInt32Value(value=spec.healthy_threshold),
         http_health_check=HealthCheckProto.HttpHealthCheck(path=spec.path),

@@ -9,8 +9,8 @@
     Upstream("v2", latency_s=0.2)     # every answer waits 200 ms
     await up.stop() / up.stop_thread()
 
-`/healthz` always answers 200. Headers and body leave in one send: a second
-small write would meet Nagle + delayed ACK (~40 ms per request).
+`/healthz` answers 200 (503 after `up.healthy = False`). Headers and body leave in one
+send: a second small write would meet Nagle + delayed ACK (~40 ms per request).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Upstream:
         self.error_ratio = error_ratio
         self.error_status = error_status
         self.latency_s = latency_s
+        self.healthy = True
         self.port = port or free_port()
         self.requests = 0
         self.paths: Counter[str] = Counter()
@@ -127,7 +128,7 @@ class Upstream:
         self.paths[path.split("?", 1)[0]] += 1
         self.last_headers = headers
         if path.startswith("/healthz"):
-            status, body = 200, b"ok\n"
+            status, body = (200, b"ok\n") if self.healthy else (503, b"unhealthy\n")
         else:
             status = self.status
             # Evenly spread: request n fails when floor(n·ratio) steps up.

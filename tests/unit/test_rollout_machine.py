@@ -119,3 +119,45 @@ def test_failure_count_resets_on_a_new_step() -> None:
 def test_nack_message_is_kept() -> None:
     decision = transition(SPEC, at(P.PROGRESSING, 1, 50), Nacked(3, "unknown field 'x'"))
     assert decision.status is not None and "unknown field" in decision.status.message
+
+
+BLUEGREEN = ANALYZED.model_copy(update={"strategy": "bluegreen", "rollback_window": "10m"})
+
+
+def _retained(spec: RolloutSpec = SPEC, *, failed: int = 0) -> RolloutStatus:
+    return S(phase=P.SUCCEEDED, step=2, weight=100.0, applied=True, since=100.0,
+             finished_at=100.0, failed_checks=failed, from_retained=True)
+
+
+def test_success_keeps_from_until_the_rollback_window_ends() -> None:
+    done = transition(SPEC, at(P.PROMOTING, 2, 100), FleetAcked(100)).status
+    assert done is not None and done.phase == P.SUCCEEDED and done.from_retained
+    assert not transition(SPEC, _retained(), Tick(100 + 3599)).changed
+    retired = transition(SPEC, _retained(), Tick(100 + 3600))
+    assert retired.status is not None and not retired.status.from_retained
+    assert retired.status.phase == P.SUCCEEDED and "v1 retired" in retired.reason
+    rolling = SPEC.model_copy(update={"strategy": "rolling"})
+    done = transition(rolling, at(P.PROMOTING, 2, 100), FleetAcked(100)).status
+    assert done is not None and not done.from_retained  # one cluster: nothing to keep
+
+
+def test_bluegreen_is_checked_after_the_switch_and_switches_back_on_failures() -> None:
+    early = transition(BLUEGREEN, _retained(BLUEGREEN), AnalysisDone(110, "failed", "5xx"))
+    assert not early.changed  # a check counts once per step interval
+    first = transition(BLUEGREEN, _retained(BLUEGREEN), AnalysisDone(130, "failed", "5xx"))
+    assert first.status is not None and first.status.failed_checks == 1
+    assert first.status.phase == P.SUCCEEDED and not first.quiet
+    back = transition(BLUEGREEN, _retained(BLUEGREEN, failed=1),
+                      AnalysisDone(130, "failed", "5xx"))
+    assert back.status is not None and back.status.phase == P.ROLLING_BACK
+    assert back.status.weight == 0 and not back.status.from_retained
+    passed = transition(BLUEGREEN, _retained(BLUEGREEN, failed=1), AnalysisDone(130, "passed"))
+    assert passed.quiet and passed.status is not None and passed.status.failed_checks == 0
+    canary = transition(ANALYZED, _retained(ANALYZED), AnalysisDone(130, "failed", "5xx"))
+    assert not canary.changed  # only a blue-green switch is judged after it
+
+
+def test_waiting_for_health_names_itself_when_it_times_out() -> None:
+    decision = transition(SPEC, at(P.PROGRESSING, 0, 10), Tick(60, "2/3 endpoints healthy"))
+    assert decision.status is not None and decision.status.phase == P.PAUSED
+    assert "2/3 endpoints healthy" in decision.reason
