@@ -71,3 +71,7 @@ class TranslationError(ControlPlaneError):
 
 class InconsistentSnapshotError(ControlPlaneError):
     """A snapshot references resources it does not contain."""
+
+
+class AnalysisProviderError(ControlPlaneError):
+    """A metrics provider (Prometheus) could not answer; the check is inconclusive."""

@@ -26,12 +26,13 @@ from controlplane.admin import AdminService
 from controlplane.admin.auth import TokenAuthenticator
 from controlplane.analysis import Window
 from controlplane.analysis.health import HealthBoard
+from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter
 from controlplane.publish import Publisher, xds_diff
 from controlplane.rollout.engine import RolloutEngine
-from controlplane.rollout.metrics import EtcdAnalysis, MetricsReporter
+from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.leader import LeaderElection
 from controlplane.xds.cache import SnapshotCache
@@ -135,8 +136,9 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.metrics_reporter.run(),
                                                name="metrics-report"))
         analysis = EtcdAnalysis(self.store)
+        providers = ByProvider({"envoy": analysis, "prometheus": PrometheusAnalysis()})
         self.engine = RolloutEngine(self.store, EtcdFleet(self.store), identity=self.identity,
-                                    analysis=analysis, health=analysis)
+                                    analysis=providers, health=analysis)
         self.election = LeaderElection(self.store, self.identity,
                                        ttl=self.config.leader_ttl)
         self._tasks.append(asyncio.create_task(self.election.run(self.engine.lead),

@@ -214,14 +214,65 @@ class Mirror(Model):
     percent: float = Field(default=100, gt=0, le=100)
 
 
+# PromQL over Envoy's own /stats/prometheus names; ${cluster} is the version's Envoy
+# cluster (`upstream|version`), ${window} the time since the step (e.g. `30s`).
+_RQ = 'envoy_cluster_upstream_rq_xx{envoy_cluster_name="${cluster}"}'
+DEFAULT_QUERIES: dict[str, str] = {
+    "requests": f"sum(increase({_RQ}[${{window}}]))",
+    "errors": "sum(increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=\"${cluster}\","
+              "envoy_response_code_class=\"5\"}[${window}]))",
+    "authFailures": "sum(increase(envoy_cluster_upstream_rq{envoy_cluster_name=\"${cluster}\","
+                    "envoy_response_code=~\"401|403\"}[${window}]))",
+    "p99LatencyMs": "histogram_quantile(0.99, sum by (le) (increase("
+                    "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"${cluster}\"}"
+                    "[${window}])))",
+}
+_TEMPLATE = re.compile(r"\$\{(\w+)\}")
+_PLACEHOLDERS = frozenset({"cluster", "upstream", "version", "window"})
+
+
+class PrometheusQueries(Model):
+    """Where and what to ask Prometheus (`analysis.provider: prometheus`)."""
+
+    url: str
+    queries: dict[Literal["requests", "errors", "authFailures", "p99LatencyMs"], str] = Field(
+        default_factory=lambda: dict(DEFAULT_QUERIES))  # type: ignore[arg-type]
+    timeout: Duration = "5s"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL of a Prometheus server")
+        return value.rstrip("/")
+
+    @field_validator("queries")
+    @classmethod
+    def _queries(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, query in value.items():
+            unknown = set(_TEMPLATE.findall(query)) - _PLACEHOLDERS
+            if unknown:
+                raise ValueError(f"{name}: unknown placeholder(s) {sorted(unknown)}; "
+                                 f"known: {sorted(_PLACEHOLDERS)}")
+        return {**DEFAULT_QUERIES, **value}
+
+
 class Analysis(Model):
     provider: Literal["envoy", "prometheus"] = "envoy"
+    prometheus: PrometheusQueries | None = None
     min_requests: int = Field(default=50, ge=0)
     success_rate: float = Field(default=0.99, ge=0, le=1)
     p99_latency_ms: float | None = Field(default=None, gt=0, alias="p99LatencyMs")
     auth_failure_rate: float | None = Field(default=None, ge=0, le=1)
     failure_limit: int = Field(default=2, ge=1)
     inconclusive: Literal["pause", "continue", "rollback"] = "pause"
+
+    @model_validator(mode="after")
+    def _provider_settings(self) -> Analysis:
+        if self.provider == "prometheus" and self.prometheus is None:
+            raise ValueError("prometheus: provider prometheus needs prometheus.url "
+                             "(and optionally PromQL templates in prometheus.queries)")
+        return self
 
 
 class RolloutSpec(Model):

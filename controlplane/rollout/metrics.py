@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from controlplane.analysis import Check, Window, evaluate, version_cluster
 from controlplane.analysis import health as health_report
@@ -17,6 +17,7 @@ from controlplane.analysis.health import HealthBoard, Membership
 from controlplane.analysis.window import RETENTION_S, decode, encode, total
 from controlplane.errors import StoreUnavailableError
 from controlplane.model import DesiredState
+from controlplane.rollout.engine import AnalysisProvider
 from controlplane.store import Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,18 @@ class MetricsReporter:
         with contextlib.suppress(StoreUnavailableError):
             await self._store.kv.delete(self._key)
             await self._store.kv.delete(self._health_key)
+
+
+class ByProvider:
+    """Sends each rollout's check to the provider its `analysis.provider` names."""
+
+    def __init__(self, providers: Mapping[str, AnalysisProvider]) -> None:
+        self._providers = providers
+
+    async def check(self, state: DesiredState, rollout: str, now: float) -> Check:
+        analysis = state.rollouts[rollout].spec.analysis
+        assert analysis is not None, "only rollouts with `analysis` are checked"
+        return await self._providers[analysis.provider].check(state, rollout, now)
 
 
 class EtcdAnalysis:

@@ -16,6 +16,7 @@ from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy
 from tests.support.http import get_sync
 from tests.support.ports import free_port
+from tests.support.promapi import PromApi
 from tests.support.upstream import Upstream
 from tests.support.wait import wait_for_sync
 
@@ -149,3 +150,49 @@ def test_auth_failures_or_latency_roll_back(
         assert check["p99LatencyMs"] >= 200, check
     else:
         assert 0.1 < check["authFailureRate"] < 0.3, check
+
+
+def test_bluegreen_is_judged_before_and_after_its_switch(
+    serve: ServeProcess, make_edge: Callable[..., Edge]
+) -> None:
+    port, _, v2 = make_edge()
+    with Load(port):
+        # Before the switch v2 gets a mirrored copy of every request (responses dropped)
+        # and is judged on those; after it, on the real traffic, for the rollback window.
+        apply(serve, rollout_yaml(interval=INTERVAL, extra=ANALYSIS + (
+            "  strategy: bluegreen\n  mirror: {percent: 100}\n  rollbackWindow: 1h\n")))
+        doc = wait_status(serve, DECIDE_S, phase="Succeeded", weight=100.0)
+        assert doc["fromRetained"] is True
+        check = doc["lastCheck"]
+        assert isinstance(check, dict) and check["verdict"] == "passed"
+        version_behind(port, CONVERGE_S)("v2")
+        v2.error_ratio = 0.5  # goes bad after the switch
+        doc = wait_status(serve, DECIDE_S, phase="RolledBack")
+    assert "after the switch" in str(doc["reason"]) or any(
+        "after the switch" in str(e["reason"]) for e in rollout_transitions(serve))
+    assert all(str(e["actor"]).startswith("rollout-engine@") for e in rollout_transitions(serve))
+    wait_for_sync(lambda: versions(port, 20) == Counter({"v1": 20}), timeout=CONVERGE_S,
+                  message="all traffic back on v1")
+
+
+def test_prometheus_provider_rolls_back_on_its_numbers(
+    serve: ServeProcess, make_edge: Callable[..., Edge]
+) -> None:
+    port, _, _ = make_edge()
+
+    def answer(query: str) -> float | None:  # what a Prometheus scraping the fleet says
+        if 'envoy_cluster_name="payments|v2"' not in query or "histogram" in query:
+            return None
+        return 40.0 if 'response_code_class="5"' in query else 0.0 if "401" in query else 100.0
+
+    with PromApi(answer) as prom:
+        apply(serve, rollout_yaml(steps=STEPS, interval=INTERVAL, extra=(
+            "  analysis: {provider: prometheus, prometheus: {url: \"" + prom.url + "\"}, "
+            "minRequests: 10, successRate: 0.95, failureLimit: 2}\n")))
+        doc = wait_status(serve, DECIDE_S, phase="RolledBack")
+    check = doc["lastCheck"]
+    assert isinstance(check, dict) and check["verdict"] == "failed"
+    assert check["successRate"] == 0.6 and check["requests"] == 100
+    assert any("[" in q and 'envoy_cluster_name="payments|v2"' in q for q in prom.queries)
+    wait_for_sync(lambda: versions(port, 20) == Counter({"v1": 20}), timeout=CONVERGE_S,
+                  message="all traffic back on v1")
