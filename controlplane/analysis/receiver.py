@@ -1,29 +1,22 @@
 """Envoy's MetricsService push (`envoy.stat_sinks.metrics_service`) into a `Window`.
 
 xds-protos lacks `envoy.service.metrics.v3`, so the RPC is a generic grpcio handler on raw
-bytes. A flush is ~50 KB and ~500 metric families, and envoy-data-plane (betterproto2)
-parses slowly: `families` walks the message's wire format and parses only the three
-families analysis reads; everything else (the node identifier, gauges, other
-counters) is skipped by length.
+bytes, and `wire` reads only the families analysis needs out of them (request counts
+and latency for the window, endpoint membership for health gates).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import grpc
 
+from controlplane.analysis import wire
 from controlplane.analysis.decide import CLUSTER_SEPARATOR
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.window import Counts, Window
-
-with warnings.catch_warnings():
-    # envoy-data-plane's generated validators trip pydantic deprecation warnings on import.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from envoy_data_plane.io.prometheus.client import Metric, MetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -35,63 +28,17 @@ RQ_CODE = "cluster.upstream_rq"
 RQ_TIME = "cluster.upstream_rq_time"
 HEALTHY = "cluster.membership_healthy"
 MEMBERS = "cluster.membership_total"
-_WANTED = frozenset({RQ_CLASS.encode(), RQ_CODE.encode(), RQ_TIME.encode()})
-_GAUGES = frozenset({HEALTHY.encode(), MEMBERS.encode()})
+_WANTED = frozenset({RQ_CLASS, RQ_CODE, RQ_TIME})
+_GAUGES = frozenset({HEALTHY, MEMBERS})
 _CLUSTER = "envoy.cluster_name"
 _CLASS = "envoy.response_code_class"
 _CODE = "envoy.response_code"
 _AUTH_CODES = frozenset({"401", "403"})
-_FAMILIES_FIELD = 2  # StreamMetricsMessage.envoy_metrics
-_NAME_FIELD = 1  # MetricFamily.name
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _skip(buf: bytes, pos: int, wire: int) -> int:
-    if wire == 0:
-        return _varint(buf, pos)[1]
-    if wire == 1:
-        return pos + 8
-    if wire == 2:
-        length, pos = _varint(buf, pos)
-        return pos + length
-    if wire == 5:
-        return pos + 4
-    raise ValueError(f"unsupported wire type {wire}")
-
-
-def _name_of(buf: bytes, start: int, end: int) -> bytes | None:
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        if key >> 3 == _NAME_FIELD and key & 7 == 2:
-            length, pos = _varint(buf, pos)
-            return buf[pos:pos + length]
-        pos = _skip(buf, pos, key & 7)
-    return None
-
-
-def families(raw: bytes, wanted: frozenset[bytes] = _WANTED) -> Iterator[MetricFamily]:
+def families(raw: bytes, wanted: frozenset[str] = _WANTED) -> Iterator[wire.Family]:
     """The metric families named in `wanted` of one serialized StreamMetricsMessage."""
-    pos, end = 0, len(raw)
-    while pos < end:
-        key, pos = _varint(raw, pos)
-        if key >> 3 == _FAMILIES_FIELD and key & 7 == 2:
-            length, pos = _varint(raw, pos)
-            if _name_of(raw, pos, pos + length) in wanted:
-                yield MetricFamily.parse(raw[pos:pos + length])
-            pos += length
-        else:
-            pos = _skip(raw, pos, key & 7)
+    return wire.families(raw, wanted)
 
 
 def counts_of(raw: bytes) -> dict[str, Counts]:
@@ -103,53 +50,47 @@ def counts_of(raw: bytes) -> dict[str, Counts]:
 def read_flush(raw: bytes) -> tuple[dict[str, Counts], dict[str, tuple[int, int]]]:
     """One flush's request counts and endpoint membership (healthy, total) per
     upstream-version cluster, in one walk over the message."""
-    wanted = list(families(raw, _WANTED | _GAUGES))
-    return (_counts(f for f in wanted if f.name not in (HEALTHY, MEMBERS)),
-            _membership(f for f in wanted if f.name in (HEALTHY, MEMBERS)))
+    found = list(families(raw, _WANTED | _GAUGES))
+    return (_counts(f for f in found if f.name in _WANTED),
+            _membership(f for f in found if f.name in _GAUGES))
 
 
-def _membership(found: Iterable[MetricFamily]) -> dict[str, tuple[int, int]]:
+def _version_cluster(sample: wire.Sample) -> str | None:
+    cluster = sample.labels.get(_CLUSTER)
+    return cluster if cluster is not None and CLUSTER_SEPARATOR in cluster else None
+
+
+def _membership(found: Iterable[wire.Family]) -> dict[str, tuple[int, int]]:
     healthy: dict[str, int] = {}
     members: dict[str, int] = {}
     for family in found:
         into = healthy if family.name == HEALTHY else members
-        for metric in family.metric:
-            cluster = _cluster_label(metric)
-            if cluster is not None and metric.gauge is not None:
-                into[cluster] = int(metric.gauge.value)
+        for sample in family.samples:
+            cluster = _version_cluster(sample)
+            if cluster is not None and sample.gauge is not None:
+                into[cluster] = int(sample.gauge)
     return {c: (healthy.get(c, 0), total) for c, total in members.items()}
 
 
-def _cluster_label(metric: Metric) -> str | None:
-    for label in metric.label:
-        if label.name == _CLUSTER:
-            return label.value if CLUSTER_SEPARATOR in label.value else None
-    return None
-
-
-def _counts(found: Iterable[MetricFamily]) -> dict[str, Counts]:
+def _counts(found: Iterable[wire.Family]) -> dict[str, Counts]:
     out: dict[str, Counts] = {}
     for family in found:
-        for metric in family.metric:
-            labels = {label.name: label.value for label in metric.label}
-            cluster = labels.get(_CLUSTER)
-            if cluster is None or CLUSTER_SEPARATOR not in cluster:
+        for sample in family.samples:
+            cluster = _version_cluster(sample)
+            if cluster is None:
                 continue  # not an upstream version (the xDS cluster, say)
             counts = out.setdefault(cluster, Counts())
             if family.name == RQ_TIME:
-                if metric.histogram is not None:
-                    counts.latency_samples += metric.histogram.sample_count
-                    for bucket in metric.histogram.bucket:
-                        bound = float(bucket.upper_bound)
-                        counts.latency[bound] = (counts.latency.get(bound, 0)
-                                                 + bucket.cumulative_count)
+                counts.latency_samples += sample.sample_count
+                for bound, count in sample.buckets:
+                    counts.latency[bound] = counts.latency.get(bound, 0) + count
                 continue
-            value = int(metric.counter.value) if metric.counter is not None else 0
+            value = int(sample.counter or 0)
             if family.name == RQ_CLASS:
                 counts.requests += value
-                if labels.get(_CLASS) == "5":
+                if sample.labels.get(_CLASS) == "5":
                     counts.server_errors += value
-            elif labels.get(_CODE) in _AUTH_CODES:
+            elif sample.labels.get(_CODE) in _AUTH_CODES:
                 counts.auth_failures += value
     return {c: v for c, v in out.items() if v.requests or v.latency_samples}
 
