@@ -12,9 +12,10 @@ from controlplane.analysis.decide import (
     PASSED,
     Check,
     evaluate,
+    judge,
     version_cluster,
 )
 from controlplane.analysis.window import Counts, Slots, Window
 
 __all__ = ["FAILED", "INCONCLUSIVE", "PASSED", "Check", "Counts", "Slots", "Window",
-           "evaluate", "version_cluster"]
+           "evaluate", "judge", "version_cluster"]

@@ -87,3 +87,21 @@ def evaluate(analysis: Analysis, counts: Counts, *, version: str, start: float,
         return Check(now, version, FAILED, f"{'; '.join(problems)} [{numbers}]",
                      start, n, success, p99, auth, limits)
     return Check(now, version, PASSED, numbers, start, n, success, p99, auth, limits)
+
+
+def judge(analysis: Analysis, counts: Counts, baseline: Counts, *, version: str,
+          baseline_version: str, start: float, now: float) -> Check:
+    """The verdict on `version`, compared with `baseline_version` over the same window:
+    when the baseline fails the same thresholds, the trouble is fleet-wide (a shared
+    dependency, the network), not the new version's, so the check is inconclusive."""
+    check = evaluate(analysis, counts, version=version, start=start, now=now)
+    if check.verdict != FAILED:
+        return check
+    other = evaluate(analysis, baseline, version=baseline_version, start=start, now=now)
+    if other.verdict != FAILED:
+        return check
+    return Check(check.at, check.version, INCONCLUSIVE,
+                 f"{baseline_version} fails as well, a fleet-wide problem rather than "
+                 f"{version}'s: {check.detail}; {other.detail}",
+                 check.start, check.requests, check.success_rate, check.p99_latency_ms,
+                 check.auth_failure_rate, check.thresholds)

@@ -20,7 +20,7 @@ from string import Template
 from controlplane.analysis.decide import (
     INCONCLUSIVE,
     Check,
-    evaluate,
+    judge,
     thresholds_of,
     version_cluster,
 )
@@ -73,23 +73,36 @@ class PrometheusAnalysis:
         spec = state.rollouts[rollout].spec
         analysis = spec.analysis
         assert analysis is not None and analysis.prometheus is not None, "validated by model"
-        start = state.status(rollout).since
+        settings, start = analysis.prometheus, state.status(rollout).since
+
+        def both() -> tuple[Counts | None, Counts | None]:
+            return (self._counts(settings, spec.upstream, spec.to, now - start, now),
+                    self._counts(settings, spec.upstream, spec.from_, now - start, now))
+
         try:
-            numbers = await asyncio.to_thread(
-                self._query_all, analysis.prometheus, spec.upstream, spec.to, now - start, now)
+            counts, baseline = await asyncio.to_thread(both)
         except AnalysisProviderError as exc:
             return _inconclusive(analysis, spec.to, start, now, f"prometheus: {exc}")
-        requests = numbers.get("requests")
-        if requests is None:
+        if counts is None:
             return _inconclusive(analysis, spec.to, start, now,
                                  f"no data: prometheus has no requests to {spec.to}")
+        return judge(analysis, counts, baseline or Counts(), version=spec.to,
+                     baseline_version=spec.from_, start=start, now=now)
+
+    def _counts(self, settings: PrometheusQueries, upstream: str, version: str,
+                window_s: float, now: float) -> Counts | None:
+        """One version's numbers as Counts (None: Prometheus has no request count)."""
+        numbers = self._query_all(settings, upstream, version, window_s, now)
+        requests = numbers.get("requests")
+        if requests is None:
+            return None
         n = round(requests)
         counts = Counts(requests=n, server_errors=round(numbers.get("errors") or 0),
                         auth_failures=round(numbers.get("authFailures") or 0))
         p99 = numbers.get("p99LatencyMs")
         if p99 is not None and n > 0:
             counts.latency, counts.latency_samples = {p99: n}, n  # one bucket: p99 itself
-        return evaluate(analysis, counts, version=spec.to, start=start, now=now)
+        return counts
 
     def _query_all(self, settings: PrometheusQueries, upstream: str, version: str,
                    window_s: float, now: float) -> dict[str, float | None]:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from controlplane.analysis import Check, Window, evaluate, version_cluster
+from controlplane.analysis import Check, Window, judge, version_cluster
 from controlplane.analysis import health as health_report
 from controlplane.analysis.health import HealthBoard, Membership
 from controlplane.analysis.window import RETENTION_S, decode, encode, total
@@ -117,7 +117,10 @@ class EtcdAnalysis:
             except (ValueError, KeyError, TypeError) as exc:  # one bad report, not a dead leader
                 log.warning("metrics report %s unreadable: %s", kv.key.decode(), exc)
         counts = total(reports, version_cluster(spec.upstream, spec.to), start=start, end=now)
-        return evaluate(spec.analysis, counts, version=spec.to, start=start, now=now)
+        baseline = total(reports, version_cluster(spec.upstream, spec.from_), start=start,
+                         end=now)
+        return judge(spec.analysis, counts, baseline, version=spec.to,
+                     baseline_version=spec.from_, start=start, now=now)
 
     async def health(self, cluster: str) -> Membership:
         """One cluster's endpoint health over every replica's proxies.

@@ -41,6 +41,8 @@ spec:
 def _numbers(requests: float | None, errors: float = 0, auth: float = 0,
              p99: float | None = 20) -> Answer:
     def answer(query: str) -> float | None:
+        if "payments|v1" in query:  # `from` is healthy: whatever happens is v2's
+            return 20 if "histogram_quantile" in query else 0 if "code" in query else 500
         if "histogram_quantile" in query:
             return p99
         if "401|403" in query:
@@ -77,6 +79,12 @@ def test_queries_name_the_version_cluster_and_the_window_since_the_step() -> Non
     assert 'sum(my_rq{svc="payments", v="v2"}[30s])' in prom.queries  # a user's template
     assert any('envoy_cluster_name="payments|v2"' in q and "[30s]" in q
                for q in prom.queries)  # the defaults for the rest
+
+
+def test_a_failure_of_both_versions_is_blamed_on_neither() -> None:
+    with PromApi(lambda q: 20 if "histogram" in q else 50 if "code" in q else 100) as prom:
+        verdict, detail = _check(_state(prom.url))
+    assert verdict == INCONCLUSIVE and "v1 fails as well" in detail
 
 
 def test_an_unreachable_prometheus_is_inconclusive_not_a_failure() -> None:

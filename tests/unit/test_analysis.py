@@ -14,6 +14,7 @@ from controlplane.analysis import (
     Counts,
     Window,
     evaluate,
+    judge,
     version_cluster,
 )
 from controlplane.analysis.receiver import counts_of, families
@@ -154,3 +155,18 @@ def test_latency_beyond_the_last_bucket() -> None:
     analysis = Analysis.model_validate({"minRequests": 1, "p99LatencyMs": 100})
     check = evaluate(analysis, counts, version="v2", start=0, now=1)
     assert check.verdict == FAILED and check.document()["p99LatencyMs"] is None
+
+
+@pytest.mark.parametrize(("baseline", "verdict"), [
+    pytest.param(Counts(100, 40, 0), INCONCLUSIVE, id="from-fails-too"),
+    pytest.param(Counts(100, 0, 0), FAILED, id="from-healthy"),
+    pytest.param(Counts(), FAILED, id="from-without-traffic"),
+])
+def test_a_fleet_wide_outage_is_not_blamed_on_the_new_version(baseline: Counts,
+                                                              verdict: str) -> None:
+    analysis = Analysis.model_validate({"minRequests": 20, "successRate": 0.95})
+    check = judge(analysis, Counts(100, 30, 0), baseline, version="v2",
+                  baseline_version="v1", start=0, now=1)
+    assert check.verdict == verdict
+    if verdict == INCONCLUSIVE:
+        assert "v1 fails as well" in check.detail and "0.700" in check.detail
