@@ -20,11 +20,15 @@ def traffic_of(state: DesiredState) -> Mapping[str, TrafficPolicy]:
     window after a success, `from` stays configured at 0% (`from_retained`).
     """
     out: dict[str, TrafficPolicy] = {}
-    for name, rollout in state.rollouts.items():
+    # Active rollouts first: they win over a finished one still retaining its `from`.
+    for name, rollout in sorted(state.rollouts.items(),
+                                key=lambda item: not state.status(item[0]).active):
         status = state.status(name)
         spec = rollout.spec
         if not (status.active or status.from_retained) or spec.upstream not in state.upstreams:
             continue
+        if not status.active and spec.upstream in out:
+            continue  # a new rollout of the upstream supersedes an old one's retained `from`
         steering = status.phase in _STEERING
         mirror = None
         if steering and status.weight == 0 and (

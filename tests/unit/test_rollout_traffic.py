@@ -1,0 +1,36 @@
+"""Rollout statuses → traffic policies: what translate is told about each upstream."""
+
+from __future__ import annotations
+
+from controlplane.model import DesiredState, parse_yaml
+from controlplane.model.status import Phase, RolloutStatus
+from controlplane.rollout.traffic import traffic_of
+from tests.support.states import PAYMENTS_EDGE
+
+V2 = 'v2: {endpoints: ["127.0.0.1:9002"]}'
+V3 = PAYMENTS_EDGE.replace(V2, V2 + ', v3: {endpoints: ["127.0.0.1:9003"]}')
+
+
+def _rollout(name: str, from_: str, to: str) -> str:
+    return f"""---
+apiVersion: controlplane/v1
+kind: Rollout
+metadata: {{name: {name}}}
+spec: {{upstream: payments, from: {from_}, to: {to}}}
+"""
+
+
+def test_success_keeps_from_at_zero_until_retired_and_a_new_rollout_wins() -> None:
+    state = DesiredState.of(parse_yaml(V3 + _rollout("to-v2", "v1", "v2")))
+    retained = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True, from_retained=True)
+    policy = traffic_of(state.with_status("to-v2", retained))["payments"]
+    assert (policy.from_version, policy.to_version, policy.weight) == ("v1", "v2", 100.0)
+    retired = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True)
+    assert traffic_of(state.with_status("to-v2", retired)) == {}
+
+    both = DesiredState.of(parse_yaml(V3 + _rollout("to-v2", "v1", "v2")
+                                      + _rollout("to-v3", "v2", "v3")))
+    both = both.with_status("to-v2", retained).with_status(
+        "to-v3", RolloutStatus(Phase.PROGRESSING, 0, 10.0))
+    policy = traffic_of(both)["payments"]
+    assert (policy.from_version, policy.to_version, policy.weight) == ("v2", "v3", 10.0)
