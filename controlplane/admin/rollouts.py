@@ -17,7 +17,7 @@ from controlplane.admin.base import AdminBase
 from controlplane.api import admin_pb2
 from controlplane.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
 from controlplane.model import DesiredState
-from controlplane.rollout.machine import VERBS, Operator, steps_of, transition
+from controlplane.rollout.machine import VERBS, Decision, Operator, steps_of, transition
 from controlplane.rollout.writer import apply_decision
 
 CAS_ATTEMPTS = 5
@@ -47,6 +47,18 @@ def status_document(state: DesiredState, name: str) -> dict[str, Any]:
         "lastCheck": status.last_check,
         "fromRetained": status.from_retained,
     }
+
+
+def _refuse_second_owner(state: DesiredState, name: str, decision: Decision) -> None:
+    """A finished rollout rolled back within its window becomes active again: not while
+    another rollout of the same upstream is running (one rollout per upstream)."""
+    if decision.status is None or not decision.status.active or state.status(name).active:
+        return
+    upstream = state.rollouts[name].spec.upstream
+    for other, rollout in state.rollouts.items():
+        if other != name and rollout.spec.upstream == upstream and state.status(other).active:
+            raise ConflictError(f"Rollout/{other} now manages Upstream/{upstream}; roll that "
+                                f"one back (or abort it) instead of Rollout/{name}")
 
 
 class RolloutMethods(AdminBase):
@@ -84,6 +96,7 @@ class RolloutMethods(AdminBase):
                 spec = state.rollouts[request.name].spec
                 decision = transition(spec, state.status(request.name),
                                       Operator(time.time(), request.verb, actor))
+                _refuse_second_owner(state, request.name, decision)
                 written = await apply_decision(self._store, state, revisions, request.name,
                                                decision, actor=actor)
                 if written:

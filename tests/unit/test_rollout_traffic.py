@@ -34,3 +34,24 @@ def test_success_keeps_from_at_zero_until_retired_and_a_new_rollout_wins() -> No
         "to-v3", RolloutStatus(Phase.PROGRESSING, 0, 10.0))
     policy = traffic_of(both)["payments"]
     assert (policy.from_version, policy.to_version, policy.weight) == ("v2", "v3", 10.0)
+
+
+def test_rolling_back_a_finished_rollout_is_refused_while_another_runs() -> None:
+    import pytest
+
+    from controlplane.admin.rollouts import _refuse_second_owner
+    from controlplane.errors import ConflictError
+    from controlplane.rollout.machine import Operator, transition
+
+    state = DesiredState.of(parse_yaml(V3 + _rollout("to-v2", "v1", "v2")
+                                       + _rollout("to-v3", "v2", "v3")))
+    done = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True, finished_at=100.0,
+                         from_retained=True)
+    state = state.with_status("to-v2", done)
+    decision = transition(state.rollouts["to-v2"].spec, done, Operator(200, "rollback", "op"))
+    assert decision.status is not None and decision.status.phase == Phase.ROLLING_BACK
+    aborted = state.with_status("to-v3", RolloutStatus(Phase.ABORTED, 0, 0.0))
+    _refuse_second_owner(aborted, "to-v2", decision)  # to-v3 is over: allowed
+    running = state.with_status("to-v3", RolloutStatus(Phase.PROGRESSING, 0, 10.0))
+    with pytest.raises(ConflictError, match="Rollout/to-v3 now manages Upstream/payments"):
+        _refuse_second_owner(running, "to-v2", decision)
