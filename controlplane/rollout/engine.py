@@ -11,13 +11,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from controlplane.analysis import Check
 from controlplane.analysis.health import Membership
-from controlplane.errors import StoreUnavailableError
+from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.model.duration import parse_duration
 from controlplane.model.status import Phase, RolloutStatus
@@ -120,56 +120,67 @@ class RolloutEngine:
                 pass
 
     async def step(self, fence: Fence) -> None:
-        """One pass over all rollouts: at most one transition each."""
+        """One pass over all rollouts: at most one transition each. A rollout that cannot
+        be driven (its state does not translate, say) is logged and skipped; the others
+        go on. etcd being down holds them all (StoreUnavailableError goes up)."""
         state, revisions, _ = await self._store.read()
         for name in state.rollouts:
-            status = state.status(name)
-            if not (status.active or status.from_retained):
-                continue
-            now = self._clock()
-            progress = await self._fleet.progress(state, name)
-            events: list[Event] = []
-            spec = state.rollouts[name].spec
-            waiting = ""
-            if progress.nack:
-                events.append(Nacked(now, progress.nack))
-            elif progress.enough(spec.ack_fraction):
-                waiting = await self._unhealthy(state, name, status, now)
-                if not waiting:
-                    events.append(FleetAcked(now))
-            check: Check | None = None
-            if self._analysis is not None and analysis_due(state, name, status, now):
-                check = await self._analysis.check(state, name, now)
-                events.append(AnalysisDone(now, check.verdict, check.detail))
-            events.append(Tick(now, waiting))
-            for event in events:
-                decision = transition(spec, status, event)
-                if decision.status is not None:
-                    new = replace(decision.status, proxies_acked=progress.acked,
-                                  proxies_total=progress.total)
-                    if isinstance(event, FleetAcked) and new.message.startswith(HEALTH_WAIT):
-                        new = replace(new, message="")
-                    if isinstance(event, AnalysisDone) and check is not None:
-                        new = replace(new, last_check=check.document())
-                    written = await apply_decision(
-                        self._store, state, revisions, name, replace(decision, status=new),
-                        actor=self._actor, fence=fence,
-                    )
-                    if written:
-                        log.info("rollout %s: %s → %s (%s)", name, status.phase, new.phase,
-                                 decision.reason)
-                    break
-            else:
-                message = waiting or status.message
-                if (progress.acked, progress.total, message) != (
-                    status.proxies_acked, status.proxies_total, status.message
-                ):
-                    await write_status(
-                        self._store, state, revisions, name,
-                        replace(status, proxies_acked=progress.acked,
-                                proxies_total=progress.total, message=message),
-                        actor=self._actor, audit=False, fence=fence,
-                    )
+            try:
+                await self._step_one(state, revisions, name, fence)
+            except StoreUnavailableError:
+                raise
+            except ControlPlaneError as exc:
+                log.error("rollout %s held: %s", name, exc)
+
+    async def _step_one(self, state: DesiredState, revisions: Mapping[bytes, int], name: str,
+                        fence: Fence) -> None:
+        status = state.status(name)
+        if not (status.active or status.from_retained):
+            return
+        now = self._clock()
+        progress = await self._fleet.progress(state, name)
+        events: list[Event] = []
+        spec = state.rollouts[name].spec
+        waiting = ""
+        if progress.nack:
+            events.append(Nacked(now, progress.nack))
+        elif progress.enough(spec.ack_fraction):
+            waiting = await self._unhealthy(state, name, status, now)
+            if not waiting:
+                events.append(FleetAcked(now))
+        check: Check | None = None
+        if self._analysis is not None and analysis_due(state, name, status, now):
+            check = await self._analysis.check(state, name, now)
+            events.append(AnalysisDone(now, check.verdict, check.detail))
+        events.append(Tick(now, waiting))
+        for event in events:
+            decision = transition(spec, status, event)
+            if decision.status is not None:
+                new = replace(decision.status, proxies_acked=progress.acked,
+                              proxies_total=progress.total)
+                if isinstance(event, FleetAcked) and new.message.startswith(HEALTH_WAIT):
+                    new = replace(new, message="")
+                if isinstance(event, AnalysisDone) and check is not None:
+                    new = replace(new, last_check=check.document())
+                written = await apply_decision(
+                    self._store, state, revisions, name, replace(decision, status=new),
+                    actor=self._actor, fence=fence,
+                )
+                if written:
+                    log.info("rollout %s: %s → %s (%s)", name, status.phase, new.phase,
+                             decision.reason)
+                break
+        else:
+            message = waiting or status.message
+            if (progress.acked, progress.total, message) != (
+                status.proxies_acked, status.proxies_total, status.message
+            ):
+                await write_status(
+                    self._store, state, revisions, name,
+                    replace(status, proxies_acked=progress.acked,
+                            proxies_total=progress.total, message=message),
+                    actor=self._actor, audit=False, fence=fence,
+                )
 
     async def _unhealthy(self, state: DesiredState, name: str, status: RolloutStatus,
                          now: float) -> str:

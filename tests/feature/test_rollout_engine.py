@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.errors import TranslationError
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.model.status import Phase
 from controlplane.rollout.engine import FleetProgress, RolloutEngine
@@ -96,3 +97,37 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
     await engine.step(fence)
     assert await store.audit() == before
     assert (await phase(store))[0] == Phase.PROGRESSING
+
+
+class BrokenFor(ScriptedFleet):
+    """Cannot judge one rollout (its state does not translate, say)."""
+
+    def __init__(self, broken: str) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
+        if rollout == self.broken:
+            raise TranslationError(f"Rollout/{rollout}: cannot translate")
+        return await super().progress(state, rollout)
+
+
+async def test_one_rollout_that_cannot_be_driven_does_not_hold_the_others(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.apply(parse_yaml("""
+apiVersion: controlplane/v1
+kind: Upstream
+metadata: {name: ledger}
+spec: {active: v1, versions: {v1: {endpoints: ["127.0.0.1:9101"]},
+                              v2: {endpoints: ["127.0.0.1:9102"]}}}
+---
+apiVersion: controlplane/v1
+kind: Rollout
+metadata: {name: a-ledger-v2}
+spec: {upstream: ledger, from: v1, to: v2}
+"""), actor="test")
+    engine = RolloutEngine(store, BrokenFor("a-ledger-v2"), identity="t", clock=Clock())
+    await engine.step(Fence())  # a-ledger-v2 sorts first and fails
+    assert (await phase(store))[:3] == (Phase.PROGRESSING, 0, 10.0)
+    assert "rollout a-ledger-v2 held: Rollout/a-ledger-v2: cannot translate" in caplog.text
