@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.config.core.v3.config_source_pb2 import (
     AggregatedConfigSource,
@@ -22,12 +24,20 @@ def duration(text: str) -> Duration:
     Errors:
         TranslationError: the text is not a duration (the model should have caught it).
     """
+    seconds, nanos = _duration_parts(text)
+    return Duration(seconds=seconds, nanos=nanos)
+
+
+@functools.lru_cache(maxsize=1024)
+def _duration_parts(text: str) -> tuple[int, int]:
+    # A config repeats a handful of durations thousands of times (every cluster's
+    # timeouts): parse each text once. Immutable ints, so sharing is safe.
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
         raise TranslationError(str(exc)) from exc
     millis = round(seconds * 1000)
-    return Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+    return millis // 1000, (millis % 1000) * 1_000_000
 
 
 def ads() -> ConfigSource:

@@ -5,16 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from envoy.config.endpoint.v3.endpoint_components_pb2 import (
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from controlplane.model import Upstream
 from controlplane.model.traffic import TrafficPolicy
-from controlplane.translate.common import socket_address, split_endpoint
+from controlplane.translate.common import split_endpoint
 from controlplane.translate.names import cluster_name
 
 
@@ -57,11 +52,12 @@ def build_load_assignment(
         endpoints = rolling_endpoints(
             endpoints, upstream.spec.versions[policy.to_version].endpoints, policy.weight
         )
-    lb_endpoints = []
+    assignment = ClusterLoadAssignment(cluster_name=cluster_name(upstream.name, version))
+    locality = assignment.endpoints.add()
     for text in endpoints:
         host, port = split_endpoint(text)
-        lb_endpoints.append(LbEndpoint(endpoint=Endpoint(address=socket_address(host, port))))
-    return ClusterLoadAssignment(
-        cluster_name=cluster_name(upstream.name, version),
-        endpoints=[LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
-    )
+        # Filled in place: nested constructors would copy each sub-message once per level,
+        # and a large upstream has thousands of endpoints.
+        address = locality.lb_endpoints.add().endpoint.address.socket_address
+        address.address, address.port_value = host, port
+    return assignment
