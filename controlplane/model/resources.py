@@ -101,9 +101,32 @@ class RouteSpec(Model):
 # ---- Upstream -------------------------------------------------------------------------------
 
 
+class UpstreamTLS(Model):
+    """TLS from the proxy to a version's endpoints (upstream mTLS), e.g.
+    `tls: {clientCertificate: auto, sni: payments.internal}`.
+
+    `clientCertificate: auto` presents the proxy group's certificate (the one a
+    `tls: {certificate: auto}` listener serves, over SDS); `none` presents none. The
+    upstream's certificate must chain to our CA (over SDS, both CAs during a CA
+    rotation), or to the PEM bundle `caFile` names on the proxy's host.
+    """
+
+    client_certificate: Literal["auto", "none"] = "auto"
+    sni: str | None = Field(default=None, min_length=1, max_length=253)
+    ca_file: str | None = Field(default=None, min_length=1)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r}: give an absolute path on the proxy's host")
+        return value
+
+
 class VersionSpec(Model):
     endpoints: list[str] = Field(min_length=1)
     credential: Name | None = None
+    tls: UpstreamTLS | None = None
 
     @field_validator("endpoints")
     @classmethod

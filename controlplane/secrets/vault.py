@@ -98,8 +98,26 @@ class Material:
 
 
 def tls_groups(state: DesiredState) -> list[str]:
-    """Groups with at least one `tls: {certificate: auto}` listener, sorted."""
-    return sorted({lst.spec.group for lst in state.listeners.values() if lst.spec.tls})
+    """Groups that need a certificate, sorted: those with a `tls: {certificate: auto}`
+    listener, and those whose routes reach an upstream version with
+    `tls: {clientCertificate: auto}` (upstream mTLS: Envoy presents the group's)."""
+    groups = {lst.spec.group for lst in state.listeners.values() if lst.spec.tls}
+    for route in state.routes.values():
+        listener = state.listeners.get(route.spec.listener)
+        upstream = state.upstreams.get(route.spec.upstream)
+        if listener is None or upstream is None:
+            continue
+        if any(v.tls is not None and v.tls.client_certificate == "auto"
+               for v in upstream.spec.versions.values()):
+            groups.add(listener.spec.group)
+    return sorted(groups)
+
+
+def needs_ca(state: DesiredState) -> bool:
+    """Whether anything verifies against our CA or carries a certificate it issues."""
+    return bool(tls_groups(state)) or any(
+        v.tls is not None and v.tls.ca_file is None
+        for ups in state.upstreams.values() for v in ups.spec.versions.values())
 
 
 def read_credential_file(path: str) -> SecretStr:
@@ -229,7 +247,7 @@ class Vault:
         notes: list[AuditNote] = []
         ca = read.ca
         groups = tls_groups(state)
-        if ca is None and groups:
+        if ca is None and (groups or needs_ca(state)):
             ca = CertificateAuthority.create(now=now)
             puts[self._keys.secret_ca] = encode_ca(ca.cert_pem, ca.key_pem, self._sealing)
             expect[self._keys.secret_ca] = 0
@@ -330,8 +348,8 @@ class Vault:
         unknown = sorted(set(wanted) - set(known))
         if unknown or not wanted:
             raise NotFoundError(
-                f"no TLS listener in group(s) {unknown or '(any)'}; groups with "
-                f"`tls: {{certificate: auto}}` listeners: {known or 'none'}")
+                f"no TLS listener or mTLS upstream in group(s) {unknown or '(any)'}; "
+                f"groups with certificates: {known or 'none'}")
         for _ in range(CAS_ATTEMPTS):
             read = await self._read()
             now = self._clock()

@@ -8,8 +8,9 @@ by name, that serialize to the same bytes (`SerializeToString(deterministic=True
       ├── route.py     Route on those listeners          → RouteConfiguration per listener
       ├── cluster.py   every version of each routed-to Upstream → Cluster (EDS over ADS)
       ├── endpoint.py  the same versions                 → ClusterLoadAssignment
-      └── sds.py       TLS listeners, versions' credentials → Secret (from `secrets`, the
-                       key material the caller passes in: translate reads no disk or etcd)
+      └── sds.py       TLS listeners, versions' credentials and mTLS → Secret (from
+                       `secrets`, the key material the caller passes in: translate reads
+                       no disk or etcd)
     names.py: cluster_name(upstream, version) == "upstream|version", and its inverse.
 
 A group whose ProxyGroup says `edge: true` also gets Envoy's edge-proxy hardening in its
@@ -116,17 +117,21 @@ def translate(
         spec.credential for ups in upstreams.values() for spec in ups.spec.versions.values()
         if spec.credential is not None and spec.credential in state.credentials
     })
+    upstream_tls = [spec.tls for ups in upstreams.values()
+                    for spec in ups.spec.versions.values() if spec.tls is not None]
     route_configs = build_route_configurations(
         listeners, routes, state.upstreams, traffic, problems
     )
     resources = ResourceSet.of(
         listeners=build_listeners(listeners, edge=edge),
         routes=route_configs,
-        clusters=build_clusters(upstreams.values(), edge=edge, credentials=state.credentials),
+        clusters=build_clusters(upstreams.values(), group=group, edge=edge,
+                                credentials=state.credentials),
         endpoints=build_endpoints(upstreams.values(), traffic),
         secrets=build_secrets(
             group, tls=[lst.spec.tls for lst in listeners if lst.spec.tls],
             credentials=credentials, material=secrets, problems=problems,
+            upstream_tls=upstream_tls,
         ),
     )
     problems += dangling_clusters(resources)

@@ -23,7 +23,11 @@ from controlplane.model import Credential, Upstream
 from controlplane.model.resources import CircuitBreakers, HealthCheck, OutlierDetection
 from controlplane.translate.common import ads, duration, pack
 from controlplane.translate.names import cluster_name
-from controlplane.translate.sds import HTTP_PROTOCOL_OPTIONS, credential_protocol_options
+from controlplane.translate.sds import (
+    HTTP_PROTOCOL_OPTIONS,
+    credential_protocol_options,
+    upstream_tls,
+)
 
 _NO_CREDENTIALS: Mapping[str, Credential] = MappingProxyType({})
 
@@ -34,6 +38,7 @@ EDGE_BUFFER_LIMIT_BYTES = 32 * 1024
 def build_clusters(
     upstreams: Iterable[Upstream],
     *,
+    group: str = "",
     edge: bool = False,
     credentials: Mapping[str, Credential] = _NO_CREDENTIALS,
 ) -> list[Cluster]:
@@ -41,11 +46,12 @@ def build_clusters(
 
     Args:
         upstreams: the upstreams the group's routes reference.
+        group: the proxy group; a version with `tls` presents its certificate.
         edge: apply Envoy's edge-proxy buffer limits.
         credentials: Credentials by name; a version naming one injects it (sds.py).
     """
     return [
-        build_cluster(upstream, version, edge=edge, credentials=credentials)
+        build_cluster(upstream, version, group=group, edge=edge, credentials=credentials)
         for upstream in upstreams
         for version in sorted(upstream.spec.versions)
     ]
@@ -55,6 +61,7 @@ def build_cluster(
     upstream: Upstream,
     version: str,
     *,
+    group: str = "",
     edge: bool = False,
     credentials: Mapping[str, Credential] = _NO_CREDENTIALS,
 ) -> Cluster:
@@ -85,7 +92,11 @@ def build_cluster(
         # got here anyway, a dangling-secret problem of translate.
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
             pack(credential_protocol_options(credentials[credential])))
-    # Upstream mTLS (transport_socket) is not implemented yet.
+    tls = spec.versions[version].tls
+    if tls is not None:
+        # Upstream (m)TLS: certificate and CA by SDS name only (sds.py). Health checks
+        # use the same transport socket.
+        cluster.transport_socket.CopyFrom(upstream_tls(group, tls))
     return cluster
 
 

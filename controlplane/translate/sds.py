@@ -1,4 +1,6 @@
-"""Secrets over SDS: listener TLS (group certificate, CA for mTLS) and upstream credentials.
+"""Secrets over SDS: listener TLS (group certificate, CA for mTLS), upstream mTLS (the
+group certificate as a client certificate, the CA to verify the upstream) and upstream
+credentials.
 
 translate stays pure: key material arrives as `SecretMaterial`, built by the caller
 from the vault. Names are stable (`cert-<group>`, `controlplane-ca`,
@@ -38,13 +40,14 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import (
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
     CommonTlsContext,
     DownstreamTlsContext,
+    UpstreamTlsContext,
 )
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf.wrappers_pb2 import BoolValue
 from pydantic import SecretBytes, SecretStr
 
 from controlplane.model import Credential, DesiredState
-from controlplane.model.resources import ListenerTLS
+from controlplane.model.resources import ListenerTLS, UpstreamTLS
 from controlplane.translate.common import ads, pack
 
 CA_SECRET = "controlplane-ca"
@@ -113,6 +116,22 @@ def downstream_tls(group: str, tls: ListenerTLS) -> TransportSocket:
     return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
+def upstream_tls(group: str, tls: UpstreamTLS) -> TransportSocket:
+    """A version cluster's TLS: the group certificate as the client certificate (over
+    SDS, so CDS carries no key material), the upstream verified against our CA (over
+    SDS: a CA rotation's trust bundle reaches it too) or the proxy-local `caFile`."""
+    common = CommonTlsContext()
+    if tls.client_certificate == "auto":
+        common.tls_certificate_sds_secret_configs.append(sds(certificate_secret_name(group)))
+    if tls.ca_file is not None:
+        common.validation_context.CopyFrom(CertificateValidationContext(
+            trusted_ca=DataSource(filename=tls.ca_file)))
+    else:
+        common.validation_context_sds_secret_config.CopyFrom(sds(CA_SECRET))
+    context = UpstreamTlsContext(common_tls_context=common, sni=tls.sni or "")
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
 def credential_protocol_options(credential: Credential) -> HttpProtocolOptions:
     """Upstream HTTP filters that set the credential's header on every request to the
     cluster (overwriting a client's), then the codec, which must be last."""
@@ -140,16 +159,18 @@ def build_secrets(
     credentials: Iterable[str],
     material: SecretMaterial,
     problems: list[str],
+    upstream_tls: Iterable[UpstreamTLS] = (),
 ) -> list[Secret]:
-    """The Secrets the group's listeners (`tls`) and clusters (`credentials`) name;
-    a missing one is appended to `problems`."""
+    """The Secrets the group's listeners (`tls`) and clusters (`credentials`,
+    `upstream_tls`) name; a missing one is appended to `problems`."""
     secrets: list[Secret] = []
     tls = list(tls)
-    if tls:
+    upstream_tls = list(upstream_tls)
+    if tls or any(u.client_certificate == "auto" for u in upstream_tls):
         cert = material.certificates.get(group)
         if cert is None:
-            problems.append(f"group {group!r} has TLS listeners but no certificate was issued "
-                            "for it yet")
+            problems.append(f"group {group!r} has TLS listeners or mTLS upstreams but no "
+                            "certificate was issued for it yet")
         else:
             secrets.append(Secret(
                 name=certificate_secret_name(group),
@@ -158,9 +179,10 @@ def build_secrets(
                     private_key=DataSource(inline_bytes=cert.key_pem.get_secret_value()),
                 ),
             ))
-    if any(t.mtls for t in tls):
+    if any(t.mtls for t in tls) or any(u.ca_file is None for u in upstream_tls):
         if not material.ca_pem:
-            problems.append(f"group {group!r} requires client certificates but there is no CA")
+            problems.append(f"group {group!r} verifies certificates against our CA but "
+                            "there is no CA yet")
         else:
             secrets.append(Secret(name=CA_SECRET, validation_context=CertificateValidationContext(
                 trusted_ca=DataSource(inline_string=material.ca_pem))))

@@ -7,6 +7,8 @@
     up.status = 503                   # later requests to /anything answer 503
     Upstream("v2", error_ratio=0.3)   # 3 of every 10 requests answer `error_status` (500)
     Upstream("v2", latency_s=0.2)     # every answer waits 200 ms
+    Upstream("v1", tls=server_context) # HTTPS; with CERT_REQUIRED, `peer_sans` holds the
+                                      # last client certificate's SANs ("URI:spiffe://...")
     await up.stop() / up.stop_thread()
 
 `/healthz` answers 200 (503 after `up.healthy = False`). Headers and body leave in one
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 from collections import Counter
 
@@ -32,7 +35,7 @@ class Upstream:
 
     def __init__(self, version: str, *, status: int = 200, port: int | None = None,
                  error_ratio: float = 0.0, error_status: int = 500,
-                 latency_s: float = 0.0) -> None:
+                 latency_s: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
         self.version = version
         self.status = status
         self.error_ratio = error_ratio
@@ -43,6 +46,8 @@ class Upstream:
         self.requests = 0
         self.paths: Counter[str] = Counter()
         self.last_headers: dict[str, str] = {}
+        self.tls = tls
+        self.peer_sans: list[str] = []
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,7 +58,8 @@ class Upstream:
         return ("127.0.0.1", self.port)
 
     async def start(self) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
+                                                  ssl=self.tls)
         return self
 
     async def stop(self) -> None:
@@ -103,10 +109,14 @@ class Upstream:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        peer = writer.get_extra_info("peercert")
+        if peer:
+            self.peer_sans = [f"{kind}:{value}" for kind, value in
+                              peer.get("subjectAltName", ())]
         try:
             while await self._one(reader, writer):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, ssl.SSLError):
             pass
         finally:
             self._connections.discard(task)
