@@ -126,7 +126,8 @@ def new_connection_serial(port: int) -> str:
 
 
 class Load(threading.Thread):
-    """Requests on fresh connections until stopped; counts failures (status != 200)."""
+    """Requests on fresh connections until stopped; counts failures (status != 200) and
+    records the serials of the certificates Envoy served."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
@@ -134,6 +135,7 @@ class Load(threading.Thread):
         self.ok = 0
         self.failed: list[str] = []
         self.values: set[str] = set()
+        self.serials: set[str] = set()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -144,6 +146,7 @@ class Load(threading.Thread):
                 if status == 200:
                     self.ok += 1
                     self.values.add(headers.get("x-api-key", ""))
+                    self.serials.add(client.serial())
                 else:
                     self.failed.append(f"status {status}")
             except (OSError, http.client.HTTPException) as exc:
@@ -244,6 +247,48 @@ def test_tls_and_credential_rotation(
     assert "credential-unused-inline" not in dump
     keep_alive.close()
 
+
+
+ROTATIONS = 10
+
+
+def test_no_request_fails_over_ten_rotations_under_continuous_traffic(
+    serve: ServeProcess, upstream_factory: Callable[..., Upstream],
+    envoy_factory: Callable[..., Envoy], tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "payments-key"
+    secret_file.write_text(f"value-{secrets.token_hex(8)}\n")
+    upstream = upstream_factory("v1")
+    port = free_port()
+    applied = cli(["apply", "-f", "-"], server=serve.admin, stdin=config_yaml(
+        port=port, upstream_port=upstream.port, secret_file=secret_file))
+    assert applied.code == 0, applied.err
+    envoy_factory(serve, "edge-1", "edge")
+    wait_for_sync(lambda: fresh_get(port), timeout=FIRST_CONFIG_S, message="HTTPS through Envoy")
+    first = new_connection_serial(port)
+
+    load = Load(port)
+    load.start()
+    rotated: list[str] = []
+    try:
+        wait_for_sync(lambda: first in load.serials, timeout=NEW_SERIAL_S,
+                      message="traffic flows before the first rotation")
+        for i in range(ROTATIONS):
+            result = cli(["cert", "rotate", "--group", "edge"], server=serve.admin)
+            assert result.code == 0, result.err
+            serial = result.out.strip().rsplit(" ", 1)[-1]
+            # The next rotation starts only once the traffic itself got this serial.
+            wait_for_sync(lambda s=serial: s in load.serials, timeout=NEW_SERIAL_S * 2,
+                          message=f"rotation {i + 1}: the traffic sees serial {serial}")
+            rotated.append(serial)
+    finally:
+        load.stop()
+    assert not load.failed, f"{len(load.failed)} failed of {load.ok + len(load.failed)}: " \
+        f"{load.failed[:5]}"
+    assert len(set(rotated)) == ROTATIONS and first not in rotated
+    assert set(rotated) | {first} <= load.serials
+    print(f"{ROTATIONS} rotations, {load.ok} requests, 0 failed, "
+          f"{len(load.serials)} serials seen")
 
 
 @pytest.fixture
