@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.denials import SecretDenials
 from controlplane.xds.resources import KNOWN_TYPES, WILDCARD_TYPES, push_rank, short_kind
 from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
 
@@ -60,6 +61,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
     def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         super().__init__(deps, context)
         self._types: dict[str, _TypeState] = {}
+        self._denials = SecretDenials()
 
     async def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         type_url: str = request.type_url
@@ -140,6 +142,8 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         changed = [entries[n].resource for n in wanted if state.have.get(n) != entries[n].version]
         gone = sorted(n for n in state.have if n not in entries)
         missing = sorted(state.names - entries.keys() - state.have.keys() - state.told_missing)
+        self._denials.check(node_id=self._node_id(), group=self.group, type_url=state.type_url,
+                            requested=missing, available=entries)
         if not (changed or gone or missing or state.must_respond):
             if version != state.sent_version:
                 # Nothing of the new version concerns this client: it is there already.

@@ -22,6 +22,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from controlplane.errors import ControlPlaneError
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
+from controlplane.xds.denials import SecretDenials
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import SECRET
 from controlplane.xds.sotw import SotwStream
@@ -95,6 +96,11 @@ class AggregatedDiscoveryServer:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         await self._deps.cache.wait_ready()
         response = self._fetch(group, request.resource_names)
+        snapshot = self._deps.cache.get(group)  # the one _fetch read: no await between
+        if snapshot is not None:
+            SecretDenials().check(node_id=request.node.id, group=group, type_url=SECRET,
+                                  requested=request.resource_names,
+                                  available=snapshot.resources(SECRET))
         if response is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
         return response

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds.denials import SecretDenials
 from controlplane.xds.resources import KNOWN_TYPES, WILDCARD_TYPES, push_rank, short_kind
 from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
 
@@ -52,6 +53,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
     def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         super().__init__(deps, context)
         self._types: dict[str, _TypeState] = {}
+        self._denials = SecretDenials()
 
     async def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url: str = request.type_url
@@ -113,6 +115,9 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             chosen = list(entries.values())
         else:
             chosen = [entries[n] for n in sorted(state.names) if n in entries]
+            self._denials.check(node_id=self._node_id(), group=self.group,
+                                type_url=state.type_url, requested=state.names,
+                                available=entries)
         response = discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=state.type_url, nonce=self.next_nonce()
         )
