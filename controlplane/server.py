@@ -30,6 +30,8 @@ from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter
+from controlplane.logformat import FORMATS
+from controlplane.logformat import configure as configure_logging
 from controlplane.publish import Publisher, xds_diff
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
@@ -44,6 +46,7 @@ from controlplane.xds.stream import node_cluster
 if TYPE_CHECKING:
     from controlplane.secrets import Vault
     from controlplane.secrets.vault import AuditNote, SecretSync
+    from controlplane.telemetry import Telemetry
 
 log = logging.getLogger("controlplane")
 
@@ -71,14 +74,19 @@ class ControlPlane:
     """One running replica. Use `async with ControlPlane.running(config) as cp:`."""
 
     def __init__(self, config: ServeConfig) -> None:
+        # Imported here: prometheus_client adds ~0.1 s to every CLI command.
+        from controlplane.telemetry import Telemetry
+
         self.config = config
+        self.telemetry: Telemetry = Telemetry()  # its own registry: several per process work
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
-        self.publisher = Publisher(self.cache)
+        self.publisher = Publisher(self.cache, on_published=self.telemetry.published)
         self.etcd: EmbeddedEtcd | None = None
         self.store: Store | None = None
         self.xds_port = 0
         self.admin_port = 0
+        self.metrics_port = 0
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine: RolloutEngine | None = None
         self.reporter: FleetReporter | None = None
@@ -108,8 +116,10 @@ class ControlPlane:
             log.info("embedded etcd %s (pid %d) under %s",
                      self.etcd.endpoint, self.etcd.pid, self.config.data_dir)
         self.store = await Store.connect(endpoints)
+        self.store.kv.on_error = self.telemetry.etcd_error
         watch = self.store.watch_state()
         state, revision = await anext(watch)
+        self.telemetry.observe_state(state)
         # Secrets: sealed CA, group certificates and credential values in etcd. The sync
         # issues and rotates them and hands the material to the publisher, primed before
         # the first publish so TLS groups are whole from their first snapshot. Imported
@@ -147,7 +157,8 @@ class ControlPlane:
         xds = grpc.aio.server(options=_GRPC_OPTIONS)
         # With --tls-dir a proxy's group is the one its client certificate names.
         group_of = peer_certificate_group if self.config.tls_dir else node_cluster
-        AggregatedDiscoveryServer(self.cache, self.registry, group_of=group_of).add_to_server(xds)
+        AggregatedDiscoveryServer(self.cache, self.registry, group_of=group_of,
+                                  observer=self.telemetry).add_to_server(xds)
         # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
         from controlplane.analysis.receiver import MetricsReceiver
 
@@ -167,6 +178,13 @@ class ControlPlane:
         for server in (xds, admin):
             await server.start()
             self._servers.append(server)
+        if self.config.metrics_addr:
+            try:
+                self.metrics_port = self.telemetry.serve(self.config.metrics_addr)
+            except (OSError, ValueError) as exc:
+                raise InvalidInputError([FieldError(
+                    "--metrics-addr", f"cannot listen on {self.config.metrics_addr}: {exc}")]
+                ) from exc
         log.info("state at etcd revision %d: %d resources; groups %s",
                  revision, len(state.resources()), ", ".join(state.groups()) or "(none)")
 
@@ -174,6 +192,7 @@ class ControlPlane:
         async for state, revision in watch:
             log.debug("etcd revision %d", revision)
             self.publisher.update(state)  # type: ignore[arg-type]
+            self.telemetry.observe_state(state)  # type: ignore[arg-type]
             if self.secret_sync is not None:
                 self.secret_sync.update(state)  # type: ignore[arg-type]
             if self.engine is not None:
@@ -214,6 +233,7 @@ class ControlPlane:
         ]
 
     async def stop(self) -> None:
+        self.telemetry.close()
         for server in self._servers:
             await server.stop(grace=0.5)
         if self.reporter is not None:
@@ -282,15 +302,13 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR)
     p.add_argument("--tls-dir", help="CA and server certificates: xDS and admin require mTLS")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=list(FORMATS),
+                   help="json: one JSON object per line (ts, level, logger, msg, fields)")
     p.set_defaults(handler=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     config = ServeConfig(
         etcd=tuple(u for u in (args.etcd or "").split(",") if u),
         data_dir=Path(args.data_dir),
@@ -299,23 +317,25 @@ def serve_command(args: argparse.Namespace) -> int:
         metrics_addr=args.metrics_addr or None,
         tls_dir=Path(args.tls_dir) if args.tls_dir else None,
     )
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, json_logs=args.log_format == "json"))
 
 
-async def _serve(config: ServeConfig) -> int:
+async def _serve(config: ServeConfig, *, json_logs: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with ControlPlane.running(config) as cp:
-            _start_metrics(config.metrics_addr)
-            print(
-                f"serving xDS on 127.0.0.1:{cp.xds_port} and the admin API on "
-                f"127.0.0.1:{cp.admin_port} "
-                f"({await TokenAuthenticator(cp.store).mode() if cp.store else 'no store'})",
-                file=sys.stderr, flush=True,
-            )
+            ready = (f"serving xDS on 127.0.0.1:{cp.xds_port} and the admin API on "
+                     f"127.0.0.1:{cp.admin_port} "
+                     f"({await TokenAuthenticator(cp.store).mode() if cp.store else 'no store'})")
+            if json_logs:  # every line of stderr stays JSON
+                log.info("%s", ready, extra={"xds_port": cp.xds_port,
+                                             "admin_port": cp.admin_port,
+                                             "metrics_port": cp.metrics_port})
+            else:  # whatever --log-level says
+                print(ready, file=sys.stderr, flush=True)
             await stop.wait()
             log.info("stopping")
     except ControlPlaneError as exc:
@@ -323,11 +343,3 @@ async def _serve(config: ServeConfig) -> int:
         return 2 if isinstance(exc, InvalidInputError) else 1
     return 0
 
-
-def _start_metrics(addr: str | None) -> None:
-    if not addr:
-        return
-    from prometheus_client import start_http_server
-
-    host, _, port = addr.rpartition(":")
-    start_http_server(int(port), addr=host or "127.0.0.1")

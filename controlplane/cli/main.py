@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from controlplane.cli import audit_cmd, resources, rollout_cmd, secrets_cmd, token_cmd
+from controlplane.cli import audit_cmd, completion, resources, rollout_cmd, secrets_cmd, token_cmd
 from controlplane.cli.bootstrap_cmd import add_bootstrap_parser
 from controlplane.cli.client import DEFAULT_SERVER, Connection
 from controlplane.cli.output import error
@@ -100,7 +100,27 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
     audit_cmd.add_parser(sub, client)
     token_cmd.add_parser(sub, client)
     secrets_cmd.add_parser(sub, client)
+    completion.add_parser(sub, parser)
+    _group_examples(parser)
     return parser
+
+
+def _group_examples(parser: argparse.ArgumentParser) -> None:
+    """A command group without an epilog (`rollout`, `token`, ...) lists the first
+    example of each of its subcommands, so `--help` shows an example everywhere."""
+    for _, node in completion.walk(parser):
+        children = completion.subcommands(node)
+        if not children or (node.epilog and "example" in node.epilog):
+            continue
+        examples = []
+        for child in dict.fromkeys(children.values()):  # aliases map to the same parser
+            lines = (child.epilog or "").splitlines()
+            found = [line.split("example:", 1)[-1].strip() for line in lines
+                     if "controlplane " in line]
+            examples += found[:1]
+        if examples:
+            node.epilog = "examples:\n" + "".join(f"  {e}\n" for e in examples)
+            node.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _conn(args: argparse.Namespace) -> Connection:

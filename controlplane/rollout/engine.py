@@ -166,9 +166,12 @@ class RolloutEngine:
                     self._store, state, revisions, name, replace(decision, status=new),
                     actor=self._actor, fence=fence,
                 )
-                if written:
+                if written:  # one line per transition; its fields for JSON logs
                     log.info("rollout %s: %s → %s (%s)", name, status.phase, new.phase,
-                             decision.reason)
+                             decision.reason, extra={
+                                 "rollout": name, "from": str(status.phase),
+                                 "to": str(new.phase), "reason": decision.reason,
+                                 "step": new.step, "weight": new.weight})
                 break
         else:
             message = waiting or status.message

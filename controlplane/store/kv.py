@@ -134,6 +134,9 @@ class EtcdKV:
         self._timeout = timeout
         self._next = 0
         self._client: Any = None
+        self.on_error: Callable[[str], None] | None = None
+        """Called with the operation ("get", "txn", "watch", ...) on each failed attempt
+        (metrics); it must not block or raise."""
 
     @property
     def endpoint(self) -> str:
@@ -173,6 +176,7 @@ class EtcdKV:
                 return await fn(client)
             except _DOWN as exc:
                 error = exc
+                self._failed(what)
                 log.debug("etcd %s failed at %s: %r", what, self.endpoint, exc)
                 await self._drop(client)
                 if attempt + 1 >= len(self._endpoints) and _timed_out(exc):
@@ -182,6 +186,10 @@ class EtcdKV:
             f"etcd ({where}) did not answer a {what}: {_describe(error)}. Check that etcd is "
             "running and reachable (--etcd HOST:PORT), then retry."
         ) from error
+
+    def _failed(self, what: str) -> None:
+        if self.on_error is not None:
+            self.on_error(what)
 
     async def close(self) -> None:
         await self._drop(self._client)
@@ -317,6 +325,7 @@ class EtcdKV:
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(int(exc.compacted_revision)) from exc
         except _DOWN as exc:
+            self._failed("watch")
             await self._drop(client)
             raise StoreUnavailableError(f"etcd watch could not start: {_describe(exc)}") from exc
         try:
@@ -326,6 +335,7 @@ class EtcdKV:
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(int(exc.compacted_revision)) from exc
         except _DOWN as exc:
+            self._failed("watch")
             await self._drop(client)
             raise StoreUnavailableError(f"etcd watch broke: {_describe(exc)}") from exc
         finally:

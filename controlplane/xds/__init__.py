@@ -11,6 +11,7 @@ the model, the store or rollouts (an import-linter contract enforces it).
 """
 
 from controlplane.xds.cache import SnapshotCache, SnapshotSource
+from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyRegistry, ProxyStatus, TypeStatus
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 from controlplane.xds.server import AggregatedDiscoveryServer
@@ -21,6 +22,7 @@ __all__ = [
     "CLUSTER",
     "ENDPOINT",
     "LISTENER",
+    "NO_OBSERVER",
     "PUSH_ORDER",
     "ROUTE",
     "SECRET",
@@ -32,5 +34,6 @@ __all__ = [
     "SnapshotCache",
     "SnapshotSource",
     "TypeStatus",
+    "XdsObserver",
     "node_cluster",
 ]

@@ -127,8 +127,10 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
                         self.group, short_kind(state.type_url), state.sent_version, message)
             self.handle.nacked(state.type_url, state.sent_version, message)
+            self.deps.observer.nacked(self.group, state.type_url)
         else:
             self.handle.acked(state.type_url, state.sent_version)
+            self.deps.observer.acked(self.group, state.type_url)
 
     async def _flush(self, state: _TypeState) -> None:
         """Send what the client lacks of the current snapshot, if anything."""

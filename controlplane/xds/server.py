@@ -23,6 +23,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.denials import SecretDenials
+from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import SECRET
 from controlplane.xds.sotw import SotwStream
@@ -41,6 +42,7 @@ class AggregatedDiscoveryServer:
         cache: where snapshots come from (a `SnapshotCache`).
         registry: where connected streams and their ACK state are recorded.
         group_of: maps (node, context) to the proxy group; default node.cluster.
+        observer: told of connections, pushes, ACKs and NACKs (metrics); default none.
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class AggregatedDiscoveryServer:
         registry: ProxyRegistry,
         *,
         group_of: GroupOf = node_cluster,
+        observer: XdsObserver = NO_OBSERVER,
     ) -> None:
-        self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of)
+        self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of,
+                                observer=observer)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register ADS and SDS on a grpc.aio server (before it starts)."""

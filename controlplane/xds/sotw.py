@@ -89,8 +89,10 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
                         self.group, short_kind(state.type_url), state.sent_version, message)
             self.handle.nacked(state.type_url, state.sent_version, message)
+            self.deps.observer.nacked(self.group, state.type_url)
         else:
             self.handle.acked(state.type_url, state.sent_version)
+            self.deps.observer.acked(self.group, state.type_url)
 
     def _subscribe(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
         names = frozenset(request.resource_names)

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
 from controlplane.errors import (
@@ -26,6 +27,7 @@ from controlplane.errors import (
     PermissionDeniedError,
 )
 from controlplane.xds.cache import SnapshotSource
+from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
 from controlplane.xds.snapshot import Snapshot
 
@@ -58,6 +60,7 @@ class StreamDeps:
     cache: SnapshotSource
     registry: ProxyRegistry
     group_of: GroupOf = node_cluster
+    observer: XdsObserver = NO_OBSERVER
 
 
 class _Event(enum.Enum):
@@ -88,6 +91,7 @@ class Stream(Generic[Req]):
         self.group = ""
         self.snapshot: Snapshot | None = None
         self._nonces = 0
+        self._after_change = False
 
     def next_nonce(self) -> str:
         """A nonce unique within this stream."""
@@ -102,9 +106,17 @@ class Stream(Generic[Req]):
         """`self.snapshot` changed: push what each subscribed type now lacks, in order."""
         raise NotImplementedError
 
-    async def write(self, response: object) -> None:
+    async def write(
+        self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
+    ) -> None:
         """Send one response; the caller has already updated its state."""
         await self.context.write(response)
+        if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
+            version: str = response.system_version_info
+        else:
+            version = response.version_info
+        self.deps.observer.pushed(self.group, response.type_url, version,
+                                  after_change=self._after_change)
 
     async def run(self, requests: AsyncIterator[Req]) -> None:
         """Serve the stream until the client closes it or goes away."""
@@ -123,7 +135,11 @@ class Stream(Generic[Req]):
                     latest = self.deps.cache.get(self.group)
                     if latest is not None and latest is not self.snapshot:
                         self.snapshot = latest
-                        await self.on_snapshot()
+                        self._after_change = True
+                        try:
+                            await self.on_snapshot()
+                        finally:
+                            self._after_change = False
                     continue
                 if self.handle is None:
                     await self._identify(item)
@@ -134,6 +150,7 @@ class Stream(Generic[Req]):
             # it waits for its helpers below, and the registry must not leak.
             if self.handle is not None:
                 self.handle.close()
+                self.deps.observer.disconnected(self.group)
                 log.debug("%s stream %d ended", self.protocol, self.handle.stream_id)
             for task in tasks:
                 task.cancel()
@@ -164,6 +181,7 @@ class Stream(Generic[Req]):
             build_version=_build_version(node),
             extensions=(e.name for e in node.extensions),
         )
+        self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
                  self.handle.stream_id, node.id, self.group, self.handle.peer)
         self.deps.cache.want(self.group)
