@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import platform
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from controlplane.api import admin_pb2, admin_pb2_grpc
 
 _SERVING = re.compile(r"serving xDS on [\d.]+:(\d+) and the admin API on [\d.]+:(\d+)")
 
@@ -29,6 +34,197 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+def edge_documents(active: str = "v1", *, port: int = 10000) -> list[str]:
+    """examples/edge.yaml's listener (on `port`), route and upstream, with `active` as the
+    version."""
+    meta = {"apiVersion": "controlplane/v1"}
+    docs: list[dict[str, Any]] = [
+        {**meta, "kind": "Listener", "metadata": {"name": "edge-http"},
+         "spec": {"group": "edge", "port": port}},
+        {**meta, "kind": "Route", "metadata": {"name": "payments"},
+         "spec": {"listener": "edge-http", "hosts": ["*"], "prefix": "/",
+                  "upstream": "payments"}},
+        {**meta, "kind": "Upstream", "metadata": {"name": "payments"},
+         "spec": {"active": active,
+                  "versions": {"v1": {"endpoints": ["127.0.0.1:9001"]},
+                               "v2": {"endpoints": ["127.0.0.1:9002"]}},
+                  "retries": {"attempts": 2, "on": "5xx,reset,connect-failure"},
+                  "timeout": "5s"}},
+    ]
+    return [json.dumps(d) for d in docs]
+
+
+def machine() -> str:
+    """This machine in one line: CPU model, CPU count, kernel, Python."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+@contextlib.contextmanager
+def admin_client(admin_port: int) -> Iterator[Callable[[Sequence[str]], None]]:
+    """Admin.Apply of JSON/YAML documents over one loopback channel kept open for the
+    block (no token: the admin API is in loopback bootstrap mode)."""
+    with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+
+        def apply(documents: Sequence[str]) -> None:
+            stub.Apply(admin_pb2.ApplyRequest(documents=list(documents)), timeout=30)
+
+        yield apply
+
+
+def apply_documents(admin_port: int, documents: Sequence[str]) -> None:
+    """One Admin.Apply on a channel of its own (see `admin_client`)."""
+    with admin_client(admin_port) as apply:
+        apply(documents)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """`rows` (equal keys) as a Markdown table, the keys as its head."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fleet_parser(doc: str | None, *, default_proxies: int,
+                 default_timeout: float = 60.0) -> argparse.ArgumentParser:
+    """The options of every fleet benchmark: --proxies N..., --delta, --json,
+    --fleet-processes, --timeout. `doc` is the module docstring (its first paragraph
+    is the description)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--proxies", type=int, nargs="+", default=[default_proxies],
+                        help=f"fleet size(s); each is a separate run (default "
+                             f"{default_proxies})")
+    parser.add_argument("--delta", action="store_true", help="Delta ADS instead of SotW")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--fleet-processes", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=default_timeout,
+                        help="seconds one step (or connecting the fleet) may take")
+    return parser
+
+
+def report(rows: Iterable[dict[str, Any]], *, as_json: bool,
+           table: Callable[[Sequence[dict[str, Any]]], str] = markdown_table) -> None:
+    """With `as_json` print each row as one JSON line as soon as it is measured;
+    else print one table of them all, then the machine."""
+    done = []
+    for row in rows:
+        done.append(row)
+        if as_json:
+            print(json.dumps(row), flush=True)
+    if not as_json:
+        print(table(done))
+        print(f"\nmachine: {machine()}")
+
+
+def proc_status_kb(pid: int, field: str = "VmRSS") -> int:
+    """A memory field of /proc/PID/status in KiB: VmRSS (resident now), VmHWM (peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The PIDs of `pid`'s direct children (empty once it is gone)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> None:
+    """Wait until none of `pids` exists (zombies count as gone); SIGKILL each left after."""
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class ServeProcess:
+    """`controlplane serve` (embedded etcd) as a subprocess on loopback ports.
+
+    Port 0 means a free port; pass the ports of an earlier run (and its data dir) to
+    restart on the same ones. The log is appended to, so one file can hold several runs.
+    Stop it with `stop()` (SIGTERM) or `kill()` (SIGKILL, a crash); both go by PID and
+    wait for the embedded etcd child to be gone too.
+    """
+
+    def __init__(self, data_dir: Path, log_path: Path, *, xds_port: int = 0,
+                 admin_port: int = 0, timeout: float = 60.0) -> None:
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        self.started = time.monotonic()
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controlplane", "serve", "--data-dir", str(data_dir),
+                 "--xds-addr", f"127.0.0.1:{xds_port}",
+                 "--admin-addr", f"127.0.0.1:{admin_port}",
+                 "--metrics-addr", "", "--log-level", "warning"],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )
+        self.pid = self.proc.pid
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                with open(log_path, "rb") as f:
+                    f.seek(offset)
+                    match = _SERVING.search(f.read().decode(errors="replace"))
+                if match:
+                    break
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"control plane did not start; see {log_path}")
+                time.sleep(0.02)
+        except BaseException:
+            self.kill()
+            raise
+        self.serving = time.monotonic()
+        """time.monotonic() when its log said it serves."""
+        self.xds_port, self.admin_port = int(match.group(1)), int(match.group(2))
+
+    def rss_kb(self, field: str = "VmRSS") -> int:
+        """This process's (not etcd's) resident memory in KiB; `VmHWM` for the peak."""
+        return proc_status_kb(self.pid, field)
+
+    def kill(self) -> None:
+        """SIGKILL by PID (a crash); returns once it and its etcd are gone."""
+        self._end(signal.SIGKILL, 0.0)
+
+    def stop(self) -> None:
+        """SIGTERM by PID, SIGKILL after 15 s; returns once it and its etcd are gone."""
+        self._end(signal.SIGTERM, 15.0)
+
+    def _end(self, sig: signal.Signals, grace: float) -> None:
+        if self.proc.poll() is not None:
+            return
+        children = child_pids(self.pid)  # etcd: dies with us (PDEATHSIG), checked below
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(grace or None)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        wait_gone(children, 10.0)
+
+
 @contextlib.contextmanager
 def control_plane(data_dir: Path, log_path: Path,
                   timeout: float = 60.0) -> Iterator[tuple[int, int]]:
@@ -36,31 +232,11 @@ def control_plane(data_dir: Path, log_path: Path,
 
     The process is stopped with SIGTERM (SIGKILL after 15 s) when the block ends.
     """
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane", "serve", "--data-dir", str(data_dir),
-             "--xds-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-             "--metrics-addr", "", "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-        )
+    serve = ServeProcess(data_dir, log_path, timeout=timeout)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = _SERVING.search(log_path.read_text(errors="replace"))
-            if match:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"control plane did not start; see {log_path}")
-            time.sleep(0.05)
-        yield int(match.group(1)), int(match.group(2))
+        yield serve.xds_port, serve.admin_port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: etcd goes too
-                proc.wait()
+        serve.stop()
 
 
 # ---- the raw limit: a bare grpc.aio server writing prepared bytes to every stream ----------

@@ -14,10 +14,6 @@ p99 ≤ 100 ms, ratio ≤ 1.5.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,37 +22,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import RawServer, control_plane, percentile
+from benchmarks._common import (
+    RawServer,
+    admin_client,
+    control_plane,
+    edge_documents,
+    fleet_parser,
+    percentile,
+    report,
+)
 from benchmarks.fleet import Fleet
-from controlplane.api import admin_pb2, admin_pb2_grpc
 
 TARGET_P99_MS = 100.0
 TARGET_PROXIES = 1000
 TARGET_RATIO = 1.5
-
-
-def _documents(active: str) -> list[str]:
-    """examples/edge.yaml's listener, route and upstream, with `active` as the version."""
-    meta = {"apiVersion": "controlplane/v1"}
-    docs: list[dict[str, Any]] = [
-        {**meta, "kind": "Listener", "metadata": {"name": "edge-http"},
-         "spec": {"group": "edge", "port": 10000}},
-        {**meta, "kind": "Route", "metadata": {"name": "payments"},
-         "spec": {"listener": "edge-http", "hosts": ["*"], "prefix": "/",
-                  "upstream": "payments"}},
-        {**meta, "kind": "Upstream", "metadata": {"name": "payments"},
-         "spec": {"active": active,
-                  "versions": {"v1": {"endpoints": ["127.0.0.1:9001"]},
-                               "v2": {"endpoints": ["127.0.0.1:9002"]}},
-                  "retries": {"attempts": 2, "on": "5xx,reset,connect-failure"},
-                  "timeout": "5s"}},
-    ]
-    return [json.dumps(d) for d in docs]
 
 
 @dataclass(frozen=True)
@@ -100,24 +82,20 @@ def measure(proxies: int, *, delta: bool, changes: int, processes: int,
             timeout: float, log: Callable[[str], None]) -> Result:
     protocol = "delta" if delta else "sotw"
     with tempfile.TemporaryDirectory(prefix="cp-bench-") as tmp:
-        with control_plane(Path(tmp) / "data", Path(tmp) / "serve.log") as (xds, admin):
-            channel = grpc.insecure_channel(f"127.0.0.1:{admin}")
-            stub = admin_pb2_grpc.AdminStub(channel)
-            stub.Apply(admin_pb2.ApplyRequest(documents=_documents("v1")), timeout=30)
+        with (control_plane(Path(tmp) / "data", Path(tmp) / "serve.log") as (xds, admin),
+              admin_client(admin) as apply):
+            apply(edge_documents("v1"))
             log(f"[{protocol} N={proxies}] control plane up; connecting the fleet")
             fleet = Fleet.start(f"127.0.0.1:{xds}", proxies=proxies, processes=processes,
                                 delta=delta, timeout=timeout)
             try:
-                def apply(i: int) -> None:
-                    active = "v2" if i % 2 == 0 else "v1"
-                    stub.Apply(admin_pb2.ApplyRequest(documents=_documents(active)),
-                               timeout=30)
+                def change(i: int) -> None:
+                    apply(edge_documents("v2" if i % 2 == 0 else "v1"))
 
-                ours = _rounds(fleet, apply, changes=changes, warmup=2, timeout=timeout)
+                ours = _rounds(fleet, change, changes=changes, warmup=2, timeout=timeout)
                 route_bytes = fleet.route_bytes()
             finally:
                 fleet.close()
-                channel.close()
         log(f"[{protocol} N={proxies}] ours p99 {percentile(ours, 99) * 1e3:.1f} ms; "
             "raw server next")
     if len(route_bytes) != 2:
@@ -153,41 +131,20 @@ def measure(proxies: int, *, delta: bool, changes: int, processes: int,
     )
 
 
-def _table(results: Sequence[Result]) -> str:
+def _table(rows: Sequence[dict[str, Any]]) -> str:
     head = ("| proxies | protocol | p50_ms | p99_ms | max_ms | raw_p99_ms | ratio "
             "| p99 ≤ 100 ms @1000 | ratio ≤ 1.5 |")
-    rows = [head, "|" + "---|" * 9]
-    for r in results:
-        rows.append(f"| {r.proxies} | {r.protocol} | {r.p50_ms} | {r.p99_ms} | {r.max_ms} "
-                    f"| {r.raw_p99_ms} | {r.ratio} | {r.p99_target} | {r.ratio_target} |")
-    return "\n".join(rows)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
+    lines = [head, "|" + "---|" * 9]
+    keys = ("proxies", "protocol", "p50_ms", "p99_ms", "max_ms", "raw_p99_ms", "ratio",
+            "p99_target", "ratio_target")
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--proxies", type=int, nargs="+", default=[100],
-                        help="fleet size(s); each is a separate run (default 100)")
-    parser.add_argument("--delta", action="store_true", help="Delta ADS instead of SotW")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser = fleet_parser(__doc__, default_proxies=100)
     parser.add_argument("--changes", type=int, default=20,
                         help="measured route changes per run (at least 20)")
-    parser.add_argument("--fleet-processes", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds one change (or connecting the fleet) may take")
     args = parser.parse_args(argv)
     if args.changes < 20:
         parser.error("--changes: at least 20")
@@ -195,19 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    results = []
-    for n in args.proxies:
-        result = measure(n, delta=args.delta, changes=args.changes,
-                         processes=args.fleet_processes, timeout=args.timeout, log=log)
-        results.append(result)
-        if args.json:
-            out: dict[str, Any] = asdict(result)
-            print(json.dumps(out), flush=True)
-    if not args.json:
-        print(_table(results))
-        print(f"\nmachine: {machine()}")
+    report((asdict(measure(n, delta=args.delta, changes=args.changes,
+                           processes=args.fleet_processes, timeout=args.timeout, log=log))
+            for n in args.proxies), as_json=args.json, table=_table)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

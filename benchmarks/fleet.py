@@ -14,6 +14,11 @@ the driver can compare them with its own.
     ... change something ...
     times = fleet.collect(30)   # when each proxy ACKed a different route version
     fleet.close()
+
+With `reconnect=True` a proxy whose stream ends connects again after a jittered back-off
+(like Envoy's `retry_back_off`, 0.1 s base, 0.5 s max) and resumes like Envoy: SotW
+requests carry its last accepted `version_info` and an empty nonce, Delta requests its
+`initial_resource_versions`. `arm()` then `collect_served()` time those re-joins.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,15 +81,39 @@ class SimEnvoy:
     route_answered: float = 0.0
     last_route_bytes: list[bytes] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set on every route arrival; whoever waits clears it."""
+    """Set on every route arrival (and when a stream is served); whoever waits clears it."""
+    reconnect: bool = False
+    """Connect again (with back-off) when the stream ends, resuming what it had."""
+    streams: int = 0
+    """Streams opened so far."""
+    served_stream: int = 0
+    """The last stream that got a response of every type subscribed to."""
+    served_at: float = 0.0
+    """time.monotonic() when stream `served_stream` had answered its last needed response."""
     _channel: grpc.aio.Channel | None = None
     _call: Any = None
     _names: dict[str, frozenset[str]] = field(default_factory=dict)
     _acked: dict[str, tuple[str, str]] = field(default_factory=dict)
     _sent_node: bool = False
+    _have: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Delta: the version of each resource held, by type (initial_resource_versions)."""
+    _got: set[str] = field(default_factory=set)
+    """Types answered on the current stream."""
 
     async def run(self) -> None:
-        """Connect and answer responses until cancelled or the stream ends."""
+        """Connect and answer responses until cancelled, or the stream ends (no `reconnect`)."""
+        attempt = 0
+        while True:
+            if await self._stream():
+                attempt = 0
+            if not self.reconnect:
+                return
+            # Envoy's jittered exponential back-off: uniform in [0, min(base * 2^n, max)).
+            await asyncio.sleep(random.uniform(0.0, min(0.1 * 2 ** attempt, 0.5)))
+            attempt += 1
+
+    async def _stream(self) -> bool:
+        """One ADS stream until it ends; whether it got any response."""
         # A local subchannel pool: its own TCP connection, like a real Envoy (channels with
         # equal arguments otherwise share one connection per process).
         self._channel = grpc.aio.insecure_channel(
@@ -91,15 +121,38 @@ class SimEnvoy:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         self._call = (stub.DeltaAggregatedResources() if self.delta
                       else stub.StreamAggregatedResources())
+        self.streams += 1
+        self._sent_node, self._got = False, set()
         try:
-            await self._subscribe(CLUSTER, ())
-            await self._subscribe(LISTENER, ())
+            if self._names:
+                await self._resume()
+            else:
+                await self._subscribe(CLUSTER, ())
+                await self._subscribe(LISTENER, ())
             async for response in self._call:
                 await self._on_response(response)
         except grpc.RpcError:
             pass  # the server went away: the driver sees the proxy stop converging
         finally:
             await self._channel.close()
+        return bool(self._got)
+
+    async def _resume(self) -> None:
+        """Re-send every subscription on a new stream, as Envoy does after a reconnect."""
+        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+            if type_url not in self._names:
+                continue
+            names = self._names[type_url]
+            if self.delta:
+                req = discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url, resource_names_subscribe=sorted(names),
+                    initial_resource_versions=self._have.get(type_url, {}))
+                if not self._sent_node:
+                    req.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster=self.group))
+                    self._sent_node = True
+                await self._call.write(req)
+            else:
+                await self._request(type_url, names=sorted(names), nonce="")
 
     async def _request(self, type_url: str, *, names: Sequence[str] | None = None,
                        nonce: str = "", error: str | None = None) -> None:
@@ -146,9 +199,18 @@ class SimEnvoy:
             await self._request(type_url, nonce=response.nonce, error="simulated NACK")
         else:
             self._acked[type_url] = (version, response.nonce)
+            if self.delta:
+                have = self._have.setdefault(type_url, {})
+                have.update((r.name, r.version) for r in response.resources)
+                for name in response.removed_resources:
+                    have.pop(name, None)
             await self._request(type_url, nonce=response.nonce)
         answered = time.monotonic()
         self.arrivals.append(Arrival(type_url, version, received, answered, nack))
+        self._got.add(type_url)
+        if self.served_stream != self.streams and self._served():
+            self.served_stream, self.served_at = self.streams, answered
+            self.changed.set()
         if type_url == ROUTE and not nack:
             self.route_key, self.route_answered = key, answered
             self.last_route_bytes = [*self.last_route_bytes[-1:], response.SerializeToString()]
@@ -159,6 +221,11 @@ class SimEnvoy:
             await self._follow(ENDPOINT, _eds_names(response, delta=self.delta))
         elif type_url == LISTENER:
             await self._follow(ROUTE, _rds_names(response, delta=self.delta))
+
+    def _served(self) -> bool:
+        """Whether the current stream answered every type this proxy subscribes to."""
+        wanted = {CLUSTER, LISTENER} | {t for t in (ENDPOINT, ROUTE) if self._names.get(t)}
+        return wanted <= self._got and bool(self._names.get(ROUTE))
 
     async def _follow(self, type_url: str, names: frozenset[str]) -> None:
         if names and names != self._names.get(type_url):
@@ -200,13 +267,14 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
     envoys: list[SimEnvoy] = []
     tasks: list[asyncio.Task[None]] = []
     armed: list[str] = []
+    armed_streams: list[int] = []
     try:
         while True:
             cmd, *args = await asyncio.to_thread(conn.recv)
             if cmd == "connect":
-                target, node_ids, group, delta, timeout = args
+                target, node_ids, group, delta, timeout, reconnect = args
                 for node_id in node_ids:
-                    envoy = SimEnvoy(target, node_id, group, delta=delta)
+                    envoy = SimEnvoy(target, node_id, group, delta=delta, reconnect=reconnect)
                     envoys.append(envoy)
                     tasks.append(asyncio.create_task(envoy.run()))
                     if len(tasks) % 50 == 0:
@@ -215,11 +283,14 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
                 conn.send(("ready", sum(1 for t in ready if t is not None)))
             elif cmd == "arm":
                 armed = [e.route_key for e in envoys]
+                armed_streams = [e.served_stream for e in envoys]
                 for e in envoys:
                     e.changed.clear()
                 conn.send(("armed",))
             elif cmd == "collect":
                 conn.send(("times", await _wait(envoys, armed, args[0])))
+            elif cmd == "collect_served":
+                conn.send(("times", await _wait_served(envoys, armed_streams, args[0])))
             elif cmd == "nack":
                 type_url, on = args
                 for e in envoys:
@@ -258,6 +329,24 @@ async def _wait(envoys: Sequence[SimEnvoy], armed: Sequence[str],
     return results
 
 
+async def _wait_served(envoys: Sequence[SimEnvoy], armed: Sequence[int],
+                       timeout: float) -> list[float | None]:
+    """Each proxy's time a stream newer than `armed` was served; None if none in time."""
+    results: list[float | None] = [None] * len(envoys)
+
+    async def fill(i: int) -> None:
+        envoy = envoys[i]
+        while envoy.served_stream <= armed[i]:
+            envoy.changed.clear()
+            await envoy.changed.wait()
+        results[i] = envoy.served_at
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(fill(i) for i in range(len(envoys))))
+    return results
+
+
 def _process_main(conn: multiprocessing.connection.Connection) -> None:
     asyncio.run(_serve_pipe(conn))
 
@@ -273,8 +362,11 @@ class Fleet:
 
     @classmethod
     def start(cls, target: str, *, proxies: int, processes: int = 2, delta: bool = False,
-              group: str = "edge", prefix: str = "sim", timeout: float = 60.0) -> Fleet:
+              group: str = "edge", prefix: str = "sim", timeout: float = 60.0,
+              reconnect: bool = False) -> Fleet:
         """Start the processes and connect every proxy; returns once all have a route.
+
+        With `reconnect`, a proxy whose stream ends connects again and resumes (see above).
 
         Errors:
             RuntimeError: not every proxy received a route configuration within `timeout`.
@@ -291,7 +383,7 @@ class Fleet:
                 fleet._procs.append((proc, parent))
             for p, (_, conn) in enumerate(fleet._procs):
                 ids = [f"{prefix}-{i}" for i in range(p, proxies, processes)]
-                conn.send(("connect", target, ids, group, delta, timeout))
+                conn.send(("connect", target, ids, group, delta, timeout, reconnect))
             ready = fleet._reply("ready", timeout + 10)[0][1]
             if ready != proxies:
                 raise RuntimeError(f"only {ready} of {proxies} proxies got a route config")
@@ -327,6 +419,14 @@ class Fleet:
         """Per proxy, time.monotonic() of its ACK of a new route version (None: none in time)."""
         times: list[float | None] = []
         for msg in self._all("collect", timeout, reply="times", timeout=timeout + 10):
+            times.extend(msg[1])
+        return times
+
+    def collect_served(self, timeout: float) -> list[float | None]:
+        """Per proxy, time.monotonic() when a stream opened after `arm` got every type it
+        subscribes to (None: none in time). Needs `reconnect=True`."""
+        times: list[float | None] = []
+        for msg in self._all("collect_served", timeout, reply="times", timeout=timeout + 10):
             times.extend(msg[1])
         return times
 

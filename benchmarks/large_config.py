@@ -1,0 +1,200 @@
+"""A large config: translate + serialize time, and what one endpoint change costs on the wire.
+
+    .venv/bin/python -m benchmarks.large_config --clusters 10000 --endpoints 100000 [--json]
+
+In process and pure, the path `Publisher` takes for one proxy group: a DesiredState of
+`--clusters / 2` upstreams with two versions each (one EDS cluster per version, so
+`--clusters` clusters), `--endpoints` endpoints spread evenly over the clusters, one
+route per upstream (its own virtual host) on one listener. Upstreams carry a health
+check, outlier detection, circuit breakers, retries and a timeout, like DESIGN.md's
+example. translate_ms is `translate()` + `Snapshot.build()` (every resource serialized
+once, hashed, wrapped for SotW and Delta) + `check()`, the best of `--repeat` runs.
+
+Then one endpoint of one version changes, and the new snapshot is compared with the old
+one as the xDS server would send it to a proxy holding the old one: SotW re-sends every
+resource of each changed type (a SotW response carries all the subscribed names of its
+type; `controlplane/xds/sotw.py`), Delta only the resources whose version changed
+(`controlplane/xds/delta.py`). Bytes are the serialized DiscoveryResponse /
+DeltaDiscoveryResponse messages. Targets (goals, printed, not asserted): translate +
+serialize ≤ 1 s; delta bytes ≤ 1% of SotW bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from benchmarks._common import machine, markdown_table
+from controlplane.model import DesiredState, Upstream, validate_documents
+from controlplane.translate import translate
+from controlplane.xds.resources import PUSH_ORDER, short_kind
+from controlplane.xds.snapshot import Snapshot
+
+TARGET_TRANSLATE_MS = 1000.0
+TARGET_DELTA_SHARE = 0.01
+GROUP = "edge"
+_META = {"apiVersion": "controlplane/v1"}
+
+
+def _endpoint(i: int) -> str:
+    return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:8080"
+
+
+def _upstream_doc(u: int, first_endpoint: int, per_cluster: Sequence[int]) -> dict[str, Any]:
+    versions = {}
+    start = first_endpoint
+    for v, count in enumerate(per_cluster, start=1):
+        versions[f"v{v}"] = {"endpoints": [_endpoint(start + k) for k in range(count)]}
+        start += count
+    return {
+        **_META, "kind": "Upstream", "metadata": {"name": f"svc-{u:05d}"},
+        "spec": {
+            "active": "v1",
+            "versions": versions,
+            "healthCheck": {"path": "/healthz", "interval": "5s", "unhealthyThreshold": 3},
+            "outlierDetection": {"consecutive5xx": 5, "interval": "10s",
+                                 "baseEjectionTime": "30s"},
+            "circuitBreakers": {"maxConnections": 1024, "maxPendingRequests": 1024,
+                                "maxRequests": 1024},
+            "retries": {"attempts": 2, "on": "5xx,reset,connect-failure"},
+            "timeout": "5s",
+        },
+    }
+
+
+def build_state(clusters: int, endpoints: int) -> DesiredState:
+    """`clusters` EDS clusters (two versions per upstream) holding `endpoints` endpoints."""
+    if clusters < 2 or endpoints < clusters:
+        raise ValueError("need at least 2 clusters and one endpoint per cluster")
+    per = [endpoints // clusters + (1 if c < endpoints % clusters else 0)
+           for c in range(clusters)]
+    docs: list[dict[str, Any]] = [
+        {**_META, "kind": "Listener", "metadata": {"name": "edge-http"},
+         "spec": {"group": GROUP, "port": 10000}},
+    ]
+    first = 0
+    for u, c in enumerate(range(0, clusters, 2)):
+        counts = per[c:c + 2]
+        docs.append(_upstream_doc(u, first, counts))
+        first += sum(counts)
+        docs.append({**_META, "kind": "Route", "metadata": {"name": f"svc-{u:05d}"},
+                     "spec": {"listener": "edge-http", "hosts": [f"svc-{u:05d}.example"],
+                              "prefix": "/", "upstream": f"svc-{u:05d}"}})
+    return DesiredState.of(validate_documents(docs))
+
+
+def with_one_endpoint_moved(state: DesiredState) -> DesiredState:
+    """The state with the first endpoint of the first upstream's v1 changed."""
+    upstream = next(iter(state.upstreams.values()))
+    doc = upstream.model_dump(by_alias=True, mode="json")
+    endpoints = doc["spec"]["versions"]["v1"]["endpoints"]
+    endpoints[0] = "192.168.255.254:8080"
+    return state.with_applied([Upstream.model_validate(doc)])
+
+
+def publish(state: DesiredState) -> Snapshot:
+    """What Publisher does for one group: translate, build the snapshot, check it."""
+    snapshot = Snapshot.build(translate(state, group=GROUP).by_type_url())
+    snapshot.check()
+    return snapshot
+
+
+def wire_bytes(old: Snapshot, new: Snapshot) -> tuple[int, int, list[str]]:
+    """(SotW bytes, Delta bytes, changed kinds) a proxy holding `old` is sent for `new`."""
+    sotw = delta = 0
+    changed = []
+    for type_url in PUSH_ORDER:
+        version = new.version(type_url)
+        if version == old.version(type_url):
+            continue
+        changed.append(short_kind(type_url))
+        entries, before = new.resources(type_url), old.resources(type_url)
+        full = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url,
+                                               nonce="2")
+        full.resources.extend(e.packed for e in entries.values())
+        sotw += full.ByteSize()
+        inc = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version,
+                                                   type_url=type_url, nonce="2")
+        inc.resources.extend(e.resource for n, e in entries.items()
+                             if n not in before or before[n].version != e.version)
+        inc.removed_resources.extend(sorted(n for n in before if n not in entries))
+        delta += inc.ByteSize()
+    return sotw, delta, changed
+
+
+def measure(clusters: int, endpoints: int, *, repeat: int) -> dict[str, Any]:
+    """One row of the table."""
+    t0 = time.perf_counter()
+    state = build_state(clusters, endpoints)
+    model_s = time.perf_counter() - t0
+    best_translate = best_total = float("inf")
+    snapshot = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        resources = translate(state, group=GROUP)
+        t1 = time.perf_counter()
+        snapshot = Snapshot.build(resources.by_type_url())
+        snapshot.check()
+        t2 = time.perf_counter()
+        best_translate = min(best_translate, t1 - t0)
+        best_total = min(best_total, t2 - t0)
+        del resources
+    assert snapshot is not None
+    served = sum(len(snapshot.resources(t)) for t in PUSH_ORDER)
+    config_bytes = sum(e.packed.ByteSize() for t in PUSH_ORDER
+                       for e in snapshot.resources(t).values())
+    sotw, delta, changed = wire_bytes(snapshot, publish(with_one_endpoint_moved(state)))
+    translate_ms = best_total * 1e3
+    share = delta / sotw if sotw else 0.0
+    return {
+        "clusters": len(snapshot.resources(PUSH_ORDER[0])),
+        "endpoints": endpoints,
+        "resources": served,
+        "config_bytes": config_bytes,
+        "model_ms": round(model_s * 1e3, 1),
+        "translate_only_ms": round(best_translate * 1e3, 1),
+        "translate_ms": round(translate_ms, 1),
+        "changed_types": "+".join(changed),
+        "sotw_bytes": sotw,
+        "delta_bytes": delta,
+        "delta_share": round(share, 6),
+        "translate_target": "PASS" if translate_ms <= TARGET_TRANSLATE_MS else "FAIL",
+        "delta_target": "PASS" if share <= TARGET_DELTA_SHARE else "FAIL",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clusters", type=int, default=10000,
+                        help="EDS clusters (two per upstream; default 10000)")
+    parser.add_argument("--endpoints", type=int, default=100000,
+                        help="endpoints over all clusters (default 100000)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs; the best counts")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    if args.clusters < 2 or args.clusters % 2 or args.endpoints < args.clusters:
+        parser.error("--clusters: an even number ≥ 2; --endpoints: at least one per cluster")
+    row = measure(args.clusters, args.endpoints, repeat=max(1, args.repeat))
+    if args.json:
+        print(json.dumps(row), flush=True)
+    else:
+        print(markdown_table([row]))
+        print(f"\ntargets: translate + serialize ≤ {TARGET_TRANSLATE_MS:g} ms, "
+              f"delta ≤ {TARGET_DELTA_SHARE:.0%} of sotw")
+        print(f"machine: {machine()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

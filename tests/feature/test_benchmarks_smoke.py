@@ -1,0 +1,89 @@
+"""The benchmarks run end to end at tiny sizes and print their documented JSON fields.
+
+No timing is asserted: the numbers are goals the benchmarks print, not tests. The four
+runs start together (each on its own free ports) so the module takes about as long as
+the slowest. vs_sovereign is left out: it pip-installs sovereign from PyPI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+RUNS: dict[str, list[str]] = {
+    "convergence": ["--proxies", "5", "--fleet-processes", "1"],
+    "memory": ["--proxies", "5", "--fleet-processes", "1", "--settle", "0.2"],
+    "reconnect": ["--proxies", "5", "--fleet-processes", "1", "--timeout", "60"],
+    "large_config": ["--clusters", "50", "--endpoints", "500", "--repeat", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def outputs() -> Iterator[dict[str, list[dict[str, Any]]]]:
+    """Each benchmark's JSON lines, all four run at once."""
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"benchmarks.{name}", *args, "--json"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name, args in RUNS.items()
+    }
+    results: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, f"benchmarks.{name} failed:\n{err[-3000:]}"
+            results[name] = [json.loads(line) for line in out.splitlines() if line.strip()]
+        yield results
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _one(outputs: dict[str, list[dict[str, Any]]], name: str) -> dict[str, Any]:
+    rows = outputs[name]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_convergence_prints_its_fields(outputs: dict[str, list[dict[str, Any]]]) -> None:
+    row = _one(outputs, "convergence")
+    assert row["proxies"] == 5
+    for key in ("p50_ms", "p99_ms", "raw_p99_ms", "ratio"):
+        assert row[key] > 0, key
+    assert row["ratio_target"] in ("PASS", "FAIL")
+
+
+def test_memory_prints_kb_per_proxy(outputs: dict[str, list[dict[str, Any]]]) -> None:
+    row = _one(outputs, "memory")
+    assert row["proxies"] == 5
+    assert isinstance(row["kb_per_proxy"], (int, float))
+    assert row["rss_none_kb"] > 0 and row["rss_kb"] > 0
+    assert row["result"] in ("PASS", "FAIL")
+
+
+def test_large_config_prints_sizes(outputs: dict[str, list[dict[str, Any]]]) -> None:
+    row = _one(outputs, "large_config")
+    assert row["clusters"] == 50 and row["endpoints"] == 500
+    assert row["translate_ms"] > 0
+    assert 0 < row["delta_bytes"] < row["sotw_bytes"]
+    assert row["changed_types"] == "ClusterLoadAssignment"  # one endpoint: EDS only
+    assert {row["translate_target"], row["delta_target"]} <= {"PASS", "FAIL"}
+
+
+def test_reconnect_serves_every_proxy_again(outputs: dict[str, list[dict[str, Any]]]) -> None:
+    row = _one(outputs, "reconnect")
+    assert row["proxies"] == 5
+    assert row["not_served"] == 0
+    assert row["all_served_s"] > 0
+    assert row["peak_rss_kb"] > 0
