@@ -155,6 +155,9 @@ def _rpc_error(exc: grpc.RpcError) -> int:
         for line in fields or [details]:
             error(line)
         return EXIT_USAGE
+    if code == grpc.StatusCode.UNAVAILABLE and details.startswith("store unavailable"):
+        error(details)  # the server answered: its etcd is what is down
+        return EXIT_FAILED
     if code == grpc.StatusCode.UNAVAILABLE:
         error(f"cannot reach the control plane: {details} (is `controlplane serve` running? "
               "set --server or CONTROLPLANE_SERVER)")

@@ -183,8 +183,8 @@ class EtcdKV:
                     break  # etcd is slow or cut off: another wait would not help
         where = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
         raise StoreUnavailableError(
-            f"etcd ({where}) did not answer a {what}: {_describe(error)}. Check that etcd is "
-            "running and reachable (--etcd HOST:PORT), then retry."
+            f"store unavailable: etcd ({where}) did not answer a {what}: {_describe(error)}. "
+            "Check that etcd is running and reachable (--etcd HOST:PORT), then retry."
         ) from error
 
     def _failed(self, what: str) -> None:
