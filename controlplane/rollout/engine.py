@@ -162,16 +162,11 @@ class RolloutEngine:
                     new = replace(new, message="")
                 if isinstance(event, AnalysisDone) and check is not None:
                     new = replace(new, last_check=check.document())
-                written = await apply_decision(
+                # apply_decision logs the transition (one structured line).
+                await apply_decision(
                     self._store, state, revisions, name, replace(decision, status=new),
                     actor=self._actor, fence=fence,
                 )
-                if written:  # one line per transition; its fields for JSON logs
-                    log.info("rollout %s: %s → %s (%s)", name, status.phase, new.phase,
-                             decision.reason, extra={
-                                 "rollout": name, "from": str(status.phase),
-                                 "to": str(new.phase), "reason": decision.reason,
-                                 "step": new.step, "weight": new.weight})
                 break
         else:
             message = waiting or status.message

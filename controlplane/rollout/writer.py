@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from controlplane.model import DesiredState, to_stored
@@ -9,6 +10,8 @@ from controlplane.model.status import Phase, RolloutStatus
 from controlplane.rollout.machine import Decision
 from controlplane.store import AuditRecord, Store
 from controlplane.store.leader import NO_FENCE, Fence
+
+log = logging.getLogger(__name__)
 
 
 def _summary(status: RolloutStatus) -> dict[str, object]:
@@ -64,8 +67,19 @@ async def apply_decision(
     store: Store, state: DesiredState, revisions: Mapping[bytes, int], name: str,
     decision: Decision, *, actor: str, fence: Fence = NO_FENCE,
 ) -> bool:
-    """Write a machine decision (a no-op decision writes nothing and succeeds)."""
+    """Write a machine decision (a no-op decision writes nothing and succeeds).
+
+    Each decision written is one log line, whoever decided it (the engine or an
+    operator), with its fields for JSON logs: rollout, from, to, reason, step, weight,
+    actor."""
     if decision.status is None:
         return True
-    return await write_status(store, state, revisions, name, decision.status, actor=actor,
-                              reason=decision.reason, audit=not decision.quiet, fence=fence)
+    new, before = decision.status, state.status(name)
+    written = await write_status(store, state, revisions, name, new, actor=actor,
+                                 reason=decision.reason, audit=not decision.quiet, fence=fence)
+    if written:
+        log.info("rollout %s: %s → %s (%s)", name, before.phase, new.phase, decision.reason,
+                 extra={"rollout": name, "from": str(before.phase), "to": str(new.phase),
+                        "reason": decision.reason, "step": new.step, "weight": new.weight,
+                        "actor": actor})
+    return written

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_backbone import FIRST_CONFIG_S, apply, edge_yaml, version_behind
-from tests.e2e.test_rollout import rollout_yaml
+from tests.e2e.test_rollout import rollout_yaml, verb, wait_status
 from tests.support.controlplane import ServeProcess
 from tests.support.envoy import Envoy
 from tests.support.ports import free_port
@@ -85,6 +85,11 @@ def test_metrics_and_json_logs(serve_json: ServeProcess,
     wait_for_sync(lambda: metric(scrape(cp), "controlplane_xds_push_latency_seconds_count",
                                  type_url=ROUTE) > 0,
                   timeout=10, interval=0.2, message="the weight's push is timed")
+    verb(cp, "pause", "payments-v2")  # an operator's transition is logged like the engine's
+    wait_status(cp, 10, phase="Paused")
+    wait_for_sync(lambda: metric(scrape(cp), "controlplane_rollout_phase",
+                                 rollout="payments-v2", phase="Paused") == 1,
+                  timeout=10, interval=0.2, message="Paused in /metrics")
 
     # Every line serve wrote is JSON, and the rollout's transition is one of them.
     assert cp.log_path is not None
@@ -92,6 +97,8 @@ def test_metrics_and_json_logs(serve_json: ServeProcess,
     assert all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
     transitions = [line for line in lines if line.get("rollout") == "payments-v2"]
     assert any(t["from"] == "Pending" and t["to"] == "Progressing" and t["reason"]
+               and t["actor"].startswith("rollout-engine@") for t in transitions), transitions
+    assert any(t["to"] == "Paused" and not t["actor"].startswith("rollout-engine@")
                for t in transitions), transitions
     assert any("serving xDS on" in line["msg"] and line["metrics_port"] == cp.metrics_port
                for line in lines)
