@@ -2,7 +2,7 @@
 
 One `Telemetry` per `ControlPlane`, with its own `CollectorRegistry` (so several
 control planes in one process, as in tests, do not collide; nothing is registered
-in prometheus_client's global registry). It is fed by three seams:
+in prometheus_client's global registry). It is fed by four seams:
 
 * the xDS server's `XdsObserver` hooks (it implements them): connections, pushes,
   ACKs and NACKs;
