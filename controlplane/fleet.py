@@ -13,14 +13,14 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from controlplane.errors import StoreUnavailableError
+from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
 from controlplane.rollout.traffic import traffic_of
 from controlplane.store import Store
-from controlplane.translate import placeholder_material, translate
+from controlplane.translate import SecretMaterial, placeholder_material, translate
 from controlplane.xds.proxies import ProxyRegistry, ProxyStatus
-from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,9 @@ def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport
         ).versions
         for g in groups
     }
-    # A proxy that moved to another replica may still be in the dead one's report
-    # until its lease lapses: its newest stream is the one that counts.
-    latest: dict[str, ProxyReport] = {}
-    for report in reports:
-        seen = latest.get(report.node_id)
-        if seen is None or report.connected_at > seen.connected_at:
-            latest[report.node_id] = report
     acked = total = 0
     nack: str | None = None
-    for report in latest.values():
+    for report in _latest(reports):
         if report.group not in expected:
             continue
         total += 1
@@ -109,16 +102,55 @@ def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport
     return FleetProgress(acked, total, nack)
 
 
+def _latest(reports: Iterable[ProxyReport]) -> list[ProxyReport]:
+    # A proxy that moved to another replica may still be in the dead one's report
+    # until its lease lapses: its newest stream is the one that counts.
+    latest: dict[str, ProxyReport] = {}
+    for report in reports:
+        seen = latest.get(report.node_id)
+        if seen is None or report.connected_at > seen.connected_at:
+            latest[report.node_id] = report
+    return list(latest.values())
+
+
+def secrets_progress(state: DesiredState, material: SecretMaterial,
+                     reports: Iterable[ProxyReport]) -> tuple[int, int]:
+    """Pure: (proxies that ACKed the SDS version `material` gives their group, proxies
+    holding secrets: those that ever ACKed or NACKed SDS). A CA rotation retires the
+    previous CA when both are equal. A group that fails to translate counts as not ACKed."""
+    traffic = traffic_of(state)
+    expected: dict[str, str | None] = {}
+    acked = total = 0
+    for report in _latest(reports):
+        if SECRET not in report.acked and SECRET not in report.nacks:
+            continue
+        if report.group not in expected:
+            try:
+                expected[report.group] = Snapshot.build(translate(
+                    state, group=report.group, traffic=traffic, secrets=material,
+                ).by_type_url()).version(SECRET)
+            except ControlPlaneError:
+                expected[report.group] = None
+        total += 1
+        if expected[report.group] is not None and \
+                report.acked.get(SECRET) == expected[report.group]:
+            acked += 1
+    return acked, total
+
+
 class EtcdFleet:
     """FleetView over every replica's reports in etcd."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
+    async def reports(self) -> list[ProxyReport]:
+        """Every replica's proxies, as last reported."""
         got = await self._store.kv.range(self._store.keys.fleet)
-        reports = [r for kv in got.kvs for r in decode(kv.value)]
-        return progress_of(state, rollout, reports)
+        return [r for kv in got.kvs for r in decode(kv.value)]
+
+    async def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
+        return progress_of(state, rollout, await self.reports())
 
 
 class FleetReporter:

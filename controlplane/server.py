@@ -29,10 +29,10 @@ from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
-from controlplane.fleet import EtcdFleet, FleetReporter
+from controlplane.fleet import EtcdFleet, FleetReporter, secrets_progress
 from controlplane.logformat import FORMATS
 from controlplane.logformat import configure as configure_logging
-from controlplane.publish import Publisher, xds_diff
+from controlplane.publish import Publisher, secret_material, xds_diff
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
@@ -44,7 +44,8 @@ from controlplane.xds.server import AggregatedDiscoveryServer
 from controlplane.xds.stream import node_cluster
 
 if TYPE_CHECKING:
-    from controlplane.secrets import Vault
+    from controlplane.model import DesiredState
+    from controlplane.secrets import Material, Vault
     from controlplane.secrets.vault import AuditNote, SecretSync
     from controlplane.telemetry import Telemetry
 
@@ -131,7 +132,9 @@ class ControlPlane:
                       SealingKey.load(tls_dir=self.config.tls_dir,
                                       data_dir=self.config.data_dir),
                       self._commit_secrets, cert_lifetime_s=self.config.cert_lifetime_s)
-        self.secret_sync = SecretSync(vault, self.publisher.update_secrets)
+        # A CA rotation keeps the previous CA trusted until the fleet ACKed the new certs.
+        self.secret_sync = SecretSync(vault, self.publisher.update_secrets,
+                                      fleet_acked=self._fleet_acked_secrets)
         await self.secret_sync.prime(state)
         self._tasks.append(asyncio.create_task(self.secret_sync.run(), name="secrets"))
         self.publisher.update(state)
@@ -197,6 +200,15 @@ class ControlPlane:
                 self.secret_sync.update(state)  # type: ignore[arg-type]
             if self.engine is not None:
                 self.engine.poke()
+
+    async def _fleet_acked_secrets(self, state: DesiredState, material: Material) -> bool:
+        """Whether every connected proxy (every replica's report) ACKed the secrets
+        `material` gives its group: what a CA rotation waits for before retiring a CA."""
+        assert self.store is not None
+        acked, total = secrets_progress(state, secret_material(material),
+                                        await EtcdFleet(self.store).reports())
+        log.debug("CA rotation: %d of %d proxies ACKed the new certificates", acked, total)
+        return acked == total
 
     async def _commit_secrets(
         self, puts: Mapping[bytes, bytes], expect: Mapping[bytes, int],

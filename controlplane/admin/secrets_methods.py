@@ -1,4 +1,4 @@
-"""Rotation verbs on the admin API: `cert rotate` and `credential rotate` (operator role).
+"""Rotation verbs on the admin API: `cert rotate [--ca]` and `credential rotate` (operator role).
 
 The vault does the compare-and-swap writes and names the audit entries; this mixin
 only checks roles and shapes responses. No response carries key material or values.
@@ -7,6 +7,7 @@ only checks roles and shapes responses. No response carries key material or valu
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import grpc
@@ -22,6 +23,11 @@ if TYPE_CHECKING:  # the vault pulls in cryptography: keep it out of every CLI s
 
 
 _GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _rotated(done: Mapping[str, tuple[str, str]]) -> list[admin_pb2.RotatedCertificate]:
+    return [admin_pb2.RotatedCertificate(group=g, old_serial=old, new_serial=new)
+            for g, (old, new) in sorted(done.items())]
 
 
 class SecretMethods(AdminBase):
@@ -43,12 +49,18 @@ class SecretMethods(AdminBase):
         async def run(actor: str) -> admin_pb2.RotateCertificatesResponse:
             vault = self._require_vault()
             state, _ = await self._store.load()
+            if request.ca:
+                if request.group:
+                    raise InvalidInputError([FieldError(
+                        "--group", "a CA rotation re-issues every group's certificate; "
+                                   "drop --group")])
+                rotation = await vault.rotate_ca(state, actor=actor)
+                return admin_pb2.RotateCertificatesResponse(
+                    certificates=_rotated(rotation.certificates),
+                    previous_ca_serial=rotation.previous_serial, ca_serial=rotation.serial)
             groups = [request.group] if request.group else []
             done = await vault.rotate_certs(state, groups=groups, actor=actor)
-            return admin_pb2.RotateCertificatesResponse(certificates=[
-                admin_pb2.RotatedCertificate(group=g, old_serial=old, new_serial=new)
-                for g, (old, new) in sorted(done.items())
-            ])
+            return admin_pb2.RotateCertificatesResponse(certificates=_rotated(done))
 
         return await self._guard(context, Role.OPERATOR, "cert rotate", run)
 

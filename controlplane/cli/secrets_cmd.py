@@ -1,4 +1,4 @@
-"""`controlplane cert rotate [--group G]` and `controlplane credential rotate NAME`.
+"""`controlplane cert rotate [--group G | --ca]` and `controlplane credential rotate NAME`.
 
 Neither prints key material or credential values: only serials and generations.
 """
@@ -17,9 +17,15 @@ _CERT_EPILOG = """Issues new serving certificates now (they also rotate by thems
 half their lifetime). New TLS handshakes get the new certificate within moments; open
 connections keep theirs.
 
+--ca rotates the CA itself: a new CA issues every group's certificate, and the
+previous CA stays in every trust bundle (mTLS listeners, mTLS upstreams) until every
+connected proxy has ACKed the new certificates; then it is dropped. Each step is in
+the audit log (ca/rotate, cert/rotate, ca/retire).
+
 examples:
   controlplane cert rotate
   controlplane cert rotate --group edge
+  controlplane cert rotate --ca
 """
 
 _CREDENTIAL_EPILOG = """Switches every proxy injecting the credential to the new value at once.
@@ -39,6 +45,8 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     c = verbs.add_parser("rotate", parents=[client], help="issue new certificates now",
                          epilog=_CERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--group", default="", help="only this proxy group (default: every TLS group)")
+    c.add_argument("--ca", action="store_true",
+                   help="rotate the CA too (the old one stays trusted until the fleet ACKed)")
     c.set_defaults(handler=cert_rotate)
     c = verbs.add_parser(
         "issue", parents=[client], help="a client certificate for a proxy's xDS connection",
@@ -68,9 +76,13 @@ def _conn(args: argparse.Namespace) -> Connection:
 def cert_rotate(args: argparse.Namespace) -> int:
     conn = _conn(args)
     response = conn.stub().RotateCertificates(
-        admin_pb2.RotateCertificatesRequest(group=args.group),
+        admin_pb2.RotateCertificatesRequest(group=args.group, ca=args.ca),
         metadata=conn.metadata(), timeout=conn.timeout,
     )
+    if args.ca:
+        print(f"ca rotated: serial {response.previous_ca_serial or '(none)'} -> "
+              f"{response.ca_serial}; both are trusted until every connected proxy has "
+              "ACKed the new certificates")
     for cert in response.certificates:
         print(f"certificate/{cert.group} rotated: serial {cert.old_serial or '(none)'} -> "
               f"{cert.new_serial}")

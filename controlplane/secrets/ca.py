@@ -63,6 +63,11 @@ class CertificateAuthority:
         return f"CertificateAuthority(serial={self._cert.serial_number:x}, key=[redacted])"
 
     @property
+    def serial(self) -> str:
+        """The CA certificate's serial, lowercase hex."""
+        return f"{self._cert.serial_number:x}"
+
+    @property
     def cert_pem(self) -> str:
         return self._cert.public_bytes(serialization.Encoding.PEM).decode()
 

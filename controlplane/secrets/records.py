@@ -1,6 +1,9 @@
 """What the vault stores under `{prefix}/vault/`: JSON with every secret sealed.
 
     vault/ca                  {"cert": PEM, "key": sealed PEM}
+    vault/ca-previous         {"cert": PEM, "serial", "rotatedAt"}: during a CA rotation,
+                              the CA that stays trusted until every proxy has ACKed
+                              certificates of the new one (no key: it issues nothing)
     vault/certs/{group}       {"cert", "key" (sealed), "serial", "notBefore", "notAfter",
                               "rotateAt"}: the group's serving certificate
     vault/credentials/{name}  {"value" (sealed), "source", "generation", "rotatedAt"}:
@@ -34,6 +37,25 @@ def encode_ca(cert_pem: str, key_pem: SecretBytes, sealing: SealingKey) -> bytes
 def decode_ca(raw: bytes, sealing: SealingKey) -> tuple[str, bytes]:
     data = json.loads(raw)
     return str(data["cert"]), sealing.unseal(str(data["key"]))
+
+
+@dataclass(frozen=True)
+class PreviousCa:
+    """A retiring CA: still in trust bundles, issuing nothing."""
+
+    cert_pem: str
+    serial: str
+    rotated_at: float
+
+
+def encode_previous_ca(record: PreviousCa) -> bytes:
+    return _dump({"cert": record.cert_pem, "serial": record.serial,
+                  "rotatedAt": record.rotated_at})
+
+
+def decode_previous_ca(raw: bytes) -> PreviousCa:
+    data = json.loads(raw)
+    return PreviousCa(str(data["cert"]), str(data["serial"]), float(data["rotatedAt"]))
 
 
 @dataclass(frozen=True)

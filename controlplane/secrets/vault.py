@@ -27,12 +27,15 @@ from controlplane.secrets.crypto import SealingKey
 from controlplane.secrets.records import (
     CertRecord,
     CredentialRecord,
+    PreviousCa,
     decode_ca,
     decode_cert,
     decode_credential,
+    decode_previous_ca,
     encode_ca,
     encode_cert,
     encode_credential,
+    encode_previous_ca,
     source_digest,
 )
 
@@ -80,6 +83,9 @@ class AuditNote:
     after: Mapping[str, Any] | None = None
 
 
+FleetAcked = Callable[[DesiredState, "Material"], Awaitable[bool]]
+"""(state, material) → whether every connected proxy ACKed the secrets it implies."""
+
 Committer = Callable[
     [Mapping[bytes, bytes], Mapping[bytes, int], Sequence[bytes], Sequence[AuditNote]],
     Awaitable[bool],
@@ -89,12 +95,25 @@ Committer = Callable[
 
 @dataclass(frozen=True)
 class Material:
-    """What translate needs: the CA PEM, group certificates, credential values (redacted)."""
+    """What translate needs: the CAs to trust, group certificates, credential values
+    (redacted). During a CA rotation `ca_pem` is a bundle of the new and the previous CA
+    and `ca_serials` names both, the new one first."""
 
     ca_pem: str = ""
+    ca_serials: tuple[str, ...] = ()
     certificates: Mapping[str, IssuedCertificate] = field(
         default_factory=lambda: MappingProxyType({}))
     credentials: Mapping[str, SecretStr] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class CaRotation:
+    """What `rotate_ca` did: CA serials (previous is "" for a first CA) and, per group,
+    (old certificate serial, new certificate serial)."""
+
+    previous_serial: str
+    serial: str
+    certificates: Mapping[str, tuple[str, str]]
 
 
 def tls_groups(state: DesiredState) -> list[str]:
@@ -151,6 +170,7 @@ class _Read:
     certs: dict[str, CertRecord]
     credentials: dict[str, CredentialRecord]
     unreadable: list[bytes] = field(default_factory=list)
+    previous_ca: PreviousCa | None = None
 
 
 class Vault:
@@ -176,6 +196,8 @@ class Vault:
         self.cert_lifetime_s = cert_lifetime_s
         self._clock = clock
         self._rng = rng or random.Random()
+        # Beside vault/ca, inside the watched prefix, outside certs/ and credentials/.
+        self._previous_ca_key = keys.secret_ca + b"-previous"
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -191,6 +213,8 @@ class Vault:
                 if key == self._keys.secret_ca:
                     cert_pem, key_pem = decode_ca(kv.value, self._sealing)
                     out.ca = CertificateAuthority.from_pem(cert_pem, key_pem)
+                elif key == self._previous_ca_key:
+                    out.previous_ca = decode_previous_ca(kv.value)
                 elif key.startswith(cert_prefix):
                     out.certs[key[len(cert_prefix):].decode()] = decode_cert(
                         kv.value, self._sealing)
@@ -205,8 +229,12 @@ class Vault:
     async def load(self) -> tuple[Material, int]:
         """Every stored secret, unsealed, and the etcd revision it was read at."""
         read = await self._read()
+        trusted = [(read.ca.serial, read.ca.cert_pem)] if read.ca else []
+        if read.previous_ca is not None:
+            trusted.append((read.previous_ca.serial, read.previous_ca.cert_pem))
         return Material(
-            ca_pem=read.ca.cert_pem if read.ca else "",
+            ca_pem="".join(pem for _, pem in trusted),
+            ca_serials=tuple(serial for serial, _ in trusted),
             certificates=MappingProxyType({g: r.cert for g, r in sorted(read.certs.items())}),
             credentials=MappingProxyType(
                 {n: r.value for n, r in sorted(read.credentials.items())}),
@@ -373,6 +401,60 @@ class Vault:
                 return done
         raise ConflictError("certificates kept changing; rotate again")
 
+    async def rotate_ca(self, state: DesiredState, *, actor: str) -> CaRotation:
+        """A new CA; every group certificate re-issued by it; the previous CA kept in
+        the trust bundles (`Material.ca_pem`) until `retire_previous_ca`. One transaction,
+        audited (`ca/rotate`, then `cert/rotate` per group).
+
+        Errors:
+            ConflictError: a previous rotation is not finished (its CA is still trusted),
+                or other writers kept winning.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            read = await self._read()
+            if read.previous_ca is not None:
+                raise ConflictError(
+                    f"a CA rotation is in progress: CA {read.previous_ca.serial} stays "
+                    "trusted until every connected proxy has ACKed certificates of CA "
+                    f"{read.ca.serial if read.ca else '?'}; rotate again after that")
+            now = self._clock()
+            ca = CertificateAuthority.create(now=now)
+            puts: dict[bytes, bytes] = {
+                self._keys.secret_ca: encode_ca(ca.cert_pem, ca.key_pem, self._sealing)}
+            expect = {self._keys.secret_ca: read.mods.get(self._keys.secret_ca, 0)}
+            previous = ""
+            if read.ca is not None:
+                previous = read.ca.serial
+                puts[self._previous_ca_key] = encode_previous_ca(
+                    PreviousCa(read.ca.cert_pem, previous, now))
+                expect[self._previous_ca_key] = 0
+            notes = [AuditNote(
+                actor, "ca/rotate", "CertificateAuthority", "ca",
+                "operator request; the previous CA stays trusted until every connected "
+                "proxy has ACKed certificates of the new one",
+                {"serial": ca.serial, "previousSerial": previous or None})]
+            certs: dict[str, tuple[str, str]] = {}
+            for group in tls_groups(state):
+                old = read.certs.get(group)
+                record = self._put_cert(read, ca, group, now, puts, expect, notes, actor=actor,
+                                        action="cert/rotate", reason="CA rotation")
+                certs[group] = (old.cert.serial if old else "", record.cert.serial)
+            if await self._commit(puts, expect, [], notes):
+                return CaRotation(previous, ca.serial, certs)
+        raise ConflictError("the CA kept changing; rotate again")
+
+    async def retire_previous_ca(self, serial: str, *, actor: str, reason: str) -> bool:
+        """Drop CA `serial` from the trust bundles if it is still the previous CA; audited
+        (`ca/retire`). Returns whether this call retired it (False: already done, by
+        another replica perhaps)."""
+        read = await self._read()
+        if read.previous_ca is None or read.previous_ca.serial != serial:
+            return False
+        note = AuditNote(actor, "ca/retire", "CertificateAuthority", "ca", reason, {
+            "serial": serial, "currentSerial": read.ca.serial if read.ca else None})
+        return await self._commit({}, {self._previous_ca_key: read.mods[self._previous_ca_key]},
+                                  [self._previous_ca_key], [note])
+
     async def rotate_credential(
         self, state: DesiredState, name: str, *, value: SecretStr | None, emergency: bool,
         actor: str,
@@ -413,17 +495,26 @@ class SecretSync:
         vault: the records.
         on_material: called with the full material after each change (the publisher).
         check_every_s: the longest sleep between rotation checks.
+        fleet_acked: whether every connected proxy has ACKed the secrets `Material`
+            gives its group (the wiring reads the fleet's ACK reports). During a CA
+            rotation the previous CA is retired once it says so; without it, never.
+        retire_poll_s: how often a CA rotation asks `fleet_acked`.
     """
 
     def __init__(self, vault: Vault, on_material: Callable[[Material], None], *,
-                 check_every_s: float = 30.0, retry_s: float = 1.0) -> None:
+                 check_every_s: float = 30.0, retry_s: float = 1.0,
+                 fleet_acked: FleetAcked | None = None, retire_poll_s: float = 0.5) -> None:
         self._vault = vault
         self._on_material = on_material
         self._check_every_s = check_every_s
         self._retry_s = retry_s
+        self._fleet_acked = fleet_acked
+        self._retire_poll_s = retire_poll_s
         self._state: DesiredState | None = None
         self._wake = asyncio.Event()
         self._revision = 0
+        self._material: Material | None = None
+        self._material_changed = asyncio.Event()
 
     async def prime(self, state: DesiredState) -> None:
         """Before the first publish: create what is missing, hand over the material."""
@@ -431,6 +522,11 @@ class SecretSync:
         for done in await self._vault.ensure(state):
             log.info("secrets: %s", done)
         material, self._revision = await self._vault.load()
+        self._hand_over(material)
+
+    def _hand_over(self, material: Material) -> None:
+        self._material = material
+        self._material_changed.set()
         self._on_material(material)
 
     def update(self, state: DesiredState) -> None:
@@ -441,6 +537,7 @@ class SecretSync:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._ensure_loop())
             tasks.create_task(self._watch_loop())
+            tasks.create_task(self._retire_loop())
 
     async def _ensure_loop(self) -> None:
         while True:
@@ -475,12 +572,33 @@ class SecretSync:
                     if revision <= self._revision:
                         continue
                     material, self._revision = await self._vault.load()
-                    self._on_material(material)
+                    self._hand_over(material)
             except ControlPlaneError as exc:  # down or compacted: re-read, watch again
                 log.warning("secrets watch: %s; re-reading in %.1fs", exc, self._retry_s)
                 await asyncio.sleep(self._retry_s)
                 try:
                     material, self._revision = await self._vault.load()
-                    self._on_material(material)
+                    self._hand_over(material)
                 except ControlPlaneError:
                     continue
+
+    async def _retire_loop(self) -> None:
+        """During a CA rotation: drop the previous CA from the trust bundles once every
+        connected proxy has ACKed the secrets of the current material (certificates of
+        the new CA). Until then both CAs are trusted."""
+        while True:
+            await self._material_changed.wait()
+            self._material_changed.clear()
+            while (self._fleet_acked is not None and self._state is not None
+                   and (material := self._material) is not None
+                   and len(material.ca_serials) > 1):
+                try:
+                    if await self._fleet_acked(self._state, material):
+                        await self._vault.retire_previous_ca(
+                            material.ca_serials[1], actor=SYSTEM_ACTOR,
+                            reason="every connected proxy ACKed certificates of CA "
+                                   f"{material.ca_serials[0]}")
+                        break  # the watch hands over the material without it
+                except ControlPlaneError as exc:
+                    log.warning("CA rotation: %s; retrying in %.1fs", exc, self._retry_s)
+                await asyncio.sleep(self._retire_poll_s)

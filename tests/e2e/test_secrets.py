@@ -72,6 +72,15 @@ spec: {{header: Authorization, value: "Bearer inline-{secret_file.stem}"}}
 """
 
 
+def mtls_config_yaml(*, port: int, upstream_port: int) -> str:
+    """`config_yaml` with an mTLS listener and no credentials."""
+    config = config_yaml(port=port, upstream_port=upstream_port,
+                         secret_file=Path("/unused")).replace(
+        "tls: {certificate: auto}", "tls: {certificate: auto, mtls: true}")
+    config = config.split("---\napiVersion: controlplane/v1\nkind: Credential")[0]
+    return config.replace(", credential: payments-key", "")
+
+
 def _context() -> ssl.SSLContext:
     # The test checks the serial itself; the CA is not exported to clients yet.
     context = ssl.create_default_context()
@@ -324,12 +333,8 @@ def test_mtls_listener_requires_a_client_certificate_from_our_ca(
     try:
         upstream = upstream_factory("v1")
         port = free_port()
-        config = config_yaml(port=port, upstream_port=upstream.port,
-                             secret_file=tmp_path / "unused").replace(
-            "tls: {certificate: auto}", "tls: {certificate: auto, mtls: true}")
-        config = config.split("---\napiVersion: controlplane/v1\nkind: Credential")[0]
-        config = config.replace(", credential: payments-key", "")
-        result = cli(["apply", "-f", "-"], server=serve.admin, stdin=config)
+        result = cli(["apply", "-f", "-"], server=serve.admin,
+                     stdin=mtls_config_yaml(port=port, upstream_port=upstream.port))
         assert result.code == 0, result.err
         envoy_factory(serve, "edge-1", "edge")
         ca = our_ca(etcd, serve.data_dir)

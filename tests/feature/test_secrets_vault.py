@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from pydantic import SecretStr
 
+from controlplane.errors import ConflictError
 from controlplane.model import DesiredState, parse_yaml
-from controlplane.secrets import SealingKey, Vault
-from controlplane.secrets.vault import AuditNote
+from controlplane.secrets import Material, SealingKey, Vault
+from controlplane.secrets.vault import AuditNote, SecretSync
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
+from tests.support.wait import wait_for
 
 STATE = """
 apiVersion: controlplane/v1
@@ -98,3 +101,55 @@ async def test_a_replica_with_another_key_never_overwrites(store: Store) -> None
     other = make_vault(store, SealingKey(SealingKey.generate()), clock)
     assert await other.ensure(state) == []
     assert (await store.kv.range(store.keys.secrets)).kvs == before
+
+
+async def test_ca_rotation_trusts_both_cas_until_the_fleet_acked(store: Store) -> None:
+    clock = Clock()
+    vault = make_vault(store, SealingKey(SealingKey.generate()), clock)
+    state = DesiredState.of(parse_yaml(STATE))
+    await vault.ensure(state)
+    before, _ = await vault.load()
+    (old_ca,) = before.ca_serials
+
+    rotation = await vault.rotate_ca(state, actor="token:ops")
+    assert rotation.previous_serial == old_ca and rotation.serial != old_ca
+    assert rotation.certificates["edge"][0] == before.certificates["edge"].serial
+    during, _ = await vault.load()
+    assert during.ca_serials == (rotation.serial, old_ca)
+    bundle = x509.load_pem_x509_certificates(during.ca_pem.encode())
+    assert [f"{c.serial_number:x}" for c in bundle] == [rotation.serial, old_ca]
+    leaf = x509.load_pem_x509_certificate(during.certificates["edge"].cert_pem.encode())
+    leaf.verify_directly_issued_by(bundle[0])  # new leaves come from the new CA
+    with pytest.raises(ConflictError, match="in progress"):
+        await vault.rotate_ca(state, actor="token:ops")
+
+    # The previous CA is dropped only once the fleet says every proxy ACKed.
+    fleet_ready = asyncio.Event()
+    asked: list[tuple[str, ...]] = []
+
+    async def fleet_acked(_state: DesiredState, material: Material) -> bool:
+        asked.append(material.ca_serials)
+        return fleet_ready.is_set()
+
+    published: list[Material] = []
+    sync = SecretSync(vault, published.append, fleet_acked=fleet_acked, retire_poll_s=0.01)
+    await sync.prime(state)
+    task = asyncio.create_task(sync.run())
+    try:
+        await wait_for(lambda: len(asked) >= 3, message="the sync asks the fleet")
+        assert published[-1].ca_serials == (rotation.serial, old_ca)
+        fleet_ready.set()
+        await wait_for(lambda: published[-1].ca_serials == (rotation.serial,),
+                       message="the previous CA leaves the trust bundle")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert x509.load_pem_x509_certificates(published[-1].ca_pem.encode())[0].serial_number \
+        == int(rotation.serial, 16)
+
+    actions = [e.action for e in await store.audit()]
+    assert actions.index("ca/rotate") < actions.index("ca/retire")
+    assert actions[actions.index("ca/rotate") + 1] == "cert/rotate"
+    assert actions.count("ca/retire") == 1
+    retire = next(e for e in await store.audit() if e.action == "ca/retire")
+    assert retire.after is not None and retire.after["serial"] == old_ca
