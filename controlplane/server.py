@@ -46,7 +46,8 @@ from controlplane.xds.stream import node_cluster
 if TYPE_CHECKING:
     from controlplane.model import DesiredState
     from controlplane.secrets import Material, Vault
-    from controlplane.secrets.vault import AuditNote, SecretSync
+    from controlplane.secrets.sync import SecretSync
+    from controlplane.secrets.vault import AuditNote
     from controlplane.telemetry import Telemetry
 
 log = logging.getLogger("controlplane")
@@ -126,7 +127,7 @@ class ControlPlane:
         # the first publish so TLS groups are whole from their first snapshot. Imported
         # here: cryptography adds ~90 ms to every CLI command, which imports this module.
         from controlplane.secrets import SealingKey, Vault
-        from controlplane.secrets.vault import SecretSync
+        from controlplane.secrets.sync import SecretSync
 
         vault = Vault(self.store.kv, self.store.keys,
                       SealingKey.load(tls_dir=self.config.tls_dir,

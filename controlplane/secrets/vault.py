@@ -8,7 +8,6 @@ entries (summaries only: serials and generations, never key material or values).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -82,9 +81,6 @@ class AuditNote:
     reason: str = ""
     after: Mapping[str, Any] | None = None
 
-
-FleetAcked = Callable[[DesiredState, "Material"], Awaitable[bool]]
-"""(state, material) → whether every connected proxy ACKed the secrets it implies."""
 
 Committer = Callable[
     [Mapping[bytes, bytes], Mapping[bytes, int], Sequence[bytes], Sequence[AuditNote]],
@@ -486,119 +482,3 @@ class Vault:
             if await self._commit(puts, expect, [], notes):
                 return generation
         raise ConflictError(f"Credential/{name} kept changing; rotate again")
-
-
-class SecretSync:
-    """Keeps the vault in step with the state, and the proxies in step with the vault.
-
-    Args:
-        vault: the records.
-        on_material: called with the full material after each change (the publisher).
-        check_every_s: the longest sleep between rotation checks.
-        fleet_acked: whether every connected proxy has ACKed the secrets `Material`
-            gives its group (the wiring reads the fleet's ACK reports). During a CA
-            rotation the previous CA is retired once it says so; without it, never.
-        retire_poll_s: how often a CA rotation asks `fleet_acked`.
-    """
-
-    def __init__(self, vault: Vault, on_material: Callable[[Material], None], *,
-                 check_every_s: float = 30.0, retry_s: float = 1.0,
-                 fleet_acked: FleetAcked | None = None, retire_poll_s: float = 0.5) -> None:
-        self._vault = vault
-        self._on_material = on_material
-        self._check_every_s = check_every_s
-        self._retry_s = retry_s
-        self._fleet_acked = fleet_acked
-        self._retire_poll_s = retire_poll_s
-        self._state: DesiredState | None = None
-        self._wake = asyncio.Event()
-        self._revision = 0
-        self._material: Material | None = None
-        self._material_changed = asyncio.Event()
-
-    async def prime(self, state: DesiredState) -> None:
-        """Before the first publish: create what is missing, hand over the material."""
-        self._state = state
-        for done in await self._vault.ensure(state):
-            log.info("secrets: %s", done)
-        material, self._revision = await self._vault.load()
-        self._hand_over(material)
-
-    def _hand_over(self, material: Material) -> None:
-        self._material = material
-        self._material_changed.set()
-        self._on_material(material)
-
-    def update(self, state: DesiredState) -> None:
-        self._state = state
-        self._wake.set()
-
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._ensure_loop())
-            tasks.create_task(self._watch_loop())
-            tasks.create_task(self._retire_loop())
-
-    async def _ensure_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), await self._sleep_s())
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._state is None:
-                continue
-            try:
-                for done in await self._vault.ensure(self._state):
-                    log.info("secrets: %s", done)
-            except ControlPlaneError as exc:
-                log.warning("secrets: %s; retrying in %.1fs", exc, self._retry_s)
-                await asyncio.sleep(self._retry_s)
-                self._wake.set()
-
-    async def _sleep_s(self) -> float:
-        try:
-            due = min((await self._vault.rotation_times()).values(), default=None)
-        except ControlPlaneError:
-            return self._retry_s
-        if due is None:
-            return self._check_every_s
-        return max(0.05, min(self._check_every_s, due - time.time()))
-
-    async def _watch_loop(self) -> None:
-        while True:
-            try:
-                async for revision in self._vault.changes(self._revision + 1):
-                    if revision <= self._revision:
-                        continue
-                    material, self._revision = await self._vault.load()
-                    self._hand_over(material)
-            except ControlPlaneError as exc:  # down or compacted: re-read, watch again
-                log.warning("secrets watch: %s; re-reading in %.1fs", exc, self._retry_s)
-                await asyncio.sleep(self._retry_s)
-                try:
-                    material, self._revision = await self._vault.load()
-                    self._hand_over(material)
-                except ControlPlaneError:
-                    continue
-
-    async def _retire_loop(self) -> None:
-        """During a CA rotation: drop the previous CA from the trust bundles once every
-        connected proxy has ACKed the secrets of the current material (certificates of
-        the new CA). Until then both CAs are trusted."""
-        while True:
-            await self._material_changed.wait()
-            self._material_changed.clear()
-            while (self._fleet_acked is not None and self._state is not None
-                   and (material := self._material) is not None
-                   and len(material.ca_serials) > 1):
-                try:
-                    if await self._fleet_acked(self._state, material):
-                        await self._vault.retire_previous_ca(
-                            material.ca_serials[1], actor=SYSTEM_ACTOR,
-                            reason="every connected proxy ACKed certificates of CA "
-                                   f"{material.ca_serials[0]}")
-                        break  # the watch hands over the material without it
-                except ControlPlaneError as exc:
-                    log.warning("CA rotation: %s; retrying in %.1fs", exc, self._retry_s)
-                await asyncio.sleep(self._retire_poll_s)

@@ -13,7 +13,8 @@ from pydantic import SecretStr
 from controlplane.errors import ConflictError
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.secrets import Material, SealingKey, Vault
-from controlplane.secrets.vault import AuditNote, SecretSync
+from controlplane.secrets.sync import SecretSync
+from controlplane.secrets.vault import AuditNote
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from tests.support.wait import wait_for
 
