@@ -108,12 +108,14 @@ class UpstreamTLS(Model):
     `clientCertificate: auto` presents the proxy group's certificate (the one a
     `tls: {certificate: auto}` listener serves, over SDS); `none` presents none. The
     upstream's certificate must chain to our CA (over SDS, both CAs during a CA
-    rotation), or to the PEM bundle `caFile` names on the proxy's host.
+    rotation), or to the PEM bundle `caFile` names on the proxy's host, and, if
+    `subjectAltNames` is set, carry one of them (a DNS name, or a URI with a scheme).
     """
 
     client_certificate: Literal["auto", "none"] = "auto"
     sni: str | None = Field(default=None, min_length=1, max_length=253)
     ca_file: str | None = Field(default=None, min_length=1)
+    subject_alt_names: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
     @field_validator("ca_file")
     @classmethod

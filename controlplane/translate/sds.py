@@ -30,6 +30,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from envoy.extensions.http.injected_credentials.generic.v3.generic_pb2 import Generic
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import (
     CertificateValidationContext,
+    SubjectAltNameMatcher,
     TlsCertificate,
 )
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import (
@@ -43,6 +44,7 @@ from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
     UpstreamTlsContext,
 )
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.wrappers_pb2 import BoolValue
 from pydantic import SecretBytes, SecretStr
 
@@ -119,13 +121,25 @@ def downstream_tls(group: str, tls: ListenerTLS) -> TransportSocket:
 def upstream_tls(group: str, tls: UpstreamTLS) -> TransportSocket:
     """A version cluster's TLS: the group certificate as the client certificate (over
     SDS, so CDS carries no key material), the upstream verified against our CA (over
-    SDS: a CA rotation's trust bundle reaches it too) or the proxy-local `caFile`."""
+    SDS: a CA rotation's trust bundle reaches it too) or the proxy-local `caFile`; with
+    `subjectAltNames`, its certificate must also name one of them."""
     common = CommonTlsContext()
     if tls.client_certificate == "auto":
         common.tls_certificate_sds_secret_configs.append(sds(certificate_secret_name(group)))
+    names = CertificateValidationContext(match_typed_subject_alt_names=[
+        SubjectAltNameMatcher(
+            san_type=SubjectAltNameMatcher.URI if "://" in name else SubjectAltNameMatcher.DNS,
+            matcher=StringMatcher(exact=name))
+        for name in tls.subject_alt_names
+    ])
     if tls.ca_file is not None:
-        common.validation_context.CopyFrom(CertificateValidationContext(
-            trusted_ca=DataSource(filename=tls.ca_file)))
+        names.trusted_ca.CopyFrom(DataSource(filename=tls.ca_file))
+        common.validation_context.CopyFrom(names)
+    elif tls.subject_alt_names:
+        # Names inline, CA over SDS: Envoy merges the two.
+        combined = common.combined_validation_context
+        combined.default_validation_context.CopyFrom(names)
+        combined.validation_context_sds_secret_config.CopyFrom(sds(CA_SECRET))
     else:
         common.validation_context_sds_secret_config.CopyFrom(sds(CA_SECRET))
     context = UpstreamTlsContext(common_tls_context=common, sni=tls.sni or "")

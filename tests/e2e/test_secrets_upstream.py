@@ -26,7 +26,8 @@ from tests.support.wait import wait_for_sync
 pytestmark = pytest.mark.e2e
 
 
-def mtls_yaml(*, port: int, upstream_port: int) -> str:
+def mtls_yaml(*, port: int, upstream_port: int, active: str = "v1") -> str:
+    # v2 is the same upstream, but requires a name its certificate does not carry.
     return f"""
 apiVersion: controlplane/v1
 kind: Listener
@@ -42,11 +43,14 @@ apiVersion: controlplane/v1
 kind: Upstream
 metadata: {{name: ledger}}
 spec:
-  active: v1
+  active: {active}
   versions:
     v1:
       endpoints: ["127.0.0.1:{upstream_port}"]
-      tls: {{clientCertificate: auto, sni: localhost}}
+      tls: {{clientCertificate: auto, sni: localhost, subjectAltNames: [ledger]}}
+    v2:
+      endpoints: ["127.0.0.1:{upstream_port}"]
+      tls: {{clientCertificate: auto, subjectAltNames: [payments.internal]}}
   timeout: 5s
 """
 
@@ -65,17 +69,21 @@ def tls_upstream(ca: CertificateAuthority, port: int, tmp_path: Path) -> Upstrea
     return Upstream("v1", port=port, tls=context).start_in_thread()
 
 
-def get(port: int) -> dict[str, object]:
+def request(port: int) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", "/through-envoy")
         response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, (response.status, body[:200])
-        answer: dict[str, object] = json.loads(body)
-        return answer
+        return response.status, response.read()
     finally:
         conn.close()
+
+
+def get(port: int) -> dict[str, object]:
+    status, body = request(port)
+    assert status == 200, (status, body[:200])
+    answer: dict[str, object] = json.loads(body)
+    return answer
 
 
 def test_envoy_presents_its_group_certificate_to_an_mtls_upstream(
@@ -104,6 +112,14 @@ def test_envoy_presents_its_group_certificate_to_an_mtls_upstream(
         clusters = json.dumps(envoy.config_dump("dynamic_active_clusters"))
         assert "cert-edge" in clusters and "BEGIN" not in clusters
         assert "BEGIN PRIVATE KEY" not in serve.log()
+
+        # An upstream whose certificate lacks the required name is refused. (Switching
+        # `active` changes routes only; both clusters are warm.)
+        result = cli(["apply", "-f", "-"], server=serve.admin, stdin=mtls_yaml(
+            port=port, upstream_port=upstream_port, active="v2"))
+        assert result.code == 0, result.err
+        wait_for_sync(lambda: request(port)[0] == 503, timeout=5,
+                      message="a certificate without the required name is refused")
     finally:
         if upstream is not None:
             upstream.stop_thread()
