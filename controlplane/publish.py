@@ -9,6 +9,7 @@ snapshot and logs every problem.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import logging
 from collections.abc import Callable, Mapping
@@ -36,7 +37,9 @@ if TYPE_CHECKING:  # the secrets package pulls in cryptography: keep CLI starts 
 log = logging.getLogger(__name__)
 
 HOLD_OFF_S = 0.05
-"""Events closer together than this are published once (bounded: the timer never resets)."""
+"""At most one publish per this long. A change after a quiet spell goes out at once (on
+the next loop turn, with whatever arrived in the same turn); changes within the hold-off
+of the last publish wait for its end and go out together (the timer never resets)."""
 
 Traffic = Mapping[str, TrafficPolicy]
 _NO_TRAFFIC: Traffic = MappingProxyType({})
@@ -62,6 +65,7 @@ class Publisher:
         self._secrets = SecretMaterial()  # key material from the vault (update_secrets)
         self._extra_groups: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._last_publish = float("-inf")  # loop time
         self._on_published = on_published
         self.published = asyncio.Event()
         cache.on_new_group = self._new_group
@@ -92,7 +96,9 @@ class Publisher:
 
     def _arm(self) -> None:
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(HOLD_OFF_S, self._fire)
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._last_publish + HOLD_OFF_S - loop.time())
+            self._timer = loop.call_later(wait, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -102,6 +108,8 @@ class Publisher:
         state = self._state
         if state is None:
             return
+        with contextlib.suppress(RuntimeError):  # no loop: a synchronous first publish
+            self._last_publish = asyncio.get_running_loop().time()
         published: dict[str, Snapshot] = {}
         for group in sorted({*state.groups(), *self._extra_groups}):
             try:
