@@ -79,6 +79,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             if request.response_nonce and request.response_nonce == state.nonce:
                 self._ack_or_nack(state, request)
             self._resubscribe(state, request)
+        await self.check_names(type_url, len(state.names))
         assert self.handle is not None
         self.handle.subscribed(type_url, None if state.wildcard else state.names)
         await self._flush(state)

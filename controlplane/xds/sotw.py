@@ -15,6 +15,8 @@ Rules, in the order `on_request` applies them:
   version of the type differs from the version sent. Responses to explicit
   types carry every requested name that exists (SDS subscriptions grow).
 * After a snapshot change, types are pushed CDS, EDS, LDS, RDS, SDS.
+* A request naming more than `MAX_NAMES_PER_TYPE` resources ends the stream
+  with RESOURCE_EXHAUSTED (so does a Delta subscription growing past it).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         if not type_url:
             log.debug("sotw stream %s: request without type_url ignored", self.group)
             return
+        await self.check_names(type_url, len(request.resource_names))
         state = self._types.get(type_url)
         if state is None:
             if len(self._types) >= MAX_TYPES_PER_STREAM:

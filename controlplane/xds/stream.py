@@ -72,6 +72,11 @@ class _Event(enum.Enum):
 MAX_TYPES_PER_STREAM = 32
 """A stream asking for more distinct type URLs than this is not answered for the extra ones."""
 
+MAX_NAMES_PER_TYPE = 100_000
+"""More resource names than this in one type's subscription ends the stream with
+RESOURCE_EXHAUSTED: what a stream keeps per name is held for as long as it lives, so
+without a bound one client could make the server hold any amount of memory."""
+
 Req = TypeVar("Req")
 
 
@@ -105,6 +110,16 @@ class Stream(Generic[Req]):
     async def on_snapshot(self) -> None:
         """`self.snapshot` changed: push what each subscribed type now lacks, in order."""
         raise NotImplementedError
+
+    async def check_names(self, type_url: str, count: int) -> None:
+        """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many."""
+        if count > MAX_NAMES_PER_TYPE:
+            log.warning("refusing xDS stream from %s: %d resource names for %s (at most %d)",
+                        self.context.peer(), count, type_url, MAX_NAMES_PER_TYPE)
+            await self.context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{count} resource names subscribed for {type_url}: at most "
+                f"{MAX_NAMES_PER_TYPE} per type")
 
     async def write(
         self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse

@@ -1,0 +1,50 @@
+"""What one xDS stream may make the server hold: a bounded number of names per type."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from controlplane.xds.resources import ENDPOINT
+from controlplane.xds.stream import MAX_NAMES_PER_TYPE
+from tests.feature.test_xds_sotw import app
+from tests.support.ads import AdsClient, XdsHarness, node, xds_server
+from tests.support.wait import wait_for
+
+
+@pytest.fixture
+async def xds() -> XdsHarness:  # type: ignore[misc]
+    async with xds_server() as harness:
+        harness.cache.set_snapshot("edge", app())
+        yield harness
+
+
+async def test_sotw_request_with_too_many_names_ends_the_stream(xds: XdsHarness) -> None:
+    async with AdsClient(xds.target) as client:
+        await client.request(ENDPOINT, [f"c{i}" for i in range(MAX_NAMES_PER_TYPE)],
+                             node=node())
+        assert (await client.recv()).type_url == ENDPOINT  # at the limit: answered
+        await client.request(ENDPOINT, [f"c{i}" for i in range(MAX_NAMES_PER_TYPE + 1)])
+        await wait_for(lambda: client.error is not None, timeout=5)
+        assert client.error is not None
+        assert client.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert str(MAX_NAMES_PER_TYPE) in (client.error.details() or "")
+    await wait_for(lambda: xds.registry.list() == [], timeout=5)
+
+
+async def test_delta_subscription_growing_past_the_limit_ends_the_stream(
+    xds: XdsHarness,
+) -> None:
+    half = MAX_NAMES_PER_TYPE // 2
+    async with AdsClient(xds.target, delta=True) as client:
+        await client.delta_request(ENDPOINT, subscribe=[f"a{i}" for i in range(half)],
+                                   node=node())
+        await client.recv()
+        await client.delta_request(ENDPOINT, subscribe=[f"b{i}" for i in range(half)])
+        await client.recv()  # exactly at the limit: still served
+        await client.delta_request(ENDPOINT, unsubscribe=["a0"], subscribe=["c0"])
+        await client.delta_request(ENDPOINT, subscribe=["c1"])  # one too many
+        await wait_for(lambda: client.error is not None, timeout=5)
+        assert client.error is not None
+        assert client.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await wait_for(lambda: xds.registry.list() == [], timeout=5)
