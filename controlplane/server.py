@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from controlplane.admin import AdminService
-from controlplane.admin.auth import TokenAuthenticator
+from controlplane.admin.auth import CertificateAuthenticator, TokenAuthenticator
 from controlplane.analysis import Window
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.prometheus import PrometheusAnalysis
@@ -168,17 +168,21 @@ class ControlPlane:
 
         # Envoy's stats sink: it reaches us over the xDS cluster.
         MetricsReceiver(self.window, health=self.health).add_to_server(xds)
+        creds: grpc.ServerCredentials | None = None
+        self.authenticator: TokenAuthenticator | CertificateAuthenticator = (
+            TokenAuthenticator(self.store))
         if self.config.tls_dir is not None:
-            creds = await _xds_server_credentials(self.config.tls_dir, vault)
-            self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr", creds)
-        else:
-            self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr")
+            # Both ports require client certificates from our CA; on the admin port a
+            # user certificate (or a bearer token on top) says who calls.
+            creds = await _server_credentials(self.config.tls_dir, vault)
+            self.authenticator = CertificateAuthenticator(self.authenticator)
+        self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr", creds)
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
         service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff,
-                               authenticator=TokenAuthenticator(self.store))
+                               authenticator=self.authenticator)
         service.attach_vault(vault)  # cert rotate / credential rotate
         admin_pb2_grpc.add_AdminServicer_to_server(service, admin)
-        self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr")
+        self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr", creds)
         for server in (xds, admin):
             await server.start()
             self._servers.append(server)
@@ -283,23 +287,38 @@ def _bind(server: grpc.aio.Server, addr: str, flag: str,
     return port
 
 
-async def _xds_server_credentials(tls_dir: Path, vault: Vault) -> grpc.ServerCredentials:
-    """mTLS for the xDS port: ca.crt, server.crt and server.key from `tls_dir`, issued by
-    our CA (and written there) when absent. Clients must present a certificate from it."""
+async def _server_credentials(tls_dir: Path, vault: Vault) -> grpc.ServerCredentials:
+    """mTLS for the xDS and admin ports: ca.crt, server.crt and server.key from `tls_dir`,
+    issued by our CA (and written there) when absent. Clients must present a certificate
+    from it. Also writes client.crt/client.key, an `admin` user's certificate, so that
+    `controlplane --tls-dir DIR ...` works on this host from the start (like kubeadm's
+    admin.conf): keep the directory as private as the CA."""
+    from controlplane.secrets.ca import user_spiffe_id
+
     paths = {name: tls_dir / name for name in ("ca.crt", "server.crt", "server.key")}
     if not all(p.exists() for p in paths.values()):
         ca_pem, issued = await vault.identity("controlplane-xds", actor="controlplane")
         tls_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
         paths["ca.crt"].write_text(ca_pem)
-        paths["server.crt"].write_text(issued.cert_pem)
-        paths["server.key"].touch(mode=0o600)
-        paths["server.key"].write_bytes(issued.key_pem.get_secret_value())
-        log.info("issued the xDS server certificate into %s", tls_dir)
+        _write_pair(tls_dir, "server", issued.cert_pem, issued.key_pem.get_secret_value())
+        log.info("issued the server certificate into %s", tls_dir)
+    if not (tls_dir / "client.crt").exists():
+        _, user = await vault.identity("admin", actor="controlplane",
+                                       uri=user_spiffe_id("admin", "admin"))
+        _write_pair(tls_dir, "client", user.cert_pem, user.key_pem.get_secret_value())
+        log.info("issued an admin user certificate into %s (client.crt, client.key)", tls_dir)
     return grpc.ssl_server_credentials(
         [(paths["server.key"].read_bytes(), paths["server.crt"].read_bytes())],
         root_certificates=paths["ca.crt"].read_bytes(),
         require_client_auth=True,
     )
+
+
+def _write_pair(directory: Path, name: str, cert_pem: str, key_pem: bytes) -> None:
+    (directory / f"{name}.crt").write_text(cert_pem)
+    key = directory / f"{name}.key"
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -342,7 +361,7 @@ async def _serve(config: ServeConfig, *, json_logs: bool = False) -> int:
         async with ControlPlane.running(config) as cp:
             ready = (f"serving xDS on 127.0.0.1:{cp.xds_port} and the admin API on "
                      f"127.0.0.1:{cp.admin_port} "
-                     f"({await TokenAuthenticator(cp.store).mode() if cp.store else 'no store'})")
+                     f"({await cp.authenticator.mode()})")
             if json_logs:  # every line of stderr stays JSON
                 log.info("%s", ready, extra={"xds_port": cp.xds_port,
                                              "admin_port": cp.admin_port,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from controlplane.admin.auth import Role, TokenAuthenticator
+from controlplane.admin.auth import CertificateAuthenticator, Role, TokenAuthenticator
 from controlplane.admin.base import AdminBase
 from controlplane.api import admin_pb2
 from controlplane.errors import ConflictError
@@ -46,7 +46,7 @@ class AuditTokenMethods(AdminBase):
             token, record = await TokenStore(self._store).create(
                 role=request.role.lower(), name=request.name, actor=actor
             )
-            if isinstance(self._auth, TokenAuthenticator):
+            if isinstance(self._auth, TokenAuthenticator | CertificateAuthenticator):
                 self._auth.remember(token, record)  # valid on this replica at once
             return admin_pb2.CreateTokenResponse(token=token, name=record.name, role=record.role)
 

@@ -143,6 +143,56 @@ class TokenAuthenticator:
         return False
 
 
+class CertificateAuthenticator:
+    """mTLS on the admin port (`serve --tls-dir`): a bearer token, if the call carries one,
+    decides; otherwise the client certificate does. A user certificate names its holder
+    and role in its SPIFFE URI SAN (`spiffe://controlplane/user/<name>/<role>`, issued by
+    `controlplane cert issue --user NAME --role ROLE`); a proxy's certificate is no way in.
+    """
+
+    def __init__(self, tokens: TokenAuthenticator) -> None:
+        self._tokens = tokens
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """Errors:
+        AuthenticationError: a bad token, or a certificate that names no admin user.
+        """
+        if bearer_token(context.invocation_metadata()) is not None:
+            return await self._tokens.authenticate(context)
+        pems = context.auth_context().get("x509_pem_cert") or []
+        user = user_of_certificate(pems[0]) if pems else None
+        if user is None:
+            raise AuthenticationError(
+                "the client certificate names no admin user (spiffe://controlplane/user/"
+                "<name>/<role>): use one from `controlplane cert issue --user NAME --role "
+                "ROLE`, or pass --token")
+        return Principal(name=f"cert:{user[0]}", role=user[1])
+
+    def remember(self, token: str, record: TokenRecord) -> None:
+        self._tokens.remember(token, record)
+
+    async def mode(self) -> str:
+        return "mTLS: a user certificate or a bearer token required"
+
+
+def user_of_certificate(pem: bytes) -> tuple[str, Role] | None:
+    """(name, role) of the admin user a certificate's SPIFFE URI SAN names, or None."""
+    from cryptography import x509
+
+    from controlplane.secrets.ca import USER_PREFIX
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        name, _, role = uri.removeprefix(USER_PREFIX).partition("/")
+        if uri.startswith(USER_PREFIX) and name and role.upper() in Role.__members__:
+            return name, Role[role.upper()]
+    return None
+
+
 def bearer_token(metadata: Iterable[Any] | None) -> str | None:
     """The token of an `authorization: Bearer <token>` header, if there is one."""
     for item in metadata or ():

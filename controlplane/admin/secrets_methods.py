@@ -84,6 +84,8 @@ class SecretMethods(AdminBase):
         context: grpc.aio.ServicerContext,
     ) -> admin_pb2.IssueProxyCertificateResponse:
         async def run(actor: str) -> admin_pb2.IssueProxyCertificateResponse:
+            if request.user:
+                return await _issue_user(self._require_vault(), request, actor)
             if not _GROUP.match(request.group):
                 raise InvalidInputError([FieldError(
                     "--group", f"{request.group!r} is not a proxy group name (RFC 1123 label)")])
@@ -95,3 +97,27 @@ class SecretMethods(AdminBase):
             )
 
         return await self._guard(context, Role.ADMIN, "cert issue", run)
+
+
+async def _issue_user(vault: Vault, request: admin_pb2.IssueProxyCertificateRequest,
+                      actor: str) -> admin_pb2.IssueProxyCertificateResponse:
+    """A client certificate for an admin API user, its role signed into it."""
+    from controlplane.secrets.ca import user_spiffe_id
+
+    errors = []
+    if not _GROUP.match(request.user):
+        errors.append(FieldError("--user", f"{request.user!r} is not a user name "
+                                           "(lowercase letters, digits, '-')"))
+    if request.role not in ("viewer", "operator", "admin"):
+        errors.append(FieldError("--role", f"{request.role!r} is not viewer, operator or admin"))
+    if request.group:
+        errors.append(FieldError("--group", "give --group or --user, not both"))
+    if errors:
+        raise InvalidInputError(errors)
+    ca_pem, issued = await vault.identity(request.user, actor=actor,
+                                          uri=user_spiffe_id(request.user, request.role))
+    return admin_pb2.IssueProxyCertificateResponse(
+        ca_pem=ca_pem, cert_pem=issued.cert_pem,
+        key_pem=issued.key_pem.get_secret_value().decode(),
+        serial=issued.serial, not_after=issued.not_after,
+    )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from controlplane.api import admin_pb2_grpc
+from controlplane.errors import FieldError, InvalidInputError
 
 DEFAULT_SERVER = "127.0.0.1:18001"
 
@@ -26,7 +27,7 @@ class Connection:
         return cls(
             server=server or os.environ.get("CONTROLPLANE_SERVER") or DEFAULT_SERVER,
             token=token or os.environ.get("CONTROLPLANE_TOKEN") or None,
-            tls_dir=tls_dir,
+            tls_dir=tls_dir or os.environ.get("CONTROLPLANE_TLS_DIR") or None,
         )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -46,5 +47,15 @@ class Connection:
 
 
 def _read(directory: str, name: str) -> bytes:
-    with open(os.path.join(directory, name), "rb") as f:
-        return f.read()
+    """Errors:
+    InvalidInputError: the file is missing or unreadable (`--tls-dir` is wrong).
+    """
+    path = os.path.join(directory, name)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidInputError([FieldError(
+            "--tls-dir", f"cannot read {path}: {exc.strerror}; the directory needs ca.crt, "
+            "client.crt and client.key (`controlplane cert issue --user NAME --out DIR`)")]
+        ) from exc

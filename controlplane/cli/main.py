@@ -46,7 +46,8 @@ def _client_options() -> _Parser:
         "--server", help=f"admin API HOST:PORT (env CONTROLPLANE_SERVER, default {DEFAULT_SERVER})"
     )
     parent.add_argument("--token", help="bearer token (env CONTROLPLANE_TOKEN)")
-    parent.add_argument("--tls-dir", dest="client_tls_dir", help="dir with ca.crt, client.crt/.key")
+    parent.add_argument("--tls-dir", dest="client_tls_dir",
+                        help="dir with ca.crt, client.crt/.key (env CONTROLPLANE_TLS_DIR)")
     return parent
 
 

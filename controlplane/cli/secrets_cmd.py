@@ -49,12 +49,21 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
                    help="rotate the CA too (the old one stays trusted until the fleet ACKed)")
     c.set_defaults(handler=cert_rotate)
     c = verbs.add_parser(
-        "issue", parents=[client], help="a client certificate for a proxy's xDS connection",
-        epilog="example: controlplane cert issue --group edge --out /etc/envoy/tls && "
-               "controlplane bootstrap --node-id edge-1 --group edge --tls-dir /etc/envoy/tls",
+        "issue", parents=[client],
+        help="a client certificate for a proxy's xDS connection, or for an admin API user",
+        epilog="examples:\n  controlplane cert issue --group edge --out /etc/envoy/tls && "
+               "controlplane bootstrap --node-id edge-1 --group edge --tls-dir /etc/envoy/tls"
+               "\n  controlplane cert issue --user alice --role operator --out ~/.controlplane"
+               " && controlplane --tls-dir ~/.controlplane get rollouts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--group", required=True, help="the proxy group the certificate names")
-    c.add_argument("--out", required=True, help="directory for ca.crt, proxy.crt, proxy.key")
+    who = c.add_mutually_exclusive_group(required=True)
+    who.add_argument("--group", help="the proxy group the certificate names")
+    who.add_argument("--user", help="an admin API user (with --role): writes client.crt/.key")
+    c.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer",
+                   help="the user's role, signed into the certificate (default: viewer)")
+    c.add_argument("--out", required=True,
+                   help="directory for ca.crt and proxy.crt/.key (or client.crt/.key)")
     c.set_defaults(handler=cert_issue)
 
     p = sub.add_parser("credential", help="upstream credentials injected by the proxies")
@@ -91,20 +100,22 @@ def cert_rotate(args: argparse.Namespace) -> int:
 
 def cert_issue(args: argparse.Namespace) -> int:
     conn = _conn(args)
-    response = conn.stub().IssueProxyCertificate(
-        admin_pb2.IssueProxyCertificateRequest(group=args.group),
-        metadata=conn.metadata(), timeout=conn.timeout,
-    )
+    request = (admin_pb2.IssueProxyCertificateRequest(user=args.user, role=args.role)
+               if args.user else admin_pb2.IssueProxyCertificateRequest(group=args.group))
+    response = conn.stub().IssueProxyCertificate(request, metadata=conn.metadata(),
+                                                 timeout=conn.timeout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.crt").write_text(response.ca_pem)
-    (out / "proxy.crt").write_text(response.cert_pem)
-    key = out / "proxy.key"
+    name = "client" if args.user else "proxy"
+    (out / f"{name}.crt").write_text(response.cert_pem)
+    key = out / f"{name}.key"
     key.touch(mode=0o600)
     key.chmod(0o600)
     key.write_text(response.key_pem)
-    print(f"certificate for group {args.group} (serial {response.serial}) written to "
-          f"{out}/proxy.crt, its key to {key}, the CA to {out}/ca.crt")
+    holder = f"user {args.user} ({args.role})" if args.user else f"group {args.group}"
+    print(f"certificate for {holder} (serial {response.serial}) written to "
+          f"{out}/{name}.crt, its key to {key}, the CA to {out}/ca.crt")
     return 0
 
 

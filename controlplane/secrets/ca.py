@@ -30,6 +30,15 @@ def spiffe_id(group: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/group/{group}"
 
 
+USER_PREFIX = f"spiffe://{TRUST_DOMAIN}/user/"
+
+
+def user_spiffe_id(name: str, role: str) -> str:
+    """`spiffe://controlplane/user/<name>/<role>`: an admin API caller and its role (the
+    CA's signature vouches for both)."""
+    return f"{USER_PREFIX}{name}/{role}"
+
+
 def _time(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
 
@@ -106,8 +115,10 @@ class CertificateAuthority:
             raise ValueError("the CA key is not an EC key")
         return cls(cert, key)
 
-    def issue(self, group: str, *, now: float, lifetime_s: float) -> IssuedCertificate:
-        """A serving (and client) certificate for proxy group `group`."""
+    def issue(self, group: str, *, now: float, lifetime_s: float,
+              uri: str | None = None) -> IssuedCertificate:
+        """A serving (and client) certificate for proxy group `group` (or, with `uri`, for
+        whoever that SPIFFE ID names, `group` being its common name)."""
         key = ec.generate_private_key(ec.SECP256R1())
         serial = x509.random_serial_number()
         not_before, not_after = now - SKEW_S, now + lifetime_s
@@ -121,7 +132,7 @@ class CertificateAuthority:
             .not_valid_after(_time(not_after))
             .add_extension(x509.SubjectAlternativeName([
                 # The proxy's identity on the xDS connection (DESIGN.md: SPIFFE URI SAN).
-                x509.UniformResourceIdentifier(spiffe_id(group)),
+                x509.UniformResourceIdentifier(uri or spiffe_id(group)),
                 x509.DNSName(group), x509.DNSName(f"{group}.controlplane.local"),
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             ]), critical=False)

@@ -335,10 +335,12 @@ class Vault:
                                {"generation": generation}))
         return generation
 
-    async def identity(self, group: str, *, actor: str) -> tuple[str, IssuedCertificate]:
+    async def identity(self, group: str, *, actor: str,
+                       uri: str | None = None) -> tuple[str, IssuedCertificate]:
         """A fresh certificate naming `group` (SPIFFE URI SAN) for a proxy's or the xDS
-        server's own connection, and the CA that signs it (created if missing). Not
-        stored; audited. Returns (CA certificate PEM, the certificate and key)."""
+        server's own connection, and the CA that signs it (created if missing). With
+        `uri`, the certificate names that instead (an admin API user). Not stored;
+        audited. Returns (CA certificate PEM, the certificate and key)."""
         for _ in range(5):
             read = await self._read()
             now = self._clock()
@@ -351,9 +353,10 @@ class Vault:
                 puts[self._keys.secret_ca] = encode_ca(ca.cert_pem, ca.key_pem, self._sealing)
                 expect[self._keys.secret_ca] = 0
                 notes.append(AuditNote(SYSTEM_ACTOR, "ca/create", "CertificateAuthority", "ca"))
-            issued = ca.issue(group, now=now, lifetime_s=self.cert_lifetime_s)
+            issued = ca.issue(group, now=now, lifetime_s=self.cert_lifetime_s, uri=uri)
             notes.append(AuditNote(actor, "cert/issue-identity", "Certificate", group, "",
-                                   {"serial": issued.serial, "notAfter": issued.not_after}))
+                                   {"serial": issued.serial, "notAfter": issued.not_after,
+                                    **({"uri": uri} if uri else {})}))
             if await self._commit(puts, expect, [], notes):
                 return ca.cert_pem, issued
         raise ConflictError("the CA kept changing while issuing; try again")

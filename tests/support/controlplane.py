@@ -16,6 +16,10 @@ from tests.support.ports import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+_TLS_DIRS: dict[str, str] = {}
+"""Admin address → the `--tls-dir` of the `serve` behind it (its admin port needs mTLS)."""
+
+
 @dataclass
 class CliResult:
     code: int
@@ -29,6 +33,10 @@ def cli(args: Sequence[str], *, server: str | None = None, stdin: str | None = N
     full_env = {**os.environ, **(env or {})}
     if server:
         full_env["CONTROLPLANE_SERVER"] = server
+        if server in _TLS_DIRS and "CONTROLPLANE_TLS_DIR" not in (env or {}):
+            # What a user of `serve --tls-dir` does on that host: the admin certificate
+            # serve wrote there (client.crt/.key) for every command.
+            full_env["CONTROLPLANE_TLS_DIR"] = _TLS_DIRS[server]
     proc = subprocess.run(
         [sys.executable, "-m", "controlplane", *args],
         input=stdin, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO,
@@ -80,7 +88,14 @@ class ServeProcess:
                     free_port(), free_port(), free_port())
         raise AssertionError("unreachable")
 
+    @property
+    def tls_dir(self) -> str | None:
+        args = list(self.extra_args)
+        return args[args.index("--tls-dir") + 1] if "--tls-dir" in args else None
+
     def _start_once(self, timeout: float) -> ServeProcess:
+        if self.tls_dir is not None:
+            _TLS_DIRS[self.admin] = self.tls_dir
         args = [
             sys.executable, "-m", "controlplane", "serve",
             "--data-dir", str(self.data_dir),
