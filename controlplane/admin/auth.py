@@ -177,19 +177,12 @@ class CertificateAuthenticator:
 
 def user_of_certificate(pem: bytes) -> tuple[str, Role] | None:
     """(name, role) of the admin user a certificate's SPIFFE URI SAN names, or None."""
-    from cryptography import x509
-
     from controlplane.secrets.ca import USER_PREFIX
+    from controlplane.xds.identity import group_of_certificate
 
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
-        return None
-    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        name, _, role = uri.removeprefix(USER_PREFIX).partition("/")
-        if uri.startswith(USER_PREFIX) and name and role.upper() in Role.__members__:
-            return name, Role[role.upper()]
+    name, _, role = (group_of_certificate(pem, USER_PREFIX) or "").partition("/")
+    if name and role.upper() in Role.__members__:
+        return name, Role[role.upper()]
     return None
 
 

@@ -23,7 +23,8 @@ SPIFFE_PREFIX = "spiffe://controlplane/group/"
 
 
 def group_of_certificate(pem: bytes, prefix: str = SPIFFE_PREFIX) -> str | None:
-    """The group a certificate names in its SPIFFE URI SAN, or None."""
+    """The group a certificate names in its SPIFFE URI SAN (or what follows another
+    `prefix`), or None."""
     try:
         cert = x509.load_pem_x509_certificate(pem)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
