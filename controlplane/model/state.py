@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -11,6 +12,7 @@ from controlplane.errors import FieldError, InvalidInputError
 from controlplane.model.resources import (
     Credential,
     Listener,
+    Match,
     ProxyGroup,
     Resource,
     Rollout,
@@ -120,7 +122,21 @@ class DesiredState:
                     f"{ports[key]} in group {lst.spec.group!r}",
                 ))
             ports[key] = lst.name
+        for lst in self.listeners.values():
+            if lst.spec.tls is not None and lst.spec.tls.certificate != "auto":
+                errors.append(FieldError(
+                    f"Listener/{lst.name}: spec.tls.certificate",
+                    f"{lst.spec.tls.certificate!r} is not supported: use 'auto' (a certificate "
+                    "issued by our CA)",
+                ))
         for route in self.routes.values():
+            bad_hosts = [h for h in route.spec.hosts if not _HOST.match(h)]
+            if bad_hosts:
+                errors.append(FieldError(
+                    f"Route/{route.name}: spec.hosts",
+                    f"{bad_hosts} are not host names (printable ASCII without spaces, "
+                    "e.g. api.example.com, *.example.com or *)",
+                ))
             if route.spec.listener not in self.listeners:
                 errors.append(FieldError(
                     f"Route/{route.name}: spec.listener",
@@ -160,6 +176,7 @@ class DesiredState:
                         f"Upstream/{spec.upstream} has no version {version!r} "
                         f"(it has {sorted(ups.spec.versions)})",
                     ))
+            errors.extend(_match_problems(f"{where}.match", spec.match))
             if not self.status(rollout.name).active:
                 continue  # a finished rollout does not own its upstream any more
             if spec.upstream in owner:
@@ -178,3 +195,30 @@ class DesiredState:
         errors = self.problems()
         if errors:
             raise InvalidInputError(errors)
+
+
+# What a Host header can carry; the translator drops a route with anything else, and a
+# group whose config does not translate keeps its last good snapshot: caught at apply.
+_HOST = re.compile(r"^[!-~]+$")
+# An HTTP header name (RFC 9110 token): Envoy NACKs an empty one and cannot match others.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _match_problems(where: str, match: Match | None) -> list[FieldError]:
+    """A rollout's A/B match: header names Envoy can match, values without line breaks,
+    a cookie as `name=value` (what the translator builds the route match from)."""
+    if match is None:
+        return []
+    errors = [
+        FieldError(f"{where}.headers", f"{name!r} is not an HTTP header name")
+        for name in match.headers if not _TOKEN.match(name)
+    ] + [
+        FieldError(f"{where}.headers.{name}", "a header value cannot hold NUL, CR or LF")
+        for name, value in match.headers.items() if set(value) & {"\0", "\r", "\n"}
+    ]
+    if match.cookie is not None:
+        name, sep, value = match.cookie.partition("=")
+        if not (sep and value.strip("=")) or not _TOKEN.match(name):
+            errors.append(FieldError(f"{where}.cookie",
+                                     f"{match.cookie!r} is not name=value (e.g. canary=1)"))
+    return errors
