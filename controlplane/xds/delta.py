@@ -12,7 +12,8 @@ Subscription changes are applied from every request, even one with a stale
 nonce: unlike SotW, a delta request does not repeat the whole subscription.
 ACK/NACK count only for the latest nonce. After a NACK nothing is resent:
 `have` already holds the rejected versions, so only a later change of a
-resource sends it again (no loop). Types are pushed CDS, EDS, LDS, RDS, SDS.
+resource sends it again (no loop). Types are pushed CDS, EDS, LDS, RDS, SDS, and
+the endpoints of every cluster a response changes are sent again after it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.denials import SecretDenials
-from controlplane.xds.resources import KNOWN_TYPES, WILDCARD_TYPES, push_rank, short_kind
+from controlplane.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    KNOWN_TYPES,
+    WILDCARD_TYPES,
+    push_rank,
+    short_kind,
+)
 from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
 
 log = logging.getLogger(__name__)
@@ -171,6 +179,13 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         state.outstanding, state.must_respond = True, False
         self.handle.sent(state.type_url, version)
         await self.write(response)
+        endpoints = self._types.get(ENDPOINT)
+        if state.type_url == CLUSTER and changed and endpoints is not None:
+            # A changed cluster is re-created and waits for its endpoints without asking
+            # again: send them again even if unchanged (see sotw.py).
+            for resource in changed:
+                endpoints.have.pop(resource.name, None)
+            await self._flush(endpoints)
 
     def _node_id(self) -> str:
         return self.handle.node_id if self.handle is not None else "?"

@@ -14,7 +14,9 @@ Rules, in the order `on_request` applies them:
   names of an explicit type (EDS, RDS, SDS) change, and when the snapshot's
   version of the type differs from the version sent. Responses to explicit
   types carry every requested name that exists (SDS subscriptions grow).
-* After a snapshot change, types are pushed CDS, EDS, LDS, RDS, SDS.
+* After a snapshot change, types are pushed CDS, EDS, LDS, RDS, SDS; and every CDS
+  response is followed by an EDS response, even of an unchanged version (a changed
+  cluster warms only once it gets its endpoints again).
 * A request naming more than `MAX_NAMES_PER_TYPE` resources ends the stream
   with RESOURCE_EXHAUSTED (so does a Delta subscription growing past it).
 """
@@ -29,7 +31,14 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.denials import SecretDenials
-from controlplane.xds.resources import KNOWN_TYPES, WILDCARD_TYPES, push_rank, short_kind
+from controlplane.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    KNOWN_TYPES,
+    WILDCARD_TYPES,
+    push_rank,
+    short_kind,
+)
 from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
 
 log = logging.getLogger(__name__)
@@ -127,10 +136,19 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             version_info=version, type_url=state.type_url, nonce=self.next_nonce()
         )
         response.resources.extend(e.packed for e in chosen)
+        previous = state.sent_version
         state.nonce, state.sent_version, state.pending = response.nonce, version, False
         assert self.handle is not None
         self.handle.sent(state.type_url, version)
         await self.write(response)
+        endpoints = self._types.get(ENDPOINT)
+        clusters_changed = state.type_url == CLUSTER and previous not in (None, version)
+        if clusters_changed and endpoints is not None:
+            # Envoy re-creates every changed cluster and waits for its endpoints without
+            # asking again: send them even if unchanged, or it sits in warming until its
+            # initial fetch timeout (15 s). go-control-plane#245, kuma#331.
+            endpoints.pending = True
+            await self._flush(endpoints)
 
     def _node_id(self) -> str:
         return self.handle.node_id if self.handle is not None else "?"

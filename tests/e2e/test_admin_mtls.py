@@ -32,8 +32,8 @@ def test_user_certificates_authenticate_and_their_role_authorizes(tmp_path: Path
         as_alice = {"CONTROLPLANE_TLS_DIR": str(alice)}
         got = cli(["get", "upstreams"], server=cp.admin, env=as_alice)
         assert got.code == 0 and "payments" in got.out, got.err
-        denied = cli(["apply", "-f", "-"], server=cp.admin, stdin=text.replace("active: v1", "active: v2"),
-                     env=as_alice)
+        changed = text.replace("active: v1", "active: v2")
+        denied = cli(["apply", "-f", "-"], server=cp.admin, stdin=changed, env=as_alice)
         assert denied.code == 1 and "cert:alice has role viewer" in denied.err, denied.err
 
         # A proxy's certificate is from the same CA but names no user.

@@ -169,3 +169,31 @@ async def test_envoy_rejoins_a_restarted_server_without_config_change(
         [proxy] = second.registry.list()
         assert all(t.last_nack is None for t in proxy.types)
         assert await stack.served_by("v1")
+
+
+async def test_a_changed_cluster_with_the_same_endpoints_warms_at_once(stack: Stack) -> None:
+    """Envoy re-creates a changed cluster and waits for its endpoints again, without
+    asking anew: the server must send EDS after every CDS push (else the new cluster
+    sits in warming until Envoy's 15 s initial fetch timeout)."""
+    first = stack.app(1, "v1")
+    stack.xds.cache.set_snapshot(GROUP, first)
+    await wait_for(lambda: stack.served_by("v1"), timeout=15)
+    assert await stack.xds.registry.wait_acked(GROUP, full_versions(first), timeout=5)
+
+    resources = simple_app(cluster="app-1", upstream=stack.upstreams["v1"].address,
+                           listener="http", listener_port=stack.listener_port, route="routes-1")
+    [cluster] = resources[CLUSTER]
+    changed = cluster_pb2.Cluster()
+    changed.CopyFrom(cluster)
+    changed.connect_timeout.FromSeconds(7)
+    resources[CLUSTER] = [changed]
+    second = Snapshot.build(resources)
+    assert second.version(ENDPOINT) == first.version(ENDPOINT)
+    stack.xds.cache.set_snapshot(GROUP, second)
+
+    def warmed() -> bool:
+        active = stack.envoy.config_dump("dynamic_active_clusters")["configs"]
+        return [c["cluster"]["connect_timeout"] for c in active] == ["7s"]
+
+    await wait_for(warmed, timeout=SWITCH_DEADLINE * 2, message="the changed cluster active")
+    assert await stack.served_by("v1")
