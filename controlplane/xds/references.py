@@ -10,12 +10,10 @@ static bootstrap cluster is not the snapshot's business.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, ROUTE, SECRET
@@ -32,6 +30,11 @@ _CLUSTER_MSG = "envoy.config.cluster.v3.Cluster"
 
 _MAX_DEPTH = 64
 """Proto nesting is shallow in practice; the bound only stops a pathological input."""
+
+_NOTED = frozenset({_RDS, _SDS, _ROUTE_ACTION, _MIRROR, _ROUTE_WEIGHT, _TCP_PROXY, _TCP_WEIGHT})
+_OPAQUE = frozenset({"envoy.config.core.v3.Metadata", "google.protobuf.Struct"})
+"""Never hold a name served over ADS (a filter's metadata is its own business)."""
+_MAY_REFER: dict[str, bool] = {}
 
 
 @dataclass(frozen=True)
@@ -74,31 +77,52 @@ def references_of(type_url: str, name: str, message: Message) -> tuple[Reference
 def _walk(message: Message, out: _Collector, depth: int) -> None:
     if depth > _MAX_DEPTH:
         return
-    descriptor: Descriptor = message.DESCRIPTOR
-    full_name = descriptor.full_name
+    full_name = message.DESCRIPTOR.full_name
     if full_name == _ANY:
         inner = _unpack(message)
         if inner is not None:
             _walk(inner, out, depth + 1)
         return
-    _note(full_name, message, out)
+    if full_name in _NOTED:
+        _note(full_name, message, out)
     for fd, value in message.ListFields():
-        if fd.type != FieldDescriptor.TYPE_MESSAGE:
+        kind = fd.message_type
+        if kind is None:
             continue
-        for child in _children(fd, value):
-            _walk(child, out, depth + 1)
+        refer = _MAY_REFER.get(kind.full_name)
+        if not (refer if refer is not None else _may_refer(kind)):
+            continue
+        if fd.is_repeated:
+            if kind.GetOptions().map_entry:
+                value_fd = kind.fields_by_name["value"]
+                if value_fd.message_type is None:
+                    continue
+                value = value.values()
+            for child in value:
+                _walk(child, out, depth + 1)
+        else:
+            _walk(value, out, depth + 1)
 
 
-def _children(fd: FieldDescriptor, value: Any) -> Iterator[Message]:
-    if fd.message_type.GetOptions().map_entry:
-        value_fd = fd.message_type.fields_by_name["value"]
-        if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
-            yield from value.values()
-        return
-    if fd.is_repeated:
-        yield from value
-    else:
-        yield value
+def _may_refer(descriptor: Descriptor) -> bool:
+    """Whether a message of this type can hold a reference at any depth (through an Any,
+    anything can): the walk skips the rest, e.g. every endpoint of an EDS resource."""
+    known = _MAY_REFER.get(descriptor.full_name)
+    if known is not None:
+        return known
+    seen: set[str] = set()
+    stack = [descriptor]
+    found = False
+    while stack and not found:
+        current = stack.pop()
+        name = current.full_name
+        if name in seen or name in _OPAQUE:
+            continue
+        seen.add(name)
+        found = name in _NOTED or name == _ANY
+        stack.extend(f.message_type for f in current.fields if f.message_type is not None)
+    _MAY_REFER[descriptor.full_name] = found
+    return found
 
 
 def _note(full_name: str, message: Message, out: _Collector) -> None:
