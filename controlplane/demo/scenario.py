@@ -37,7 +37,7 @@ spec:
   strategy: canary
   steps: {steps}
   stepInterval: {interval}
-  analysis: {{minRequests: 20, successRate: 0.99, p99LatencyMs: 500, authFailureRate: 0.01,
+  analysis: {{minRequests: 20, successRate: 0.99, p99LatencyMs: 1000, authFailureRate: 0.01,
               failureLimit: 2, inconclusive: pause}}
   rollbackWindow: 10m
 """
