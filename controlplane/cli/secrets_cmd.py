@@ -90,8 +90,10 @@ def cert_rotate(args: argparse.Namespace) -> int:
     )
     if args.ca:
         print(f"ca rotated: serial {response.previous_ca_serial or '(none)'} -> "
-              f"{response.ca_serial}; both are trusted until every connected proxy has "
-              "ACKed the new certificates")
+              f"{response.ca_serial}: the new CA is trusted beside the old one, issues the "
+              "certificates once every connected proxy has ACKed both, and the old one is "
+              "retired once they have ACKed those (`controlplane audit`: ca/promote, "
+              "ca/retire)")
     for cert in response.certificates:
         print(f"certificate/{cert.group} rotated: serial {cert.old_serial or '(none)'} -> "
               f"{cert.new_serial}")

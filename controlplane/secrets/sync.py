@@ -1,6 +1,7 @@
 """SecretSync: keeps the vault in step with the desired state (issue, rotate when due)
 and the proxies in step with the vault (every change handed to the publisher); during a
-CA rotation it retires the previous CA once the fleet has ACKed the new certificates.
+CA rotation it takes each step (promote the new CA, retire the old) once the fleet has
+ACKed the one before.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ class SecretSync:
                     continue
 
     async def _retire_loop(self) -> None:
-        """During a CA rotation: drop the previous CA from the trust bundles once every
-        connected proxy has ACKed the secrets of the current material (certificates of
-        the new CA). Until then both CAs are trusted."""
+        """During a CA rotation, each step once every connected proxy has ACKed the
+        secrets of the current material: the new CA issues once the two-CA bundle is
+        everywhere; the old CA leaves the bundle once the new certificates are."""
         while True:
             await self._material_changed.wait()
             self._material_changed.clear()
@@ -126,11 +127,17 @@ class SecretSync:
                    and len(material.ca_serials) > 1):
                 try:
                     if await self._fleet_acked(self._state, material):
-                        await self._vault.retire_previous_ca(
-                            material.ca_serials[1], actor=SYSTEM_ACTOR,
-                            reason="every connected proxy ACKed certificates of CA "
-                                   f"{material.ca_serials[0]}")
-                        break  # the watch hands over the material without it
+                        if material.ca_next:
+                            await self._vault.promote_next_ca(
+                                self._state, material.ca_serials[1], actor=SYSTEM_ACTOR,
+                                reason="every connected proxy ACKed the bundle trusting CA "
+                                       f"{material.ca_serials[1]}")
+                        else:
+                            await self._vault.retire_previous_ca(
+                                material.ca_serials[1], actor=SYSTEM_ACTOR,
+                                reason="every connected proxy ACKed certificates of CA "
+                                       f"{material.ca_serials[0]}")
+                        break  # the watch hands over the next material
                 except ControlPlaneError as exc:
                     log.warning("CA rotation: %s; retrying in %.1fs", exc, self._retry_s)
                 await asyncio.sleep(self._retire_poll_s)

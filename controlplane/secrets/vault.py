@@ -92,11 +92,14 @@ Committer = Callable[
 @dataclass(frozen=True)
 class Material:
     """What translate needs: the CAs to trust, group certificates, credential values
-    (redacted). During a CA rotation `ca_pem` is a bundle of the new and the previous CA
-    and `ca_serials` names both, the new one first."""
+    (redacted). During a CA rotation `ca_pem` is a bundle of two CAs and `ca_serials`
+    names both, the one issuing certificates first."""
 
     ca_pem: str = ""
     ca_serials: tuple[str, ...] = ()
+    ca_next: bool = False
+    """A CA rotation's first phase: `ca_serials[1]` is the new CA, trusted but not yet
+    issuing (otherwise `ca_serials[1]`, if any, is the previous CA, still trusted)."""
     certificates: Mapping[str, IssuedCertificate] = field(
         default_factory=lambda: MappingProxyType({}))
     credentials: Mapping[str, SecretStr] = field(default_factory=lambda: MappingProxyType({}))
@@ -167,6 +170,7 @@ class _Read:
     credentials: dict[str, CredentialRecord]
     unreadable: list[bytes] = field(default_factory=list)
     previous_ca: PreviousCa | None = None
+    next_ca: CertificateAuthority | None = None
 
 
 class Vault:
@@ -194,6 +198,7 @@ class Vault:
         self._rng = rng or random.Random()
         # Beside vault/ca, inside the watched prefix, outside certs/ and credentials/.
         self._previous_ca_key = keys.secret_ca + b"-previous"
+        self._next_ca_key = keys.secret_ca + b"-next"
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -211,6 +216,9 @@ class Vault:
                     out.ca = CertificateAuthority.from_pem(cert_pem, key_pem)
                 elif key == self._previous_ca_key:
                     out.previous_ca = decode_previous_ca(kv.value)
+                elif key == self._next_ca_key:
+                    cert_pem, key_pem = decode_ca(kv.value, self._sealing)
+                    out.next_ca = CertificateAuthority.from_pem(cert_pem, key_pem)
                 elif key.startswith(cert_prefix):
                     out.certs[key[len(cert_prefix):].decode()] = decode_cert(
                         kv.value, self._sealing)
@@ -226,11 +234,14 @@ class Vault:
         """Every stored secret, unsealed, and the etcd revision it was read at."""
         read = await self._read()
         trusted = [(read.ca.serial, read.ca.cert_pem)] if read.ca else []
+        if read.next_ca is not None:
+            trusted.append((read.next_ca.serial, read.next_ca.cert_pem))
         if read.previous_ca is not None:
             trusted.append((read.previous_ca.serial, read.previous_ca.cert_pem))
         return Material(
             ca_pem="".join(pem for _, pem in trusted),
             ca_serials=tuple(serial for serial, _ in trusted),
+            ca_next=read.next_ca is not None,
             certificates=MappingProxyType({g: r.cert for g, r in sorted(read.certs.items())}),
             credentials=MappingProxyType(
                 {n: r.value for n, r in sorted(read.credentials.items())}),
@@ -401,46 +412,64 @@ class Vault:
         raise ConflictError("certificates kept changing; rotate again")
 
     async def rotate_ca(self, state: DesiredState, *, actor: str) -> CaRotation:
-        """A new CA; every group certificate re-issued by it; the previous CA kept in
-        the trust bundles (`Material.ca_pem`) until `retire_previous_ca`. One transaction,
-        audited (`ca/rotate`, then `cert/rotate` per group).
+        """Start a CA rotation: a new CA, trusted beside the current one but not issuing
+        yet (`ca/rotate`). Once every connected proxy has ACKed that two-CA bundle,
+        `promote_next_ca` makes it issue every group certificate; once they have ACKed
+        those, `retire_previous_ca` drops the old CA. So no proxy ever presents a
+        certificate that a peer does not trust yet.
 
         Errors:
-            ConflictError: a previous rotation is not finished (its CA is still trusted),
-                or other writers kept winning.
+            ConflictError: a previous rotation is not finished, or other writers kept
+                winning.
         """
+        del state  # the groups are re-issued at promotion, from the state then
         for _ in range(CAS_ATTEMPTS):
             read = await self._read()
-            if read.previous_ca is not None:
+            if read.previous_ca is not None or read.next_ca is not None:
                 raise ConflictError(
-                    f"a CA rotation is in progress: CA {read.previous_ca.serial} stays "
-                    "trusted until every connected proxy has ACKed certificates of CA "
-                    f"{read.ca.serial if read.ca else '?'}; rotate again after that")
+                    "a CA rotation is in progress (both CAs stay trusted until every "
+                    "connected proxy has ACKed each step); rotate again after `ca/retire` "
+                    "is in the audit log")
             now = self._clock()
             ca = CertificateAuthority.create(now=now)
-            puts: dict[bytes, bytes] = {
-                self._keys.secret_ca: encode_ca(ca.cert_pem, ca.key_pem, self._sealing)}
-            expect = {self._keys.secret_ca: read.mods.get(self._keys.secret_ca, 0)}
-            previous = ""
-            if read.ca is not None:
-                previous = read.ca.serial
-                puts[self._previous_ca_key] = encode_previous_ca(
-                    PreviousCa(read.ca.cert_pem, previous, now))
-                expect[self._previous_ca_key] = 0
+            previous = read.ca.serial if read.ca is not None else ""
             notes = [AuditNote(
                 actor, "ca/rotate", "CertificateAuthority", "ca",
-                "operator request; the previous CA stays trusted until every connected "
-                "proxy has ACKed certificates of the new one",
+                "operator request; the new CA is trusted beside the current one and starts "
+                "issuing once every connected proxy has ACKed both",
                 {"serial": ca.serial, "previousSerial": previous or None})]
-            certs: dict[str, tuple[str, str]] = {}
-            for group in tls_groups(state):
-                old = read.certs.get(group)
-                record = self._put_cert(read, ca, group, now, puts, expect, notes, actor=actor,
-                                        action="cert/rotate", reason="CA rotation")
-                certs[group] = (old.cert.serial if old else "", record.cert.serial)
-            if await self._commit(puts, expect, [], notes):
-                return CaRotation(previous, ca.serial, certs)
+            puts = {self._next_ca_key: encode_ca(ca.cert_pem, ca.key_pem, self._sealing)}
+            if await self._commit(puts, {self._next_ca_key: 0}, [], notes):
+                return CaRotation(previous, ca.serial, {})
         raise ConflictError("the CA kept changing; rotate again")
+
+    async def promote_next_ca(self, state: DesiredState, serial: str, *, actor: str,
+                              reason: str) -> bool:
+        """The rotation's second step: CA `serial` (trusted by now) becomes the issuer
+        and re-issues every group certificate; the old CA stays trusted as the previous
+        one. Audited (`ca/promote`, `cert/rotate` per group). Returns whether this call
+        did it (False: done already, by another replica perhaps)."""
+        for _ in range(CAS_ATTEMPTS):
+            read = await self._read()
+            if read.next_ca is None or read.next_ca.serial != serial:
+                return False
+            now = self._clock()
+            ca = read.next_ca
+            puts = {self._keys.secret_ca: encode_ca(ca.cert_pem, ca.key_pem, self._sealing)}
+            expect = {self._keys.secret_ca: read.mods.get(self._keys.secret_ca, 0),
+                      self._next_ca_key: read.mods[self._next_ca_key]}
+            if read.ca is not None:
+                puts[self._previous_ca_key] = encode_previous_ca(
+                    PreviousCa(read.ca.cert_pem, read.ca.serial, now))
+                expect[self._previous_ca_key] = 0
+            notes = [AuditNote(actor, "ca/promote", "CertificateAuthority", "ca", reason, {
+                "serial": serial, "previousSerial": read.ca.serial if read.ca else None})]
+            for group in tls_groups(state):
+                self._put_cert(read, ca, group, now, puts, expect, notes, actor=actor,
+                               action="cert/rotate", reason="CA rotation")
+            if await self._commit(puts, expect, [self._next_ca_key], notes):
+                return True
+        raise ConflictError("the CA kept changing while promoting the new one")
 
     async def retire_previous_ca(self, serial: str, *, actor: str, reason: str) -> bool:
         """Drop CA `serial` from the trust bundles if it is still the previous CA; audited

@@ -1,10 +1,10 @@
 """CA rotation with dual trust, end to end: real serve + etcd + Envoy (issue 4).
 
-`cert rotate --ca` makes a new CA that issues every group's certificate; the mTLS
-listener keeps accepting clients whose certificates the old CA signed while any
-connected proxy has not ACKed the new certificates (a raw ADS client lags on purpose);
-once it ACKs, the old CA leaves the trust bundle (audited `ca/retire`) and those
-clients are refused, while clients of the new CA keep working.
+`cert rotate --ca` makes a new CA, trusted beside the old one; while any connected
+proxy has not ACKed that bundle (a raw ADS client lags on purpose) the old CA still
+issues, and clients of both CAs are accepted. Once it ACKs, the new CA issues every
+group's certificate (`ca/promote`); once those are ACKed, the old CA leaves the trust
+bundle (`ca/retire`) and its clients are refused, while the new CA's keep working.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def key_id(ca: CertificateAuthority) -> str:
 
 class Laggard(threading.Thread):
     """A raw ADS client in group `edge` that ACKs its first secrets, then nothing until
-    `release` is set, then ACKs the latest response; it stays connected until `stop`."""
+    `release` is set, then ACKs every response; it stays connected until `stop`."""
 
     def __init__(self, target: str) -> None:
         super().__init__(daemon=True)
@@ -122,14 +122,13 @@ class Laggard(threading.Thread):
                     latest = await client.recv(0.05)
                 except TimeoutError:
                     pass
-            while True:
-                try:
-                    latest = await client.recv(0.5)
-                except TimeoutError:
-                    break
             await client.ack(latest, names=SDS_NAMES)
             self.released.set()
-            await asyncio.to_thread(self.stop_event.wait)
+            while not self.stop_event.is_set():
+                try:
+                    await client.ack(await client.recv(0.2), names=SDS_NAMES)
+                except TimeoutError:
+                    pass
 
 
 def fleet_has_acked_secrets(server: EmbeddedEtcd, node_id: str) -> bool:
@@ -175,30 +174,31 @@ def test_old_ca_clients_are_accepted_until_every_proxy_acked_the_new_certificate
         rotated = cli(["cert", "rotate", "--ca"], server=serve.admin)
         assert rotated.code == 0, rotated.err
         assert f"ca rotated: serial {old_ca.serial} -> " in rotated.out, rotated.out
-        assert "certificate/edge rotated" in rotated.out
-        new_ca = our_ca(etcd, serve.data_dir)
+        new_ca = our_ca(etcd, serve.data_dir, suffix=b"-next")
         assert new_ca.serial != old_ca.serial
         new_client = Client(new_ca, "client-new", tmp_path)
 
-        # Envoy serves a certificate of the new CA; clients of both CAs are accepted.
-        wait_for_sync(lambda: old_client.server_issuer(port) == key_id(new_ca), timeout=5,
-                      message="Envoy serves a certificate of the new CA")
+        # Step 1: both CAs trusted; the old one still issues while the laggard lags.
         wait_for_sync(lambda: new_client.status(port) == 200, timeout=5,
                       message="a client of the new CA is accepted")
         assert old_client.status(port) == 200, "the old CA is still trusted"
+        assert old_client.server_issuer(port) == key_id(old_ca)
         actions = audit_actions(serve)
-        assert "ca/rotate" in actions and "ca/retire" not in actions, actions
+        assert "ca/rotate" in actions and "ca/promote" not in actions, actions
 
-        # The laggard ACKs: every connected proxy has the new certificates.
+        # The laggard ACKs the bundle: the new CA issues; then it ACKs those too.
         laggard.release.set()
         assert laggard.released.wait(10), laggard.error
+        wait_for_sync(lambda: old_client.server_issuer(port) == key_id(new_ca), timeout=10,
+                      message="Envoy serves a certificate of the new CA")
         wait_for_sync(lambda: "ca/retire" in audit_actions(serve), timeout=10,
                       message="the old CA is retired once every proxy ACKed")
         wait_for_sync(lambda: old_client.status(port) == 0, timeout=5,
                       message="a client of the old CA is refused")
         assert new_client.status(port) == 200
         actions = audit_actions(serve)
-        assert actions.index("ca/rotate") < actions.index("ca/retire")
+        assert actions.index("ca/rotate") < actions.index("ca/promote") \
+            < actions.index("ca/retire")
     finally:
         laggard.stop_event.set()
         laggard.release.set()

@@ -309,13 +309,14 @@ def etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
         asyncio.run(server.stop())
 
 
-def our_ca(etcd: EmbeddedEtcd, data_dir: Path) -> CertificateAuthority:
+def our_ca(etcd: EmbeddedEtcd, data_dir: Path, *, suffix: bytes = b"") -> CertificateAuthority:
     """The control plane's CA, read from etcd and unsealed with the replica's key: a test
-    stands in for an operator issuing a client certificate."""
+    stands in for an operator issuing a client certificate. `suffix=b"-next"`: the new
+    CA of a rotation in its first step (trusted, not issuing yet)."""
     async def read() -> bytes:
         kv = EtcdKV([etcd.endpoint])
         try:
-            got = await kv.get(Keys().secret_ca)
+            got = await kv.get(Keys().secret_ca + suffix)
             assert got is not None, "no CA in etcd"
             return got.value
         finally:

@@ -112,19 +112,18 @@ async def test_ca_rotation_trusts_both_cas_until_the_fleet_acked(store: Store) -
     before, _ = await vault.load()
     (old_ca,) = before.ca_serials
 
+    # Step 1: the new CA is trusted beside the old one; the old one still issues.
     rotation = await vault.rotate_ca(state, actor="token:ops")
     assert rotation.previous_serial == old_ca and rotation.serial != old_ca
-    assert rotation.certificates["edge"][0] == before.certificates["edge"].serial
-    during, _ = await vault.load()
-    assert during.ca_serials == (rotation.serial, old_ca)
-    bundle = x509.load_pem_x509_certificates(during.ca_pem.encode())
-    assert [f"{c.serial_number:x}" for c in bundle] == [rotation.serial, old_ca]
-    leaf = x509.load_pem_x509_certificate(during.certificates["edge"].cert_pem.encode())
-    leaf.verify_directly_issued_by(bundle[0])  # new leaves come from the new CA
+    trusting, _ = await vault.load()
+    assert trusting.ca_serials == (old_ca, rotation.serial) and trusting.ca_next
+    bundle = x509.load_pem_x509_certificates(trusting.ca_pem.encode())
+    assert [f"{c.serial_number:x}" for c in bundle] == [old_ca, rotation.serial]
+    assert trusting.certificates["edge"].serial == before.certificates["edge"].serial
     with pytest.raises(ConflictError, match="in progress"):
         await vault.rotate_ca(state, actor="token:ops")
 
-    # The previous CA is dropped only once the fleet says every proxy ACKed.
+    # Each further step waits until the fleet says every proxy ACKed the last one.
     fleet_ready = asyncio.Event()
     asked: list[tuple[str, ...]] = []
 
@@ -138,19 +137,24 @@ async def test_ca_rotation_trusts_both_cas_until_the_fleet_acked(store: Store) -
     task = asyncio.create_task(sync.run())
     try:
         await wait_for(lambda: len(asked) >= 3, message="the sync asks the fleet")
-        assert published[-1].ca_serials == (rotation.serial, old_ca)
+        assert published[-1].ca_serials == (old_ca, rotation.serial)  # nothing moved
         fleet_ready.set()
         await wait_for(lambda: published[-1].ca_serials == (rotation.serial,),
-                       message="the previous CA leaves the trust bundle")
+                       message="promoted, then the previous CA leaves the trust bundle")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert x509.load_pem_x509_certificates(published[-1].ca_pem.encode())[0].serial_number \
-        == int(rotation.serial, 16)
+    assert any(m.ca_serials == (rotation.serial, old_ca) and not m.ca_next
+               for m in published), "step 2: the new CA issued, both still trusted"
+    final = published[-1]
+    new_ca = x509.load_pem_x509_certificates(final.ca_pem.encode())[0]
+    assert new_ca.serial_number == int(rotation.serial, 16)
+    leaf = x509.load_pem_x509_certificate(final.certificates["edge"].cert_pem.encode())
+    leaf.verify_directly_issued_by(new_ca)  # new leaves come from the new CA
 
     actions = [e.action for e in await store.audit()]
-    assert actions.index("ca/rotate") < actions.index("ca/retire")
-    assert actions[actions.index("ca/rotate") + 1] == "cert/rotate"
-    assert actions.count("ca/retire") == 1
+    assert actions.index("ca/rotate") < actions.index("ca/promote") < actions.index("ca/retire")
+    assert actions[actions.index("ca/promote") + 1] == "cert/rotate"
+    assert actions.count("ca/retire") == 1 and actions.count("ca/promote") == 1
     retire = next(e for e in await store.audit() if e.action == "ca/retire")
     assert retire.after is not None and retire.after["serial"] == old_ca
