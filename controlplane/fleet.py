@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
-from controlplane.rollout.traffic import traffic_of
+from controlplane.rollout.traffic import retired_of, traffic_of
 from controlplane.store import Store
 from controlplane.translate import SecretMaterial, placeholder_material, translate
 from controlplane.xds.proxies import ProxyRegistry, ProxyStatus
@@ -74,13 +74,14 @@ def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport
     """Pure: how many proxies carry the config `state` implies for this rollout."""
     upstream = state.rollouts[rollout].spec.upstream
     groups = groups_routing_to(state, upstream)
-    traffic = traffic_of(state)
+    traffic, retired = traffic_of(state), retired_of(state)
     # Key material only reaches SDS, which is not compared: stand-ins give the same
     # CDS/EDS/LDS/RDS versions the publisher serves with the real certificates.
     material = placeholder_material(state)
     expected = {
         g: Snapshot.build(
-            translate(state, group=g, traffic=traffic, secrets=material).by_type_url()
+            translate(state, group=g, traffic=traffic, secrets=material,
+                      retired=retired).by_type_url()
         ).versions
         for g in groups
     }
@@ -118,7 +119,7 @@ def secrets_progress(state: DesiredState, material: SecretMaterial,
     """Pure: (proxies that ACKed the SDS version `material` gives their group, proxies
     holding secrets: those that ever ACKed or NACKed SDS). A CA rotation retires the
     previous CA when both are equal. A group that fails to translate counts as not ACKed."""
-    traffic = traffic_of(state)
+    traffic, retired = traffic_of(state), retired_of(state)
     expected: dict[str, str | None] = {}
     acked = total = 0
     for report in _latest(reports):
@@ -128,6 +129,7 @@ def secrets_progress(state: DesiredState, material: SecretMaterial,
             try:
                 expected[report.group] = Snapshot.build(translate(
                     state, group=report.group, traffic=traffic, secrets=material,
+                    retired=retired,
                 ).by_type_url()).version(SECRET)
             except ControlPlaneError:
                 expected[report.group] = None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.model.traffic import TrafficPolicy
-from controlplane.rollout.traffic import traffic_of
+from controlplane.rollout.traffic import retired_of, traffic_of
 from controlplane.translate import (
     GroupCertificate,
     ResourceSet,
@@ -62,6 +62,7 @@ class Publisher:
         self._cache = cache
         self._state: DesiredState | None = None
         self._traffic: Traffic = _NO_TRAFFIC
+        self._retired: Mapping[str, frozenset[str]] = MappingProxyType({})
         self._secrets = SecretMaterial()  # key material from the vault (update_secrets)
         self._extra_groups: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -74,6 +75,7 @@ class Publisher:
         """Take a new state (rollout weights included); it is published after the hold-off."""
         self._state = state
         self._traffic = traffic_of(state)
+        self._retired = retired_of(state)
         self._arm()
 
     def update_secrets(self, material: Material) -> None:
@@ -114,6 +116,7 @@ class Publisher:
         for group in sorted({*state.groups(), *self._extra_groups}):
             try:
                 resources = translate(state, group=group, traffic=self._traffic,
+                                      retired=self._retired,
                                       secrets=self._secrets)
                 snapshot = Snapshot.build(resources.by_type_url())
                 self._cache.set_snapshot(group, snapshot)
@@ -147,7 +150,7 @@ def xds_diff(before: DesiredState, after: DesiredState) -> dict[str, str]:
     """Per group, the unified diff of the xDS it would get (empty string: unchanged)."""
     diffs: dict[str, str] = {}
     for group in sorted({*before.groups(), *after.groups()}):
-        old, new = (_render_or_error(s, group, traffic_of(s)) for s in (before, after))
+        old, new = (_render_or_error(s, group) for s in (before, after))
         diffs[group] = "".join(
             difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True),
@@ -157,10 +160,11 @@ def xds_diff(before: DesiredState, after: DesiredState) -> dict[str, str]:
     return diffs
 
 
-def _render_or_error(state: DesiredState, group: str, traffic: Traffic) -> str:
+def _render_or_error(state: DesiredState, group: str) -> str:
     try:
         # Secrets render redacted: placeholders show which ones a group would get.
-        return _render(translate(state, group=group, traffic=traffic,
-                                 secrets=placeholder_material(state)))
+        return _render(translate(state, group=group, traffic=traffic_of(state),
+                                 secrets=placeholder_material(state),
+                                 retired=retired_of(state)))
     except ControlPlaneError as exc:
         return f"# cannot translate: {exc}\n"

@@ -144,10 +144,11 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
         if status.applied:
             return NO_CHANGE
         if phase == Phase.PROMOTING:
+            # A rolling update's route moves from `from`'s cluster to `to`'s only now:
+            # that config must be ACKed too before `from` can be retired.
             return _to(status, event.now, "fleet ACKed 100% on the new version",
-                       phase=Phase.SUCCEEDED, applied=True, finished_at=event.now,
-                       failed_checks=0, from_retained=spec.strategy != "rolling"
-                       and parse_duration(spec.rollback_window) > 0)
+                       phase=Phase.SUCCEEDED, applied=spec.strategy != "rolling",
+                       finished_at=event.now, failed_checks=0, from_retained=True)
         if phase == Phase.ROLLING_BACK:
             return _to(status, event.now, "fleet ACKed 100% on the old version",
                        phase=Phase.ROLLED_BACK, applied=True, finished_at=event.now)
@@ -179,7 +180,11 @@ def _retained(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisio
     """Succeeded, `from` still configured: the rollback window runs. A blue-green switch
     stays under analysis until it ends; a failure switches back."""
     finished = status.finished_at if status.finished_at is not None else status.since
-    if isinstance(event, Tick) and event.now - finished >= parse_duration(spec.rollback_window):
+    if isinstance(event, FleetAcked) and not status.applied:
+        return Decision(replace(status, applied=True), "fleet ACKed the switch", quiet=True)
+    window = parse_duration(spec.rollback_window)
+    if isinstance(event, Tick) and status.applied and event.now - finished >= window:
+        # Retired only once traffic has left it everywhere: its cluster then goes.
         return _to(status, event.now, f"rollback window ({spec.rollback_window}) ended: "
                    f"{spec.from_} retired", from_retained=False)
     if not isinstance(event, AnalysisDone) or not post_switch_analysis(spec, status):

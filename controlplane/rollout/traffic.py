@@ -43,6 +43,33 @@ def traffic_of(state: DesiredState) -> Mapping[str, TrafficPolicy]:
             match_headers=dict(spec.match.headers) if steering and spec.match else {},
             match_cookie=spec.match.cookie if steering and spec.match else None,
             mirror_percent=mirror,
-            rolling=spec.strategy == "rolling",
+            # After success (from retained) even a rolling update routes to `to`'s
+            # own cluster, so that retiring `from`'s later moves no traffic.
+            rolling=spec.strategy == "rolling" and status.active,
         )
+    return out
+
+
+def retired_of(state: DesiredState) -> Mapping[str, frozenset[str]]:
+    """Upstream name → versions no longer configured (translate's `retired` input): the
+    `from` of a rollout that succeeded and whose rollback window has ended, unless the
+    upstream's active version or a running rollout still uses it. Like Argo Rollouts
+    scaling down the old ReplicaSet after its delay: `from`'s cluster and account go."""
+    in_use: dict[str, set[str]] = {}
+    done: dict[str, set[str]] = {}
+    for name, rollout in state.rollouts.items():
+        status, spec = state.status(name), rollout.spec
+        if status.active or status.from_retained:
+            in_use.setdefault(spec.upstream, set()).update((spec.from_, spec.to))
+        elif status.phase == Phase.SUCCEEDED:
+            done.setdefault(spec.upstream, set()).add(spec.from_)
+    out: dict[str, frozenset[str]] = {}
+    for upstream, versions in done.items():
+        known = state.upstreams.get(upstream)
+        if known is None:
+            continue
+        keep = in_use.get(upstream, set()) | {known.spec.active}
+        gone = frozenset(v for v in versions if v not in keep and v in known.spec.versions)
+        if gone:
+            out[upstream] = gone
     return out

@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 _NO_TRAFFIC: Mapping[str, TrafficPolicy] = MappingProxyType({})
+_NO_RETIRED: Mapping[str, frozenset[str]] = MappingProxyType({})
 
 
 def translate(
@@ -76,6 +77,7 @@ def translate(
     group: str,
     traffic: Mapping[str, TrafficPolicy] = _NO_TRAFFIC,
     secrets: SecretMaterial = NO_MATERIAL,
+    retired: Mapping[str, frozenset[str]] = _NO_RETIRED,
 ) -> ResourceSet:
     """The Envoy resources proxy group `group` gets.
 
@@ -87,6 +89,8 @@ def translate(
             sends all traffic to its `spec.active` version.
         secrets: certificates and credential values; the group gets only those its
             listeners and clusters name.
+        retired: upstream name → versions no longer configured at all (no cluster, no
+            credential): a finished rollout's `from` once its rollback window ended.
 
     Returns:
         Listeners of the group, one RouteConfiguration per listener, and a cluster plus
@@ -105,7 +109,8 @@ def translate(
     names = {lst.name for lst in listeners}
     routes = [r for r in state.routes.values() if r.spec.listener in names]
     upstreams: dict[str, Upstream] = {
-        r.spec.upstream: state.upstreams[r.spec.upstream]
+        r.spec.upstream: _without(state.upstreams[r.spec.upstream],
+                                  retired.get(r.spec.upstream, frozenset()))
         for r in sorted(routes, key=lambda r: r.spec.upstream)
         if r.spec.upstream in state.upstreams
     }
@@ -150,3 +155,13 @@ def dangling_clusters(resources: ResourceSet) -> list[str]:
         for route, cluster in referenced_clusters(config)
         if cluster not in known
     ]
+
+
+def _without(upstream: Upstream, versions: frozenset[str]) -> Upstream:
+    """`upstream` minus retired `versions` (never its active one)."""
+    gone = versions - {upstream.spec.active}
+    if not gone & upstream.spec.versions.keys():
+        return upstream
+    kept = {v: spec for v, spec in upstream.spec.versions.items() if v not in gone}
+    return upstream.model_copy(
+        update={"spec": upstream.spec.model_copy(update={"versions": kept})})

@@ -138,7 +138,12 @@ def test_success_keeps_from_until_the_rollback_window_ends() -> None:
     assert retired.status.phase == P.SUCCEEDED and "v1 retired" in retired.reason
     rolling = SPEC.model_copy(update={"strategy": "rolling"})
     done = transition(rolling, at(P.PROMOTING, 2, 100), FleetAcked(100)).status
-    assert done is not None and not done.from_retained  # one cluster: nothing to keep
+    # A rolling update's route moves to `to`'s cluster only now: ACK that, then retire.
+    assert done is not None and done.from_retained and not done.applied
+    assert not transition(rolling, done, Tick(100 + 7200)).changed
+    acked = transition(rolling, done, FleetAcked(101))
+    assert acked.quiet and acked.status is not None and acked.status.applied
+    assert transition(rolling, acked.status, Tick(100 + 3600)).status.from_retained is False  # type: ignore[union-attr]
 
 
 def test_bluegreen_is_checked_after_the_switch_and_switches_back_on_failures() -> None:

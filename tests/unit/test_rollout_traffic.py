@@ -55,3 +55,25 @@ def test_rolling_back_a_finished_rollout_is_refused_while_another_runs() -> None
     running = state.with_status("to-v3", RolloutStatus(Phase.PROGRESSING, 0, 10.0))
     with pytest.raises(ConflictError, match="Rollout/to-v3 now manages Upstream/payments"):
         _refuse_second_owner(running, "to-v2", decision)
+
+
+def test_a_succeeded_rollouts_from_is_retired_once_its_window_ends() -> None:
+    from controlplane.rollout.traffic import retired_of
+    from controlplane.translate import translate
+
+    state = DesiredState.of(parse_yaml(V3.replace("active: v1", "active: v2")
+                                       + _rollout("to-v2", "v1", "v2")))
+    in_window = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True, from_retained=True)
+    assert retired_of(state.with_status("to-v2", in_window)) == {}
+    done = state.with_status("to-v2", RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True))
+    assert retired_of(done) == {"payments": frozenset({"v1"})}
+    clusters = [c.name for c in translate(done, group="edge", retired=retired_of(done)).clusters]
+    assert clusters == ["payments|v2", "payments|v3"]
+    # Back in use: the active version again, or a running rollout's.
+    again = done.with_applied(parse_yaml(V3.replace("active: v1", "active: v1"))[2:3])
+    assert retired_of(again) == {}
+    rolling = DesiredState.of(parse_yaml(V3.replace("active: v1", "active: v2")
+                                         + _rollout("to-v2", "v1", "v2")
+                                         + _rollout("back", "v2", "v1")))
+    rolling = rolling.with_status("to-v2", RolloutStatus(Phase.SUCCEEDED, 2, 100.0))
+    assert retired_of(rolling) == {}  # `back` (Pending) uses v1
