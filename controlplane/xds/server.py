@@ -11,6 +11,7 @@ Every stream runs in its own task on the event loop; the protocol logic is in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeAlias
@@ -31,6 +32,9 @@ from controlplane.xds.stream import GroupOf, StreamDeps, node_cluster
 
 log = logging.getLogger(__name__)
 
+MAX_STREAMS = 20_000
+"""Default cap on streams served at once by one server (a few KB to ~60 KB each)."""
+
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -43,6 +47,9 @@ class AggregatedDiscoveryServer:
         registry: where connected streams and their ACK state are recorded.
         group_of: maps (node, context) to the proxy group; default node.cluster.
         observer: told of connections, pushes, ACKs and NACKs (metrics); default none.
+        max_streams: streams served at once; one more is refused with RESOURCE_EXHAUSTED
+            (each holds a task, a queue and per-type state: memory stays bounded
+            whatever clients open, identified or not).
     """
 
     def __init__(
@@ -52,9 +59,12 @@ class AggregatedDiscoveryServer:
         *,
         group_of: GroupOf = node_cluster,
         observer: XdsObserver = NO_OBSERVER,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of,
                                 observer=observer)
+        self._max_streams = max_streams
+        self._streams = 0
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register ADS and SDS on a grpc.aio server (before it starts)."""
@@ -65,7 +75,8 @@ class AggregatedDiscoveryServer:
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
         """SotW ADS: see `sotw`."""
-        await SotwStream(self._deps, context).run(request_iterator)
+        async with self._slot(context):
+            await SotwStream(self._deps, context).run(request_iterator)
 
     async def DeltaAggregatedResources(
         self,
@@ -73,13 +84,15 @@ class AggregatedDiscoveryServer:
         context: Context,
     ) -> None:
         """Incremental ADS: see `delta`."""
-        await DeltaStream(self._deps, context).run(request_iterator)
+        async with self._slot(context):
+            await DeltaStream(self._deps, context).run(request_iterator)
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
         """SotW SDS on its own stream: the same protocol as ADS."""
-        await SotwStream(self._deps, context).run(request_iterator)
+        async with self._slot(context):
+            await SotwStream(self._deps, context).run(request_iterator)
 
     async def DeltaSecrets(
         self,
@@ -87,7 +100,8 @@ class AggregatedDiscoveryServer:
         context: Context,
     ) -> None:
         """Incremental SDS on its own stream."""
-        await DeltaStream(self._deps, context).run(request_iterator)
+        async with self._slot(context):
+            await DeltaStream(self._deps, context).run(request_iterator)
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: Context
@@ -108,6 +122,21 @@ class AggregatedDiscoveryServer:
         if response is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
         return response
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, context: Context) -> AsyncIterator[None]:
+        """Hold one of `max_streams` slots for a stream's life, or refuse it."""
+        if self._streams >= self._max_streams:
+            log.warning("refusing xDS stream from %s: %d streams open (at most %d)",
+                        context.peer(), self._streams, self._max_streams)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"this control plane serves at most {self._max_streams} "
+                                "xDS streams at once; retry later or use another replica")
+        self._streams += 1
+        try:
+            yield
+        finally:
+            self._streams -= 1
 
     def _fetch(
         self, group: str, names: Iterable[str]

@@ -48,3 +48,21 @@ async def test_delta_subscription_growing_past_the_limit_ends_the_stream(
         assert client.error is not None
         assert client.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await wait_for(lambda: xds.registry.list() == [], timeout=5)
+
+
+async def test_streams_past_the_server_cap_are_refused_until_one_closes() -> None:
+    async with xds_server(max_streams=2) as small:
+        small.cache.set_snapshot("edge", app())
+        async with AdsClient(small.target) as first, AdsClient(small.target) as second:
+            for i, client in enumerate((first, second)):
+                await client.request(ENDPOINT, ["a"], node=node(f"p{i}"))
+                assert (await client.recv()).type_url == ENDPOINT
+            async with AdsClient(small.target) as third:  # never even identifies
+                await wait_for(lambda: third.error is not None, timeout=5)
+                assert third.error is not None
+                assert third.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "at most 2" in (third.error.details() or "")
+        await wait_for(lambda: small.registry.list() == [], timeout=5)
+        async with AdsClient(small.target) as later:  # slots come back
+            await later.request(ENDPOINT, ["a"], node=node("p3"))
+            assert (await later.recv()).type_url == ENDPOINT

@@ -15,7 +15,7 @@ from google.rpc import status_pb2
 
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
-from controlplane.xds.server import AggregatedDiscoveryServer
+from controlplane.xds.server import MAX_STREAMS, AggregatedDiscoveryServer
 from controlplane.xds.stream import GroupOf, node_cluster
 
 
@@ -35,7 +35,8 @@ class XdsHarness:
 
 @contextlib.asynccontextmanager
 async def xds_server(
-    *, ready: bool = True, group_of: GroupOf = node_cluster, host: str = "127.0.0.1", port: int = 0
+    *, ready: bool = True, group_of: GroupOf = node_cluster, host: str = "127.0.0.1", port: int = 0,
+    max_streams: int = MAX_STREAMS,
 ) -> AsyncIterator[XdsHarness]:
     """Start ADS + SDS on `host:port` (0: any free port); `ready=False` leaves the cache unready."""
     cache = SnapshotCache()
@@ -43,7 +44,8 @@ async def xds_server(
         cache.mark_ready()
     registry = ProxyRegistry()
     server = grpc.aio.server()
-    AggregatedDiscoveryServer(cache, registry, group_of=group_of).add_to_server(server)
+    AggregatedDiscoveryServer(cache, registry, group_of=group_of,
+                              max_streams=max_streams).add_to_server(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     try:
