@@ -1,9 +1,9 @@
 """What SotW and Delta streams share: identifying the proxy, and one event queue.
 
 A stream's requests (read by a reader task) and its group's snapshot changes
-(signalled by a watcher task) go into one queue that the stream's own task
-drains, so per-stream state is only ever touched by that task and responses
-leave in the order they were decided. Nothing here polls.
+(the cache's subscription callback) go into one queue that the stream's own
+task drains, so per-stream state is only ever touched by that task and
+responses leave in the order they were decided. Nothing here polls.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ class Stream(Generic[Req]):
         """Serve the stream until the client closes it or goes away."""
         queue: asyncio.Queue[Req | _Event] = asyncio.Queue()
         tasks = [asyncio.create_task(self._read(requests, queue), name="xds-read")]
+        unsubscribe: Callable[[], None] | None = None
         try:
             while True:
                 item = await queue.get()
@@ -158,11 +159,16 @@ class Stream(Generic[Req]):
                     continue
                 if self.handle is None:
                     await self._identify(item)
-                    tasks.append(asyncio.create_task(self._watch(queue), name="xds-watch"))
+                    # Subscribed right after the snapshot was read (no await between):
+                    # no change can slip through.
+                    unsubscribe = self.deps.cache.subscribe(
+                        self.group, lambda: queue.put_nowait(_Event.SNAPSHOT))
                 await self.on_request(item)
         finally:
             # Synchronous clean-up first: gRPC may cancel this task again while
             # it waits for its helpers below, and the registry must not leak.
+            if unsubscribe is not None:
+                unsubscribe()
             if self.handle is not None:
                 self.handle.close()
                 self.deps.observer.disconnected(self.group)
@@ -214,12 +220,6 @@ class Stream(Generic[Req]):
             queue.put_nowait(_Event.MALFORMED)
         finally:
             queue.put_nowait(_Event.END)
-
-    async def _watch(self, queue: asyncio.Queue[Req | _Event]) -> None:
-        seen = self.snapshot
-        while True:
-            seen = await self.deps.cache.wait_change(self.group, seen)
-            queue.put_nowait(_Event.SNAPSHOT)
 
 
 def _build_version(node: base_pb2.Node) -> str:
