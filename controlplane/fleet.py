@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _CHECKED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 REPORT_LEASE_TTL = 10
+REPORT_COALESCE_S = 0.05
+"""How long a replica gathers its proxies' changes before writing its report again."""
 
 
 @dataclass(frozen=True)
@@ -183,12 +185,14 @@ class FleetReporter:
                 lease = None
                 await asyncio.sleep(1.0)
                 continue
-            await self._registry.wait_until(
-                functools.partial(self._changed_since, current), timeout=REPORT_LEASE_TTL / 3
-            )
+            moved = functools.partial(self._moved, self._registry.generation)
+            if await self._registry.wait_until(moved, timeout=REPORT_LEASE_TTL / 3):
+                # A config change brings an ACK from every proxy, one by one: encode the
+                # whole report once for the burst, not once per ACK (O(N²) at 1,000).
+                await asyncio.sleep(REPORT_COALESCE_S)
 
-    def _changed_since(self, seen: bytes) -> bool:
-        return self._encoded() != seen
+    def _moved(self, generation: int) -> bool:
+        return self._registry.generation != generation
 
     def _encoded(self) -> bytes:
         return encode(ProxyReport.of(p) for p in self._registry.list())

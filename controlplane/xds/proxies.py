@@ -183,6 +183,8 @@ class ProxyRegistry:
         self._streams: dict[int, ProxyHandle] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
+        self.generation = 0
+        """Counts changes (connects, sends, ACKs, NACKs, closes): cheap to compare."""
 
     def connect(
         self,
@@ -277,6 +279,7 @@ class ProxyRegistry:
         return True
 
     def _notify(self) -> None:
+        self.generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
