@@ -20,7 +20,13 @@ from envoy.config.core.v3.health_check_pb2 import HealthCheck as HealthCheckProt
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from controlplane.model import Credential, Upstream
-from controlplane.model.resources import CircuitBreakers, HealthCheck, OutlierDetection
+from controlplane.model.resources import (
+    CircuitBreakers,
+    HealthCheck,
+    OutlierDetection,
+    UpstreamSpec,
+    VersionSpec,
+)
 from controlplane.translate.common import ads, duration, pack
 from controlplane.translate.names import cluster_name
 from controlplane.translate.sds import (
@@ -50,11 +56,23 @@ def build_clusters(
         edge: apply Envoy's edge-proxy buffer limits.
         credentials: Credentials by name; a version naming one injects it (sds.py).
     """
-    return [
-        build_cluster(upstream, version, group=group, edge=edge, credentials=credentials)
-        for upstream in upstreams
-        for version in sorted(upstream.spec.versions)
-    ]
+    # Every version of an upstream, and usually many upstreams, share the same
+    # health check, outlier detection and circuit breakers: build those once per
+    # distinct setting and copy them (a C-level copy, not a rebuild) into each cluster.
+    shared: dict[_SharedKey, Cluster] = {}
+    clusters: list[Cluster] = []
+    for upstream in upstreams:
+        spec = upstream.spec
+        key = _shared_key(spec)
+        base = shared.get(key)
+        if base is None:
+            base = shared[key] = _shared_settings(spec, edge=edge)
+        clusters.extend(
+            _version_cluster(base, upstream.name, version, spec.versions[version],
+                             group=group, credentials=credentials)
+            for version in sorted(spec.versions)
+        )
+    return clusters
 
 
 def build_cluster(
@@ -66,9 +84,23 @@ def build_cluster(
     credentials: Mapping[str, Credential] = _NO_CREDENTIALS,
 ) -> Cluster:
     """The EDS cluster for one version; its endpoints come from `endpoint.build_endpoints`."""
-    spec = upstream.spec
+    return _version_cluster(_shared_settings(upstream.spec, edge=edge), upstream.name, version,
+                            upstream.spec.versions[version], group=group,
+                            credentials=credentials)
+
+
+_SharedKey = tuple[str, HealthCheck | None, OutlierDetection | None, CircuitBreakers | None]
+"""The upstream settings `_shared_settings` reads (models are frozen, hence hashable)."""
+
+
+def _shared_key(spec: UpstreamSpec) -> _SharedKey:
+    return (spec.connect_timeout, spec.health_check, spec.outlier_detection,
+            spec.circuit_breakers)
+
+
+def _shared_settings(spec: UpstreamSpec, *, edge: bool) -> Cluster:
+    """Everything of a version's cluster that does not depend on the version (no name)."""
     cluster = Cluster(
-        name=cluster_name(upstream.name, version),
         type=Cluster.EDS,
         eds_cluster_config=Cluster.EdsClusterConfig(eds_config=ads()),
         connect_timeout=duration(spec.connect_timeout),
@@ -85,18 +117,33 @@ def build_cluster(
         cluster.circuit_breakers.CopyFrom(_circuit_breakers(spec.circuit_breakers))
     if edge:
         cluster.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT_BYTES
-    credential = spec.versions[version].credential
+    return cluster
+
+
+def _version_cluster(
+    shared: Cluster,
+    upstream: str,
+    version: str,
+    spec: VersionSpec,
+    *,
+    group: str,
+    credentials: Mapping[str, Credential],
+) -> Cluster:
+    """A copy of `shared` named for `version`, with the version's credential and TLS."""
+    cluster = Cluster()
+    cluster.CopyFrom(shared)
+    cluster.name = cluster_name(upstream, version)
+    credential = spec.credential
     if credential is not None and credential in credentials:
         # Envoy's credential_injector as an upstream filter, value over SDS (sds.py).
         # A missing Credential is a state problem (DesiredState.problems) and, if it
         # got here anyway, a dangling-secret problem of translate.
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
             pack(credential_protocol_options(credentials[credential])))
-    tls = spec.versions[version].tls
-    if tls is not None:
+    if spec.tls is not None:
         # Upstream (m)TLS: certificate and CA by SDS name only (sds.py). Health checks
         # use the same transport socket.
-        cluster.transport_socket.CopyFrom(upstream_tls(group, tls))
+        cluster.transport_socket.CopyFrom(upstream_tls(group, spec.tls))
     return cluster
 
 
