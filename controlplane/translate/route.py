@@ -21,7 +21,6 @@ from envoy.config.route.v3.route_components_pb2 import (
     HeaderMatcher,
     RetryPolicy,
     RouteAction,
-    RouteMatch,
     VirtualHost,
     WeightedCluster,
 )
@@ -35,7 +34,7 @@ from envoy.type.v3.token_bucket_pb2 import TokenBucket
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from controlplane.model import Listener, Route, Upstream
-from controlplane.model.resources import RateLimit, Retries
+from controlplane.model.resources import RateLimit, Retries, UpstreamSpec
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.translate.common import duration, pack
 from controlplane.translate.names import (
@@ -50,6 +49,9 @@ TOTAL_WEIGHT = 10_000
 """Weighted cluster weights are in hundredths of a percent; they always sum to this."""
 
 _HOST = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces: what a Host header can carry
+
+_SettingsKey = tuple[str, Retries | None]
+"""The upstream settings `_shared_settings` reads (models are frozen, hence hashable)."""
 
 
 def build_route_configurations(
@@ -71,23 +73,29 @@ def build_route_configurations(
     by_listener: dict[str, list[Route]] = {}
     for route in routes:
         by_listener.setdefault(route.spec.listener, []).append(route)
-    return [
-        RouteConfiguration(
-            name=route_config_name(listener.name),
-            virtual_hosts=_virtual_hosts(
-                by_listener.get(listener.name, []), upstreams, traffic, problems
-            ),
-        )
-        for listener in listeners
-    ]
+    settings: dict[_SettingsKey, RouteAction] = {}
+    configs = []
+    for listener in listeners:
+        config = RouteConfiguration(name=route_config_name(listener.name))
+        _add_virtual_hosts(config, by_listener.get(listener.name, []), upstreams, traffic,
+                           problems, settings)
+        configs.append(config)
+    return configs
 
 
-def _virtual_hosts(
+def _add_virtual_hosts(
+    config: RouteConfiguration,
     routes: Sequence[Route],
     upstreams: Mapping[str, Upstream],
     traffic: Mapping[str, TrafficPolicy],
     problems: list[str],
-) -> list[VirtualHost]:
+    settings: dict[_SettingsKey, RouteAction],
+) -> None:
+    """`routes` as `config`'s virtual hosts, sorted by name.
+
+    Messages are filled in place (`add()`), not built and then passed to their parent's
+    constructor, which would copy every route once per level.
+    """
     routes_of_host: dict[str, set[str]] = {}
     usable: dict[str, Route] = {}
     for route in routes:
@@ -107,64 +115,84 @@ def _virtual_hosts(
     hosts_of_group: dict[frozenset[str], list[str]] = {}
     for host, names in routes_of_host.items():
         hosts_of_group.setdefault(frozenset(names), []).append(host)
-    vhosts = []
-    for route_names, hosts in hosts_of_group.items():
+    # Every host is in exactly one group, so vhost names are unique.
+    named = sorted(
+        ((vhost_name(hosts), hosts, route_names)
+         for route_names, hosts in hosts_of_group.items()),
+        key=lambda item: item[0],
+    )
+    for name, hosts, route_names in named:
+        vhost = config.virtual_hosts.add(name=name, domains=sorted(hosts))
         ordered = sorted(
             (usable[n] for n in route_names), key=lambda r: (-len(r.spec.prefix), r.name)
         )
-        envoy_routes: list[RouteProto] = []
         for route in ordered:
             upstream = upstreams[route.spec.upstream]
-            envoy_routes.extend(build_routes(route, upstream, traffic.get(upstream.name)))
-        vhosts.append(
-            VirtualHost(name=vhost_name(hosts), domains=sorted(hosts), routes=envoy_routes)
-        )
-    return sorted(vhosts, key=lambda v: str(v.name))
+            _add_routes(vhost, route, upstream, traffic.get(upstream.name), settings)
 
 
-def build_routes(
-    route: Route, upstream: Upstream, policy: TrafficPolicy | None = None
-) -> list[RouteProto]:
-    """The Envoy routes for one Route resource, in match order.
+def _add_routes(
+    vhost: VirtualHost,
+    route: Route,
+    upstream: Upstream,
+    policy: TrafficPolicy | None,
+    settings: dict[_SettingsKey, RouteAction],
+) -> None:
+    """Appends the Envoy routes for one Route resource to `vhost`, in match order.
 
     Without a policy: one route to the active version's cluster. With one: match
     routes (headers, then cookie) to the `to` cluster, then the weighted split.
+    `settings` memoizes the upstream settings routes share (`_shared_settings`).
     """
+    shared = _shared_settings(upstream.spec, settings)
     if policy is None or policy.rolling:
         # A rolling update keeps one cluster (`from`); EDS swaps its endpoints.
         version = policy.from_version if policy is not None else upstream.spec.active
-        return [_route(route.name, route, upstream, RouteMatch(prefix=route.spec.prefix),
-                       RouteAction(cluster=cluster_name(upstream.name, version)))]
+        proto = _route(vhost, route.name, route, upstream, shared)
+        proto.route.cluster = cluster_name(upstream.name, version)
+        return
     to_cluster = cluster_name(upstream.name, policy.to_version)
-    out: list[RouteProto] = []
     if policy.match_headers:
-        match = RouteMatch(prefix=route.spec.prefix, headers=[
+        proto = _route(vhost, match_route_name(route.name, "headers"), route, upstream, shared)
+        proto.match.headers.extend([
             HeaderMatcher(name=name, string_match=StringMatcher(exact=value))
             for name, value in sorted(policy.match_headers.items())
         ])
-        out.append(_route(match_route_name(route.name, "headers"), route, upstream, match,
-                          RouteAction(cluster=to_cluster)))
+        proto.route.cluster = to_cluster
     if policy.match_cookie:
-        match = RouteMatch(prefix=route.spec.prefix, headers=[cookie_matcher(policy.match_cookie)])
-        out.append(_route(match_route_name(route.name, "cookie"), route, upstream, match,
-                          RouteAction(cluster=to_cluster)))
-    out.append(_route(route.name, route, upstream, RouteMatch(prefix=route.spec.prefix),
-                      _split_action(upstream.name, policy)))
-    return out
+        proto = _route(vhost, match_route_name(route.name, "cookie"), route, upstream, shared)
+        proto.match.headers.append(cookie_matcher(policy.match_cookie))
+        proto.route.cluster = to_cluster
+    proto = _route(vhost, route.name, route, upstream, shared)
+    proto.route.MergeFrom(_split_action(upstream.name, policy))
+
+
+def _shared_settings(spec: UpstreamSpec, memo: dict[_SettingsKey, RouteAction]) -> RouteAction:
+    """The upstream's timeout and retries, as a RouteAction to merge into each route's.
+
+    Built once per distinct setting (`memo`): a config repeats a few of them thousands
+    of times, and a C-level merge is much cheaper than building the messages again.
+    """
+    key = (spec.timeout, spec.retries)
+    action = memo.get(key)
+    if action is None:
+        action = memo[key] = RouteAction(timeout=duration(spec.timeout))
+        if spec.retries is not None:
+            action.retry_policy.CopyFrom(_retry_policy(spec.retries))
+    return action
 
 
 def _route(
-    name: str, route: Route, upstream: Upstream, match: RouteMatch, action: RouteAction
+    vhost: VirtualHost, name: str, route: Route, upstream: Upstream, shared: RouteAction
 ) -> RouteProto:
-    """A route with the upstream's timeout, retries and rate limit applied to `action`."""
-    spec = upstream.spec
-    action.timeout.CopyFrom(duration(spec.timeout))
-    if spec.retries is not None:
-        action.retry_policy.CopyFrom(_retry_policy(spec.retries))
-    proto = RouteProto(name=name, match=match, route=action)
-    if spec.rate_limit is not None:
+    """A new route of `vhost` on the Route's prefix, with the upstream's timeout, retries
+    and rate limit; the caller adds header matches and where the route sends traffic."""
+    proto = vhost.routes.add(name=name)
+    proto.match.prefix = route.spec.prefix
+    proto.route.MergeFrom(shared)
+    if upstream.spec.rate_limit is not None:
         proto.typed_per_filter_config[LOCAL_RATELIMIT_FILTER].CopyFrom(
-            pack(_rate_limit(route.name, spec.rate_limit))
+            pack(_rate_limit(route.name, upstream.spec.rate_limit))
         )
     return proto
 
