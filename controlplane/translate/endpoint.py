@@ -53,11 +53,12 @@ def build_load_assignment(
             endpoints, upstream.spec.versions[policy.to_version].endpoints, policy.weight
         )
     assignment = ClusterLoadAssignment(cluster_name=cluster_name(upstream.name, version))
-    locality = assignment.endpoints.add()
+    # Filled in place: nested constructors would copy each sub-message once per level,
+    # and a large upstream has thousands of endpoints.
+    add_endpoint = assignment.endpoints.add().lb_endpoints.add
     for text in endpoints:
         host, port = split_endpoint(text)
-        # Filled in place: nested constructors would copy each sub-message once per level,
-        # and a large upstream has thousands of endpoints.
-        address = locality.lb_endpoints.add().endpoint.address.socket_address
-        address.address, address.port_value = host, port
+        address = add_endpoint().endpoint.address.socket_address
+        address.address = host
+        address.port_value = port
     return assignment
