@@ -295,9 +295,15 @@ def referenced_clusters(config: RouteConfiguration) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for vhost in config.virtual_hosts:
         for route in vhost.routes:
-            action = route.route
+            action, name = route.route, route.name
+            # cluster and weighted_clusters are one oneof: look at the second only when
+            # the first is empty (each accessor makes a Python wrapper; there is one
+            # route per upstream or more).
             if action.cluster:
-                out.append((route.name, action.cluster))
-            out.extend((route.name, w.name) for w in action.weighted_clusters.clusters)
-            out.extend((route.name, m.cluster) for m in action.request_mirror_policies)
+                out.append((name, action.cluster))
+            elif action.HasField("weighted_clusters"):
+                out.extend((name, w.name) for w in action.weighted_clusters.clusters)
+            mirrors = action.request_mirror_policies
+            if mirrors:
+                out.extend((name, m.cluster) for m in mirrors)
     return out
