@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds import wire
 from controlplane.xds.denials import SecretDenials
 from controlplane.xds.resources import (
     CLUSTER,
@@ -150,7 +151,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         version = snapshot.version(state.type_url)
         entries = snapshot.resources(state.type_url)
         wanted = entries.keys() if state.wildcard else sorted(state.names & entries.keys())
-        changed = [entries[n].resource for n in wanted if state.have.get(n) != entries[n].version]
+        changed = [entries[n] for n in wanted if state.have.get(n) != entries[n].version]
         gone = sorted(n for n in state.have if n not in entries)
         missing = sorted(state.names - entries.keys() - state.have.keys() - state.told_missing)
         self._denials.check(node_id=self._node_id(), group=self.group, type_url=state.type_url,
@@ -163,11 +164,11 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
                 if not state.outstanding:
                     self.handle.acked(state.type_url, version)
             return
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version, type_url=state.type_url, nonce=self.next_nonce()
-        )
-        response.resources.extend(changed)
-        response.removed_resources.extend([*gone, *missing])
+        nonce = self.next_nonce()
+        response = wire.delta_response(
+            version, state.type_url,
+            (snapshot.delta_resource(state.type_url, e.name) for e in changed),
+            nonce, [*gone, *missing])
         for resource in changed:
             state.have[resource.name] = resource.version
             state.told_missing.discard(resource.name)
@@ -175,10 +176,10 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             del state.have[name]
         state.told_missing.update(missing)
         state.told_missing.update(n for n in gone if n in state.names)
-        state.nonce, state.sent_version = response.nonce, version
+        state.nonce, state.sent_version = nonce, version
         state.outstanding, state.must_respond = True, False
         self.handle.sent(state.type_url, version)
-        await self.write(response)
+        await self.write(response, state.type_url, version)
         endpoints = self._types.get(ENDPOINT)
         if state.type_url == CLUSTER and changed and endpoints is not None:
             # A changed cluster is re-created and waits for its endpoints without asking

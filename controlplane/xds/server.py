@@ -3,7 +3,6 @@
     server = grpc.aio.server()
     xds = AggregatedDiscoveryServer(cache, registry)      # group_of=... for mTLS
     xds.add_to_server(server)                             # ADS + SDS
-    # or: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, server)
 
 Every stream runs in its own task on the event loop; the protocol logic is in
 `sotw` and `delta`, the shared plumbing in `stream`.
@@ -17,10 +16,10 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeAlias
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from envoy.service.secret.v3 import sds_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import ControlPlaneError
+from controlplane.xds import wire
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.denials import SecretDenials
@@ -31,6 +30,9 @@ from controlplane.xds.sotw import SotwStream
 from controlplane.xds.stream import GroupOf, StreamDeps, node_cluster
 
 log = logging.getLogger(__name__)
+
+_ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+_SDS = "envoy.service.secret.v3.SecretDiscoveryService"
 
 MAX_STREAMS = 20_000
 """Default cap on streams served at once by one server (a few KB to ~60 KB each)."""
@@ -67,9 +69,31 @@ class AggregatedDiscoveryServer:
         self._streams = 0
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Register ADS and SDS on a grpc.aio server (before it starts)."""
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
-        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server)
+        """Register ADS and SDS on a grpc.aio server (before it starts).
+
+        Streams write responses already serialized (`wire`): the methods are
+        registered with a serializer that passes bytes through.
+        """
+        sotw = discovery_pb2.DiscoveryRequest.FromString
+        delta = discovery_pb2.DeltaDiscoveryRequest.FromString
+
+        def stream(behaviour: Any, parse: Any) -> grpc.RpcMethodHandler:
+            return grpc.stream_stream_rpc_method_handler(
+                behaviour, request_deserializer=parse, response_serializer=wire.serialize)
+
+        server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler(_ADS, {
+                "StreamAggregatedResources": stream(self.StreamAggregatedResources, sotw),
+                "DeltaAggregatedResources": stream(self.DeltaAggregatedResources, delta),
+            }),
+            grpc.method_handlers_generic_handler(_SDS, {
+                "StreamSecrets": stream(self.StreamSecrets, sotw),
+                "DeltaSecrets": stream(self.DeltaSecrets, delta),
+                "FetchSecrets": grpc.unary_unary_rpc_method_handler(
+                    self.FetchSecrets, request_deserializer=sotw,
+                    response_serializer=wire.serialize),
+            }),
+        ))
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context

@@ -23,10 +23,14 @@ from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from controlplane.errors import InconsistentSnapshotError
+from controlplane.xds import wire
 from controlplane.xds.references import Reference, references_of
 from controlplane.xds.resources import PUSH_ORDER, matches_type, resource_name, short_kind
 
 _HASH_CHARS = 16
+_MAX_MEMOS = 1024
+"""Explicit subscriptions differ per proxy at most: past this many memoized bodies, a
+snapshot serializes the rarer ones per response instead of holding them."""
 
 
 def _digest(data: bytes) -> str:
@@ -69,7 +73,7 @@ class Snapshot:
     Build with `Snapshot.build`; instances are safe to share between tasks.
     """
 
-    __slots__ = ("_entries", "_problems", "_references", "_versions")
+    __slots__ = ("_entries", "_problems", "_references", "_versions", "_wire")
 
     def __init__(
         self,
@@ -83,6 +87,8 @@ class Snapshot:
         )
         self._references = references
         self._problems = problems
+        self._wire: dict[tuple[str, str, frozenset[str] | str | None], bytes] = {}
+        """Response bodies and framed resources, serialized on first use."""
 
     @classmethod
     def build(cls, resources: Mapping[str, Sequence[Message]]) -> Snapshot:
@@ -154,6 +160,32 @@ class Snapshot:
         inner: Message = _message_class(packed.type_url)()
         inner.ParseFromString(packed.value)
         return inner
+
+    def sotw_body(self, type_url: str, names: frozenset[str] | None) -> bytes:
+        """A SotW DiscoveryResponse of this type without its nonce (see `wire`): every
+        resource (`names` None) or those of `names` that exist. Serialized once per
+        snapshot and subscription, for every stream that sends it."""
+        key = ("sotw", type_url, names)
+        body = self._wire.get(key)
+        if body is None:
+            entries = self.resources(type_url)
+            chosen = entries.values() if names is None else \
+                [entries[n] for n in sorted(names) if n in entries]
+            body = wire.sotw_body(self.version(type_url), type_url,
+                                  (wire.field(wire.RESOURCES, e.packed.SerializeToString())
+                                   for e in chosen))
+            if names is None or len(self._wire) < _MAX_MEMOS:
+                self._wire[key] = body
+        return body
+
+    def delta_resource(self, type_url: str, name: str) -> bytes:
+        """One resource as a framed DeltaDiscoveryResponse.resources field, serialized once."""
+        key = ("delta", type_url, name)
+        framed = self._wire.get(key)
+        if framed is None:
+            framed = self._wire[key] = wire.field(
+                wire.RESOURCES, self.resources(type_url)[name].resource.SerializeToString())
+        return framed
 
     def consistency_problems(self) -> list[str]:
         """Every reason this snapshot cannot be served, sorted; empty when consistent."""

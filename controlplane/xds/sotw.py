@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.xds import wire
 from controlplane.xds.denials import SecretDenials
 from controlplane.xds.resources import (
     CLUSTER,
@@ -124,23 +125,17 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         version = snapshot.version(state.type_url)
         if not state.pending and version == state.sent_version:
             return
-        entries = snapshot.resources(state.type_url)
-        if state.wildcard:
-            chosen = list(entries.values())
-        else:
-            chosen = [entries[n] for n in sorted(state.names) if n in entries]
+        if not state.wildcard:
             self._denials.check(node_id=self._node_id(), group=self.group,
                                 type_url=state.type_url, requested=state.names,
-                                available=entries)
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=state.type_url, nonce=self.next_nonce()
-        )
-        response.resources.extend(e.packed for e in chosen)
+                                available=snapshot.resources(state.type_url))
+        body = snapshot.sotw_body(state.type_url, None if state.wildcard else state.names)
+        nonce = self.next_nonce()
         previous = state.sent_version
-        state.nonce, state.sent_version, state.pending = response.nonce, version, False
+        state.nonce, state.sent_version, state.pending = nonce, version, False
         assert self.handle is not None
         self.handle.sent(state.type_url, version)
-        await self.write(response)
+        await self.write(wire.with_nonce(body, nonce), state.type_url, version)
         endpoints = self._types.get(ENDPOINT)
         clusters_changed = state.type_url == CLUSTER and previous not in (None, version)
         if clusters_changed and endpoints is not None:

@@ -17,7 +17,6 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
 from controlplane.errors import (
@@ -121,16 +120,11 @@ class Stream(Generic[Req]):
                 f"{count} resource names subscribed for {type_url}: at most "
                 f"{MAX_NAMES_PER_TYPE} per type")
 
-    async def write(
-        self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
-    ) -> None:
-        """Send one response; the caller has already updated its state."""
+    async def write(self, response: bytes, type_url: str, version: str) -> None:
+        """Send one serialized response (see `wire`) of `version` of a type; the caller
+        has already updated its state."""
         await self.context.write(response)
-        if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
-            version: str = response.system_version_info
-        else:
-            version = response.version_info
-        self.deps.observer.pushed(self.group, response.type_url, version,
+        self.deps.observer.pushed(self.group, type_url, version,
                                   after_change=self._after_change)
 
     async def run(self, requests: AsyncIterator[Req]) -> None:
