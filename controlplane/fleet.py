@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
@@ -19,7 +20,7 @@ from controlplane.rollout.engine import FleetProgress
 from controlplane.rollout.traffic import retired_of, traffic_of
 from controlplane.store import Store
 from controlplane.translate import SecretMaterial, placeholder_material, translate
-from controlplane.xds.proxies import ProxyRegistry, ProxyStatus
+from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from controlplane.xds.snapshot import Snapshot
 
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 _CHECKED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 REPORT_LEASE_TTL = 10
 REPORT_COALESCE_S = 0.05
-"""How long a replica gathers its proxies' changes before writing its report again."""
+"""A replica writes its report again once its proxies were quiet this long..."""
+REPORT_MAX_DELAY_S = 0.5
+"""...or this long after the first change, whichever comes first."""
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,18 @@ class ProxyReport:
     acked: dict[str, str] = field(default_factory=dict)
     nacks: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, proxy: ProxyStatus) -> ProxyReport:
-        return cls(
-            node_id=proxy.node_id, group=proxy.group, connected_at=proxy.connected_at,
-            acked={t.type_url: t.acked_version for t in proxy.types if t.acked_version},
-            nacks={t.type_url: (t.last_nack_version, t.last_nack) for t in proxy.types
-                   if t.last_nack and t.last_nack_version},
-        )
 
 
 def encode(reports: Iterable[ProxyReport]) -> bytes:
-    return json.dumps([asdict(r) for r in reports], sort_keys=True).encode()
+    return _join(_fragment(asdict(r)) for r in reports)
+
+
+def _fragment(report: dict[str, Any]) -> str:
+    return json.dumps(report, sort_keys=True)
+
+
+def _join(fragments: Iterable[str]) -> bytes:
+    return ("[" + ", ".join(fragments) + "]").encode()  # what json.dumps of the list gives
 
 
 def decode(raw: bytes) -> list[ProxyReport]:
@@ -157,6 +160,29 @@ class EtcdFleet:
         return progress_of(state, rollout, await self.reports())
 
 
+class ReportEncoder:
+    """`encode()` of a registry's proxies, re-encoding only the proxies whose ACKs or
+    NACKs changed since the last call (at 1,000 proxies a change brings 1,000 ACKs)."""
+
+    def __init__(self, registry: ProxyRegistry) -> None:
+        self._registry = registry
+        self._fragments: dict[tuple[int, int], str] = {}
+
+    def encode(self) -> bytes:
+        fragments: dict[tuple[int, int], str] = {}
+        for handle in self._registry.handles():
+            key = (handle.stream_id, handle.outcomes)
+            fragment = self._fragments.get(key)
+            if fragment is None:
+                fragment = _fragment(asdict(ProxyReport(
+                    node_id=handle.node_id, group=handle.group,
+                    connected_at=handle.connected_at, acked=handle.acked_versions(),
+                    nacks=handle.nacks())))
+            fragments[key] = fragment
+        self._fragments = fragments
+        return _join(fragments.values())
+
+
 class FleetReporter:
     """Writes this replica's proxies to `{prefix}/fleet/{identity}` whenever they change."""
 
@@ -164,6 +190,7 @@ class FleetReporter:
         self._store = store
         self._registry = registry
         self._key = store.keys.fleet_member(identity)
+        self._encoder = ReportEncoder(registry)
 
     async def run(self) -> None:
         lease: int | None = None
@@ -187,15 +214,24 @@ class FleetReporter:
                 continue
             moved = functools.partial(self._moved, self._registry.generation)
             if await self._registry.wait_until(moved, timeout=REPORT_LEASE_TTL / 3):
-                # A config change brings an ACK from every proxy, one by one: encode the
-                # whole report once for the burst, not once per ACK (O(N²) at 1,000).
-                await asyncio.sleep(REPORT_COALESCE_S)
+                await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait until the proxies are quiet for `REPORT_COALESCE_S` (`REPORT_MAX_DELAY_S`
+        at most): a config change brings an ACK from every proxy, one by one; the report
+        is written once for the burst, after it, not while the burst is being served."""
+        deadline = asyncio.get_running_loop().time() + REPORT_MAX_DELAY_S
+        while asyncio.get_running_loop().time() < deadline:
+            generation = self._registry.generation
+            await asyncio.sleep(REPORT_COALESCE_S)
+            if self._registry.generation == generation:
+                return
 
     def _moved(self, generation: int) -> bool:
         return self._registry.generation != generation
 
     def _encoded(self) -> bytes:
-        return encode(ProxyReport.of(p) for p in self._registry.list())
+        return self._encoder.encode()
 
     async def close(self) -> None:
         with contextlib.suppress(StoreUnavailableError):

@@ -102,6 +102,8 @@ class ProxyHandle:
     extensions: frozenset[str]
     _registry: ProxyRegistry
     _types: dict[str, _TypeRecord] = field(default_factory=dict)
+    outcomes: int = 0
+    """Counts this proxy's ACKs and NACKs: what it has changed when this did."""
 
     def _type(self, type_url: str) -> _TypeRecord:
         return self._types.setdefault(type_url, _TypeRecord())
@@ -122,6 +124,7 @@ class ProxyHandle:
     def acked(self, type_url: str, version: str) -> None:
         """The proxy ACKed `version`."""
         self._type(type_url).acked_version = version
+        self.outcomes += 1
         self._registry._notify()
 
     def nacked(self, type_url: str, version: str, message: str) -> None:
@@ -129,6 +132,7 @@ class ProxyHandle:
         record = self._type(type_url)
         record.last_nack = message
         record.last_nack_version = version
+        self.outcomes += 1
         self._registry._notify()
 
     def close(self) -> None:
@@ -148,6 +152,15 @@ class ProxyHandle:
             and r.acked_version != v
             for url, v in versions.items()
         )
+
+    def acked_versions(self) -> dict[str, str]:
+        """{type URL: last ACKed version}."""
+        return {url: r.acked_version for url, r in self._types.items() if r.acked_version}
+
+    def nacks(self) -> dict[str, tuple[str, str]]:
+        """{type URL: (last NACKed version, its error_detail message)}."""
+        return {url: (r.last_nack_version, r.last_nack) for url, r in self._types.items()
+                if r.last_nack and r.last_nack_version}
 
     def status(self) -> ProxyStatus:
         """A frozen copy of this entry."""
@@ -219,6 +232,11 @@ class ProxyRegistry:
             key=lambda h: (h.group, h.node_id, h.stream_id),
         )
         return [h.status() for h in handles]
+
+    def handles(self) -> tuple[ProxyHandle, ...]:
+        """The live entries, by group, node id, stream id: read them, never write."""
+        return tuple(sorted(self._streams.values(),
+                            key=lambda h: (h.group, h.node_id, h.stream_id)))
 
     def __len__(self) -> int:
         return len(self._streams)

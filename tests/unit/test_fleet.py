@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from controlplane.fleet import ProxyReport, decode, encode, groups_routing_to, progress_of
+from controlplane.fleet import (
+    ProxyReport,
+    ReportEncoder,
+    decode,
+    encode,
+    groups_routing_to,
+    progress_of,
+)
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.rollout.traffic import traffic_of
 from controlplane.translate import translate
+from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.resources import ROUTE
 from controlplane.xds.snapshot import Snapshot
 from tests.support.states import with_rollout
 
@@ -69,3 +78,25 @@ spec: {header: x-api-key, value: not-for-versions}
 """))
     progress = progress_of(secured, "payments-v2", [ProxyReport("e1", "edge", 1.0, acked={})])
     assert (progress.acked, progress.total) == (0, 1)
+
+
+def test_the_incremental_report_matches_a_full_encoding_after_every_change() -> None:
+    registry = ProxyRegistry()
+    handles = [registry.connect(node_id=f"n{i}", group="edge", protocol="sotw")
+               for i in (2, 0, 1)]
+    encoder = ReportEncoder(registry)
+
+    def full() -> bytes:
+        return encode(ProxyReport(h.node_id, h.group, h.connected_at, h.acked_versions(),
+                                  h.nacks()) for h in registry.handles())
+
+    assert [r.node_id for r in decode(encoder.encode())] == ["n0", "n1", "n2"]
+    handles[0].acked(ROUTE, "v1")
+    assert encoder.encode() == full()
+    assert decode(encoder.encode())[2].acked == {ROUTE: "v1"}
+    handles[1].nacked(ROUTE, "v2", "bad route")
+    handles[2].close()
+    got = decode(encoder.encode())
+    assert encoder.encode() == full()
+    assert [(r.node_id, r.nacks) for r in got] == [("n0", {ROUTE: ("v2", "bad route")}),
+                                                  ("n2", {})]
