@@ -135,6 +135,12 @@ def proc_status_kb(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"/proc/{pid}/status has no {field}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time `pid` has used (its threads included, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child_pids(pid: int) -> list[int]:
     """The PIDs of `pid`'s direct children (empty once it is gone)."""
     out: list[int] = []
@@ -227,14 +233,14 @@ class ServeProcess:
 
 @contextlib.contextmanager
 def control_plane(data_dir: Path, log_path: Path,
-                  timeout: float = 60.0) -> Iterator[tuple[int, int]]:
-    """Run `controlplane serve` (embedded etcd) on free loopback ports; yields (xds, admin).
+                  timeout: float = 60.0) -> Iterator[ServeProcess]:
+    """Run `controlplane serve` (embedded etcd) on free loopback ports.
 
     The process is stopped with SIGTERM (SIGKILL after 15 s) when the block ends.
     """
     serve = ServeProcess(data_dir, log_path, timeout=timeout)
     try:
-        yield serve.xds_port, serve.admin_port
+        yield serve
     finally:
         serve.stop()
 
@@ -306,6 +312,7 @@ class RawServer:
             self.close()
             raise RuntimeError("raw server did not start")
         self.port: int = self._conn.recv()[1]
+        self.pid = self._proc.pid
 
     def push(self, data: bytes) -> None:
         """Queue `data` on every open stream (returns once queued, not once written)."""
