@@ -24,6 +24,7 @@ requests carry its last accepted `version_info` and an empty nonce, Delta reques
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import multiprocessing
 import multiprocessing.connection
@@ -99,6 +100,8 @@ class SimEnvoy:
     """Delta: the version of each resource held, by type (initial_resource_versions)."""
     _got: set[str] = field(default_factory=set)
     """Types answered on the current stream."""
+    trace: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    """The last requests, responses and stream errors, for a report of stuck proxies."""
 
     async def run(self) -> None:
         """Connect and answer responses until cancelled, or the stream ends (no `reconnect`)."""
@@ -126,13 +129,14 @@ class SimEnvoy:
         try:
             if self._names:
                 await self._resume()
-            else:
-                await self._subscribe(CLUSTER, ())
-                await self._subscribe(LISTENER, ())
+            for type_url in (CLUSTER, LISTENER):  # a first stream may end before both
+                if type_url not in self._names:
+                    await self._subscribe(type_url, ())
             async for response in self._call:
                 await self._on_response(response)
-        except grpc.RpcError:
-            pass  # the server went away: the driver sees the proxy stop converging
+        except grpc.RpcError as exc:
+            # The server went away: the driver sees the proxy stop converging.
+            self.trace.append(f"{time.monotonic():.3f} error {exc.code()} {exc.details()}")
         finally:
             await self._channel.close()
         return bool(self._got)
@@ -176,6 +180,8 @@ class SimEnvoy:
         if not self._sent_node:
             req.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster=self.group))
             self._sent_node = True
+        self.trace.append(f"{time.monotonic():.3f} send {type_url.rsplit('.', 1)[-1]} "
+                          f"nonce={nonce!r} error={error is not None}")
         await self._call.write(req)
 
     async def _subscribe(self, type_url: str, names: Sequence[str]) -> None:
@@ -188,6 +194,8 @@ class SimEnvoy:
     async def _on_response(self, response: Response) -> None:
         received = time.monotonic()
         type_url = response.type_url
+        self.trace.append(f"{received:.3f} got {type_url.rsplit('.', 1)[-1]} "
+                          f"nonce={response.nonce}")
         if self.delta:
             version = response.system_version_info
             key = "|".join([*(f"{r.name}={r.version}" for r in response.resources),
@@ -280,7 +288,10 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
                     if len(tasks) % 50 == 0:
                         await asyncio.sleep(0)  # let the first streams start
                 ready = await _wait(envoys, [""] * len(envoys), timeout)
-                conn.send(("ready", sum(1 for t in ready if t is not None)))
+                stuck = [list(e.trace) for e, t in zip(envoys, ready, strict=True)
+                         if t is None][:1]
+                conn.send(("ready", sum(1 for t in ready if t is not None), _states(envoys),
+                           stuck))
             elif cmd == "arm":
                 armed = [e.route_key for e in envoys]
                 armed_streams = [e.served_stream for e in envoys]
@@ -307,6 +318,13 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         conn.send(("closed",))
+
+
+def _states(envoys: Sequence[SimEnvoy]) -> dict[str, int]:
+    """How many proxies are in each state: streams opened, types answered on the last."""
+    return dict(collections.Counter(
+        f"streams={e.streams} got={'+'.join(sorted(t.rsplit('.', 1)[-1] for t in e._got)) or '-'}"
+        for e in envoys))
 
 
 async def _wait(envoys: Sequence[SimEnvoy], armed: Sequence[str],
@@ -384,9 +402,16 @@ class Fleet:
             for p, (_, conn) in enumerate(fleet._procs):
                 ids = [f"{prefix}-{i}" for i in range(p, proxies, processes)]
                 conn.send(("connect", target, ids, group, delta, timeout, reconnect))
-            ready = fleet._reply("ready", timeout + 10)[0][1]
+            replies = fleet._reply("ready", timeout + 10)
+            ready = sum(r[1] for r in replies)
             if ready != proxies:
-                raise RuntimeError(f"only {ready} of {proxies} proxies got a route config")
+                states: collections.Counter[str] = collections.Counter()
+                for reply in replies:
+                    states.update(reply[2])
+                stuck = next(trace for r in replies for trace in r[3])
+                raise RuntimeError(f"only {ready} of {proxies} proxies got a route config; "
+                                   f"proxies by state: {dict(states)}; what one of the "
+                                   f"others last did: {stuck}")
         except BaseException:
             fleet.close()
             raise
@@ -402,8 +427,6 @@ class Fleet:
             if msg[0] != kind:
                 raise RuntimeError(f"{proc.name}: expected {kind!r}, got {msg[0]!r}")
             out.append(msg)
-        if kind == "ready":
-            return [("ready", sum(m[1] for m in out))]
         return out
 
     def _all(self, *cmd: Any, reply: str, timeout: float = 30.0) -> list[tuple[Any, ...]]:
