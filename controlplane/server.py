@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,12 @@ from controlplane.analysis import Window
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2, admin_pb2_grpc
-from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
+from controlplane.errors import (
+    ControlPlaneError,
+    FieldError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from controlplane.fleet import EtcdFleet, FleetReporter, secrets_progress
 from controlplane.logformat import FORMATS
 from controlplane.logformat import configure as configure_logging
@@ -56,6 +61,8 @@ DEFAULT_XDS_ADDR = "127.0.0.1:18000"
 DEFAULT_ADMIN_ADDR = "127.0.0.1:18001"
 DEFAULT_METRICS_ADDR = "127.0.0.1:18002"
 DEFAULT_DATA_DIR = ".controlplane"
+STOP_STEP_S = 3.0
+"""At shutdown, how long a clean-up step that needs etcd (they run at once) may take."""
 
 
 @dataclass(frozen=True)
@@ -250,22 +257,49 @@ class ControlPlane:
         ]
 
     async def stop(self) -> None:
+        """Stop serving and clean up. The clean-up in etcd (this replica's reports, the
+        leader's resignation) runs at once and is bounded: etcd may be gone, and then
+        what this replica left there goes when its leases expire."""
         self.telemetry.close()
         for server in self._servers:
             await server.stop(grace=0.5)
+        for task in self._tasks:
+            task.cancel()  # the reporters stop writing; the leader resigns as it ends
+        steps = [self._end_tasks()]
         if self.reporter is not None:
-            await self.reporter.close()
+            steps.append(_bounded(self.reporter.close(), "delete this replica's fleet report"))
         if self.metrics_reporter is not None:
-            await self.metrics_reporter.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            steps.append(_bounded(self.metrics_reporter.close(),
+                                  "delete this replica's metrics report"))
+        await asyncio.gather(*steps)
         if self.store is not None:
-            await self.store.close()
+            await _bounded(self.store.close(), "close the etcd connection")
         if self.etcd is not None:
             await self.etcd.stop()
+        for task in self._tasks:  # one that failed before it was cancelled: say so
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
+
+    async def _end_tasks(self) -> None:
+        """Wait for the cancelled tasks, `STOP_STEP_S` at most (the leader's resignation
+        is bounded too: see LeaderElection)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=STOP_STEP_S)
+        for task in pending:
+            log.warning("stopping: task %s did not end within %gs; leaving it",
+                        task.get_name(), STOP_STEP_S)
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Run a step of stopping that needs etcd for `STOP_STEP_S` at most; log if it fails."""
+    try:
+        async with asyncio.timeout(STOP_STEP_S):
+            await step
+    except TimeoutError:
+        log.warning("stopping: could not %s within %gs (etcd unreachable?)", what, STOP_STEP_S)
+    except StoreUnavailableError as exc:
+        log.warning("stopping: could not %s: %s", what, exc)
 
 
 # Memory per idle proxy (benchmarks/memory.py, grpcio 1.85): ~54 KB, ~36 KB of it gRPC

@@ -114,8 +114,11 @@ class RolloutEngine:
             except StoreUnavailableError as exc:
                 log.warning("rollouts hold: %s", exc)  # no step and no rollback on stale data
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (a poke
+            # as the leadership ends or serve stops), and this loop would go on.
             try:
-                await asyncio.wait_for(self._wake.wait(), self._tick_s)
+                async with asyncio.timeout(self._tick_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -74,8 +74,10 @@ class SecretSync:
 
     async def _ensure_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
             try:
-                await asyncio.wait_for(self._wake.wait(), await self._sleep_s())
+                async with asyncio.timeout(await self._sleep_s()):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -16,6 +16,7 @@ are compare-and-swap transactions, so a replay of one that did land fails its gu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 CALL_TIMEOUT_S = 5
+CLOSE_TIMEOUT_S = 2.0
+"""How long dropping a connection waits for it to close; the close then ends in the
+background (it never holds up a caller, nor shutdown)."""
 # Notice a silently dead connection (a partition) within seconds, also on an idle watch.
 # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
 _CHANNEL_OPTIONS = {
@@ -110,14 +114,43 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         ) from None
 
 
+class _ConnectionClosedError(ConnectionError):
+    """A call's connection was closed under it by another task."""
+
+
 # Failures of the connection (or of etcd) as opposed to our own mistakes: all of them
 # mean "etcd did not do it"; aetcd raises ClientError for codes it has no class for.
 _DOWN: tuple[type[BaseException], ...] = (
     aetcd.exceptions.ClientError,
     grpc.RpcError,
-    OSError,
+    OSError,  # _ConnectionClosedError too
     TimeoutError,
 )
+_CLOSING: set[asyncio.Task[None]] = set()
+"""Connections being closed in the background (a task needs a reference until it ends)."""
+
+
+def _cancelling() -> bool:
+    """Whether the current task has been asked to cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _end_if_cancelling(failure: BaseException | None = None) -> None:
+    """CancelledError if this task has been asked to cancel: gRPC and aetcd can turn a
+    cancellation into a failed call (gRPC reports the call's own error when the call
+    ended as the cancellation came; asyncio.wait_for, in aetcd, returns what completed
+    with it), and a task told to end that saw a StoreUnavailableError instead would
+    retry etcd for ever (so stopping would wait on it)."""
+    if _cancelling():
+        raise asyncio.CancelledError(f"cancelled; etcd failed meanwhile: {failure!r}")
+
+
+async def _close(client: Any) -> None:
+    try:
+        await client.close()
+    except _DOWN as exc:
+        log.debug("closing a broken etcd connection: %r", exc)
 
 
 def _kv(raw: Any) -> KV:
@@ -162,10 +195,16 @@ class EtcdKV:
             return  # another task already dropped it
         self._client = None
         self._next += 1
-        try:
-            await client.close()
-        except _DOWN as exc:
-            log.debug("closing a broken etcd connection: %r", exc)
+        # In a task of its own: aetcd's close awaits its watch stream's task and swallows
+        # a CancelledError meant for the task that called it, so a caller cancelled
+        # meanwhile (every task, at shutdown) would go on for ever, holding up the exit.
+        closing = asyncio.create_task(_close(client), name="etcd-close")
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+        if not done:
+            log.warning("closing the etcd connection took over %gs; it ends in the background",
+                        CLOSE_TIMEOUT_S)
 
     async def _call(self, what: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
         error: BaseException | None = None
@@ -173,12 +212,20 @@ class EtcdKV:
             client = None
             try:
                 client = await self._connect()
-                return await fn(client)
+                try:
+                    return await fn(client)
+                except asyncio.CancelledError as exc:
+                    if _cancelling():
+                        raise  # this task is being cancelled: let it end
+                    # Not this task's: another task dropped the connection under the
+                    # call (closing a gRPC channel cancels its calls). A failed attempt.
+                    raise _ConnectionClosedError("the connection was closed") from exc
             except _DOWN as exc:
                 error = exc
                 self._failed(what)
                 log.debug("etcd %s failed at %s: %r", what, self.endpoint, exc)
                 await self._drop(client)
+                _end_if_cancelling(exc)
                 if attempt + 1 >= len(self._endpoints) and _timed_out(exc):
                     break  # etcd is slow or cut off: another wait would not help
         where = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
@@ -327,6 +374,7 @@ class EtcdKV:
         except _DOWN as exc:
             self._failed("watch")
             await self._drop(client)
+            _end_if_cancelling(exc)
             raise StoreUnavailableError(f"etcd watch could not start: {_describe(exc)}") from exc
         try:
             async for event in watch:
@@ -337,6 +385,7 @@ class EtcdKV:
         except _DOWN as exc:
             self._failed("watch")
             await self._drop(client)
+            _end_if_cancelling(exc)
             raise StoreUnavailableError(f"etcd watch broke: {_describe(exc)}") from exc
         finally:
             if client is self._client:
@@ -345,6 +394,7 @@ class EtcdKV:
                 except _DOWN as exc:
                     log.debug("cancelling a watch: %r", exc)
         # The stream ended without an error: its connection was closed under it.
+        _end_if_cancelling()
         raise StoreUnavailableError("etcd watch ended: its connection was closed")
 
 

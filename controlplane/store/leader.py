@@ -27,6 +27,9 @@ from controlplane.store.watch import Backoff
 
 log = logging.getLogger(__name__)
 
+RESIGN_TIMEOUT_S = 2.0
+"""How long resigning (revoking the leader lease) may take before it is left to expire."""
+
 
 @dataclass(frozen=True)
 class Fence:
@@ -110,11 +113,21 @@ class LeaderElection:
                 for task in (leading, keeping):
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-                with contextlib.suppress(StoreUnavailableError):
-                    await self._store.kv.revoke(lease)  # resign: the key goes with it
+                await self._resign(lease)
             log.warning("%s is no longer the leader; campaigning again", self.identity)
             if failed:
                 await backoff.wait()  # do not flap on work that fails at once
+
+    async def _resign(self, lease: int) -> None:
+        """Revoke the lease (the key goes with it), for `RESIGN_TIMEOUT_S` at most: when
+        etcd is gone, the lease expires by itself, and stopping must not wait on it."""
+        try:
+            async with asyncio.timeout(RESIGN_TIMEOUT_S):
+                await self._store.kv.revoke(lease)
+        except (StoreUnavailableError, TimeoutError) as exc:
+            log.warning("%s could not resign (%s); the leadership ends when lease %x "
+                        "expires, within %ds", self.identity,
+                        str(exc) or f"no answer in {RESIGN_TIMEOUT_S:g}s", lease, self.ttl)
 
     async def _campaign(self) -> int:
         """Wait until the key is free, then take it; returns the lease it is held by."""
