@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ REPORT_COALESCE_S = 0.05
 """A replica writes its report again once its proxies were quiet this long..."""
 REPORT_MAX_DELAY_S = 0.5
 """...or this long after the first change, whichever comes first."""
+REPORT_SHARDS = 16
+"""Keys a replica's report is spread over: ~450 bytes per proxy, so at `MAX_STREAMS`
+(20,000) a shard holds ~560 KB, under etcd's default 1.5 MiB request limit."""
 
 
 @dataclass(frozen=True)
@@ -161,52 +165,56 @@ class EtcdFleet:
 
 
 class ReportEncoder:
-    """`encode()` of a registry's proxies, re-encoding only the proxies whose ACKs or
-    NACKs changed since the last call (at 1,000 proxies a change brings 1,000 ACKs)."""
+    """A registry's proxies as `encode`d shards ({shard: bytes}, empty ones left out), a
+    proxy's shard set by its node id. Only the proxies whose ACKs or NACKs changed since
+    the last call are encoded again (at 1,000 proxies a change brings 1,000 ACKs)."""
 
-    def __init__(self, registry: ProxyRegistry) -> None:
+    def __init__(self, registry: ProxyRegistry, shards: int = REPORT_SHARDS) -> None:
         self._registry = registry
-        self._fragments: dict[tuple[int, int], str] = {}
+        self._shards = shards
+        self._fragments: dict[tuple[int, int], tuple[int, str]] = {}
 
-    def encode(self) -> bytes:
-        fragments: dict[tuple[int, int], str] = {}
+    def encode(self) -> dict[int, bytes]:
+        fragments: dict[tuple[int, int], tuple[int, str]] = {}
+        by_shard: dict[int, list[str]] = {}
         for handle in self._registry.handles():
             key = (handle.stream_id, handle.outcomes)
-            fragment = self._fragments.get(key)
-            if fragment is None:
-                fragment = _fragment(asdict(ProxyReport(
-                    node_id=handle.node_id, group=handle.group,
-                    connected_at=handle.connected_at, acked=handle.acked_versions(),
-                    nacks=handle.nacks())))
-            fragments[key] = fragment
+            known = self._fragments.get(key)
+            if known is None:
+                known = (zlib.crc32(handle.node_id.encode()) % self._shards,
+                         _fragment(asdict(ProxyReport(
+                             node_id=handle.node_id, group=handle.group,
+                             connected_at=handle.connected_at,
+                             acked=handle.acked_versions(), nacks=handle.nacks()))))
+            fragments[key] = known
+            by_shard.setdefault(known[0], []).append(known[1])
         self._fragments = fragments
-        return _join(fragments.values())
+        return {shard: _join(parts) for shard, parts in sorted(by_shard.items())}
 
 
 class FleetReporter:
-    """Writes this replica's proxies to `{prefix}/fleet/{identity}` whenever they change."""
+    """Writes this replica's proxies to `{prefix}/fleet/{identity}/{shard}` whenever they
+    change (only the shards that changed)."""
 
     def __init__(self, store: Store, registry: ProxyRegistry, identity: str) -> None:
         self._store = store
         self._registry = registry
-        self._key = store.keys.fleet_member(identity)
+        self._identity = identity
         self._encoder = ReportEncoder(registry)
+        self._written: dict[int, bytes] = {}
 
     async def run(self) -> None:
         lease: int | None = None
-        written: bytes | None = None
         while True:
-            current = self._encoded()
+            current = self._encoder.encode()
             try:
                 if lease is None:
                     lease = await self._store.kv.grant(REPORT_LEASE_TTL)
-                    written = None
+                    self._written = {}
                 elif await self._store.kv.refresh(lease) <= 0:
                     lease = None
                     continue
-                if current != written:
-                    await self._store.kv.put(self._key, current, lease=lease)
-                    written = current
+                await self._write(current, lease)
             except StoreUnavailableError as exc:
                 log.warning("fleet report: %s", exc)
                 lease = None
@@ -230,9 +238,22 @@ class FleetReporter:
     def _moved(self, generation: int) -> bool:
         return self._registry.generation != generation
 
-    def _encoded(self) -> bytes:
-        return self._encoder.encode()
+    async def _write(self, shards: dict[int, bytes], lease: int) -> None:
+        # A shard holds the same proxies whatever the others do: a reader between two
+        # of these writes sees each proxy once, at most a report behind.
+        for shard, value in shards.items():
+            if self._written.get(shard) != value:
+                await self._store.kv.put(self._key(shard), value, lease=lease)
+                self._written[shard] = value
+        for shard in [s for s in self._written if s not in shards]:
+            await self._store.kv.delete(self._key(shard))
+            del self._written[shard]
+
+    def _key(self, shard: int) -> bytes:
+        return self._store.keys.fleet_shard(self._identity, shard)
 
     async def close(self) -> None:
         with contextlib.suppress(StoreUnavailableError):
-            await self._store.kv.delete(self._key)
+            for shard in list(self._written):
+                await self._store.kv.delete(self._key(shard))
+                del self._written[shard]

@@ -234,9 +234,8 @@ class ProxyRegistry:
         return [h.status() for h in handles]
 
     def handles(self) -> tuple[ProxyHandle, ...]:
-        """The live entries, by group, node id, stream id: read them, never write."""
-        return tuple(sorted(self._streams.values(),
-                            key=lambda h: (h.group, h.node_id, h.stream_id)))
+        """The live entries, oldest stream first: read them, never write."""
+        return tuple(self._streams.values())  # a dict keeps the order of connection
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 from controlplane.fleet import (
     ProxyReport,
     ReportEncoder,
@@ -80,23 +82,33 @@ spec: {header: x-api-key, value: not-for-versions}
     assert (progress.acked, progress.total) == (0, 1)
 
 
-def test_the_incremental_report_matches_a_full_encoding_after_every_change() -> None:
+def test_the_sharded_report_matches_a_full_encoding_after_every_change() -> None:
     registry = ProxyRegistry()
     handles = [registry.connect(node_id=f"n{i}", group="edge", protocol="sotw")
-               for i in (2, 0, 1)]
-    encoder = ReportEncoder(registry)
+               for i in range(12)]
+    encoder = ReportEncoder(registry, shards=4)
 
-    def full() -> bytes:
-        return encode(ProxyReport(h.node_id, h.group, h.connected_at, h.acked_versions(),
-                                  h.nacks()) for h in registry.handles())
+    def shard(node_id: str) -> int:
+        return zlib.crc32(node_id.encode()) % 4
 
-    assert [r.node_id for r in decode(encoder.encode())] == ["n0", "n1", "n2"]
+    def full() -> dict[int, bytes]:
+        by_shard: dict[int, list[ProxyReport]] = {}
+        for h in registry.handles():
+            by_shard.setdefault(shard(h.node_id), []).append(ProxyReport(
+                h.node_id, h.group, h.connected_at, h.acked_versions(), h.nacks()))
+        return {s: encode(reports) for s, reports in sorted(by_shard.items())}
+
+    first = encoder.encode()
+    assert len(first) > 1
+    assert sorted(r.node_id for v in first.values() for r in decode(v)) == \
+        sorted(f"n{i}" for i in range(12))
     handles[0].acked(ROUTE, "v1")
-    assert encoder.encode() == full()
-    assert decode(encoder.encode())[2].acked == {ROUTE: "v1"}
+    after = encoder.encode()
+    assert after == full()
+    assert [s for s in after if after[s] != first[s]] == [shard("n0")]  # one shard moved
     handles[1].nacked(ROUTE, "v2", "bad route")
     handles[2].close()
-    got = decode(encoder.encode())
+    got = {r.node_id: r for v in encoder.encode().values() for r in decode(v)}
     assert encoder.encode() == full()
-    assert [(r.node_id, r.nacks) for r in got] == [("n0", {ROUTE: ("v2", "bad route")}),
-                                                  ("n2", {})]
+    assert "n2" not in got and got["n0"].acked == {ROUTE: "v1"}
+    assert got["n1"].nacks == {ROUTE: ("v2", "bad route")}
