@@ -91,6 +91,7 @@ class Telemetry:
         self._rollouts: set[str] = set()
         self._last_checks: dict[str, Any] | None = None  # None: no state seen yet
         self._http: WSGIServer | None = None
+        self._children: dict[tuple[int, str], Any] = {}
 
     # ---- XdsObserver -----------------------------------------------------------------
 
@@ -101,19 +102,27 @@ class Telemetry:
         self.proxies.labels(group=group).dec()
 
     def pushed(self, group: str, type_url: str, version: str, *, after_change: bool) -> None:
-        self.pushes.labels(type_url=type_url).inc()
+        self._child(self.pushes, type_url).inc()
         if not after_change:
             return
         published = self._published.get((group, type_url))
         if published is not None and published[0] == version:
-            self.push_latency.labels(type_url=type_url).observe(
+            self._child(self.push_latency, type_url).observe(
                 time.monotonic() - published[1])
 
     def acked(self, group: str, type_url: str) -> None:
-        self.acks.labels(type_url=type_url).inc()
+        self._child(self.acks, type_url).inc()
 
     def nacked(self, group: str, type_url: str) -> None:
-        self.nacks.labels(type_url=type_url).inc()
+        self._child(self.nacks, type_url).inc()
+
+    def _child(self, metric: Any, type_url: str) -> Any:
+        # Called once per response and per ACK of every proxy: labels() is not free.
+        key = (id(metric), type_url)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(type_url=type_url)
+        return child
 
     # ---- the other seams -------------------------------------------------------------
 
