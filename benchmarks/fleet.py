@@ -15,7 +15,7 @@ the driver can compare them with its own.
     times = fleet.collect(30)   # when each proxy ACKed a different route version
     fleet.close()
 
-With `reconnect=True` a proxy whose stream ends connects again after a jittered back-off
+A proxy whose stream ends connects again (unless `reconnect=False`) after a jittered back-off
 (like Envoy's `retry_back_off`, 0.1 s base, 0.5 s max) and resumes like Envoy: SotW
 requests carry its last accepted `version_info` and an empty nonce, Delta requests its
 `initial_resource_versions`. `arm()` then `collect_served()` time those re-joins.
@@ -48,6 +48,11 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+CONNECT_BATCH = 500
+"""A fleet process connects its proxies this many at a time, each batch once the one
+before has its routes: thousands of TCP connects in the same millisecond overflow the
+listen backlog and fail (a reconnect storm is what benchmarks/reconnect.py measures)."""
 
 Response: TypeAlias = Any
 """A DiscoveryResponse or DeltaDiscoveryResponse (the generated modules are untyped)."""
@@ -281,13 +286,15 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
             cmd, *args = await asyncio.to_thread(conn.recv)
             if cmd == "connect":
                 target, node_ids, group, delta, timeout, reconnect = args
-                for node_id in node_ids:
-                    envoy = SimEnvoy(target, node_id, group, delta=delta, reconnect=reconnect)
-                    envoys.append(envoy)
-                    tasks.append(asyncio.create_task(envoy.run()))
-                    if len(tasks) % 50 == 0:
-                        await asyncio.sleep(0)  # let the first streams start
-                ready = await _wait(envoys, [""] * len(envoys), timeout)
+                deadline = time.monotonic() + timeout
+                for start in range(0, len(node_ids), CONNECT_BATCH):
+                    batch = [SimEnvoy(target, node_id, group, delta=delta, reconnect=reconnect)
+                             for node_id in node_ids[start:start + CONNECT_BATCH]]
+                    envoys += batch
+                    tasks += [asyncio.create_task(envoy.run()) for envoy in batch]
+                    await _wait(batch, [""] * len(batch), max(0.0, deadline - time.monotonic()))
+                ready = await _wait(envoys, [""] * len(envoys),
+                                    max(0.0, deadline - time.monotonic()))
                 stuck = [list(e.trace) for e, t in zip(envoys, ready, strict=True)
                          if t is None][:1]
                 conn.send(("ready", sum(1 for t in ready if t is not None), _states(envoys),
@@ -381,10 +388,12 @@ class Fleet:
     @classmethod
     def start(cls, target: str, *, proxies: int, processes: int = 2, delta: bool = False,
               group: str = "edge", prefix: str = "sim", timeout: float = 60.0,
-              reconnect: bool = False) -> Fleet:
+              reconnect: bool = True) -> Fleet:
         """Start the processes and connect every proxy; returns once all have a route.
 
-        With `reconnect`, a proxy whose stream ends connects again and resumes (see above).
+        A proxy whose stream ends connects again and resumes (see above), as Envoy does:
+        when thousands connect at once, some first attempts fail. `reconnect=False`:
+        it stays gone.
 
         Errors:
             RuntimeError: not every proxy received a route configuration within `timeout`.
