@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 _WILDCARD = "*"
 
 
-@dataclass
+@dataclass(slots=True)
 class _TypeState:
     type_url: str
     wildcard: bool

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -78,17 +79,17 @@ class ProxyStatus:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _TypeRecord:
     sent_version: str | None = None
     acked_version: str | None = None
     last_nack: str | None = None
     last_nack_version: str | None = None
     responses: int = 0
-    names: tuple[str, ...] | None = None
+    names: frozenset[str] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ProxyHandle:
     """A stream's own, mutable entry in the registry. Only that stream writes to it."""
 
@@ -110,7 +111,8 @@ class ProxyHandle:
 
     def subscribed(self, type_url: str, names: Iterable[str] | None) -> None:
         """The proxy's subscription for a type (None: wildcard)."""
-        self._type(type_url).names = None if names is None else tuple(sorted(names))
+        self._type(type_url).names = None if names is None else \
+            self._registry.shared(frozenset(names))
 
     def sent(self, type_url: str, version: str, *, response: bool = True) -> None:
         """A response bringing the proxy to `version` was sent (response=False: no
@@ -172,7 +174,7 @@ class ProxyHandle:
                 last_nack=r.last_nack,
                 last_nack_version=r.last_nack_version,
                 responses=r.responses,
-                resource_names=r.names,
+                resource_names=None if r.names is None else tuple(sorted(r.names)),
             )
             for url, r in sorted(self._types.items(), key=lambda kv: (push_rank(kv[0]), kv[0]))
         )
@@ -198,6 +200,19 @@ class ProxyRegistry:
         self._changed = asyncio.Event()
         self.generation = 0
         """Counts changes (connects, sends, ACKs, NACKs, closes): cheap to compare."""
+        self._shared: weakref.WeakValueDictionary[int, frozenset[str]] = (
+            weakref.WeakValueDictionary())
+
+    def shared(self, names: frozenset[str]) -> frozenset[str]:
+        """One copy of each distinct set of names among the live proxies: a real Envoy
+        registers ~500 extensions (~70 KB of strings), and a group's proxies mostly
+        subscribe to the same names."""
+        # Keyed by hash, not by the set: a key would hold its set alive for ever.
+        known = self._shared.get(hash(names))
+        if known is not None and known == names:
+            return known
+        self._shared[hash(names)] = names
+        return names
 
     def connect(
         self,
@@ -218,7 +233,7 @@ class ProxyRegistry:
             peer=peer,
             connected_at=time.time(),
             build_version=build_version,
-            extensions=frozenset(extensions),
+            extensions=self.shared(frozenset(extensions)),
             _registry=self,
         )
         self._streams[handle.stream_id] = handle

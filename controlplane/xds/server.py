@@ -10,7 +10,6 @@ Every stream runs in its own task on the event loop; the protocol logic is in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeAlias
@@ -99,8 +98,7 @@ class AggregatedDiscoveryServer:
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
         """SotW ADS: see `sotw`."""
-        async with self._slot(context):
-            await SotwStream(self._deps, context).run(request_iterator)
+        await self._serve(SotwStream(self._deps, context), request_iterator, context)
 
     async def DeltaAggregatedResources(
         self,
@@ -108,15 +106,13 @@ class AggregatedDiscoveryServer:
         context: Context,
     ) -> None:
         """Incremental ADS: see `delta`."""
-        async with self._slot(context):
-            await DeltaStream(self._deps, context).run(request_iterator)
+        await self._serve(DeltaStream(self._deps, context), request_iterator, context)
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
         """SotW SDS on its own stream: the same protocol as ADS."""
-        async with self._slot(context):
-            await SotwStream(self._deps, context).run(request_iterator)
+        await self._serve(SotwStream(self._deps, context), request_iterator, context)
 
     async def DeltaSecrets(
         self,
@@ -124,8 +120,7 @@ class AggregatedDiscoveryServer:
         context: Context,
     ) -> None:
         """Incremental SDS on its own stream."""
-        async with self._slot(context):
-            await DeltaStream(self._deps, context).run(request_iterator)
+        await self._serve(DeltaStream(self._deps, context), request_iterator, context)
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: Context
@@ -147,9 +142,9 @@ class AggregatedDiscoveryServer:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
         return response
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, context: Context) -> AsyncIterator[None]:
-        """Hold one of `max_streams` slots for a stream's life, or refuse it."""
+    async def _serve(self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any],
+                     context: Context) -> None:
+        """Serve a stream in one of `max_streams` slots, or refuse it."""
         if self._streams >= self._max_streams:
             log.warning("refusing xDS stream from %s: %d streams open (at most %d)",
                         context.peer(), self._streams, self._max_streams)
@@ -158,7 +153,7 @@ class AggregatedDiscoveryServer:
                                 "xDS streams at once; retry later or use another replica")
         self._streams += 1
         try:
-            yield
+            await stream.run(requests)
         finally:
             self._streams -= 1
 

@@ -45,7 +45,7 @@ from controlplane.xds.stream import MAX_TYPES_PER_STREAM, Stream, StreamDeps
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class _TypeState:
     type_url: str
     wildcard: bool = True
@@ -108,7 +108,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             self.deps.observer.acked(self.group, state.type_url)
 
     def _subscribe(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
-        names = frozenset(request.resource_names)
+        names = self.deps.registry.shared(frozenset(request.resource_names))
         wildcard = state.type_url in WILDCARD_TYPES and (not names or "*" in names)
         names = frozenset() if wildcard else names
         if wildcard != state.wildcard or names != state.names:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import wire
+from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, ROUTE
 from controlplane.xds.snapshot import Snapshot
 from tests.support.xds_resources import eds_cluster, endpoints, resources
@@ -56,3 +59,30 @@ def test_the_serializer_passes_bytes_and_serializes_messages() -> None:
     message = discovery_pb2.DiscoveryResponse(version_info="1")
     assert wire.serialize(b"raw") == b"raw"
     assert wire.serialize(message) == message.SerializeToString()
+
+
+def test_a_subscription_naming_far_more_than_exists_is_not_held_by_the_snapshot() -> None:
+    snapshot = _snapshot()
+    hostile = frozenset(f"missing-{i}" for i in range(5000))
+    first = snapshot.sotw_body(CLUSTER, hostile)
+    assert first == snapshot.sotw_body(CLUSTER, frozenset())  # nothing of it exists
+    assert snapshot.sotw_body(CLUSTER, hostile) is not first  # serialized again, not kept
+    legit = frozenset({"c1"})
+    assert snapshot.sotw_body(CLUSTER, legit) is snapshot.sotw_body(CLUSTER, legit)
+
+
+def test_the_registry_keeps_one_copy_of_equal_name_sets_while_they_are_used() -> None:
+    registry = ProxyRegistry()
+    a = registry.connect(node_id="a", group="g", protocol="sotw",
+                         extensions=[f"envoy.ext.{i}" for i in range(500)])
+    b = registry.connect(node_id="b", group="g", protocol="sotw",
+                         extensions=[f"envoy.ext.{i}" for i in reversed(range(500))])
+    assert a.extensions is b.extensions
+    a.subscribed(ENDPOINT, ["c1", "c2"])
+    b.subscribed(ENDPOINT, ("c2", "c1"))
+    assert registry.list()[1].type(ENDPOINT).resource_names == ("c1", "c2")
+    a.close()
+    b.close()
+    del a, b
+    gc.collect()
+    assert len(registry._shared) == 0  # nothing outlives the proxies that used it
