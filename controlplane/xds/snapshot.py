@@ -28,9 +28,11 @@ from controlplane.xds.references import Reference, references_of
 from controlplane.xds.resources import PUSH_ORDER, matches_type, resource_name, short_kind
 
 _HASH_CHARS = 16
-_MAX_MEMOS = 1024
-"""Explicit subscriptions differ per proxy at most: past this many memoized bodies, a
-snapshot serializes the rarer ones per response instead of holding them."""
+_MEMO_NAMES_SLACK = 1024
+"""A snapshot keeps the bodies of explicit subscriptions while their names add up to at
+most its own resources' count plus this; others are serialized per response. A group's
+proxies share a few subscriptions, while a hostile one naming 100k missing resources
+must not be held for the snapshot's life."""
 
 
 def _digest(data: bytes) -> str:
@@ -73,7 +75,7 @@ class Snapshot:
     Build with `Snapshot.build`; instances are safe to share between tasks.
     """
 
-    __slots__ = ("_entries", "_problems", "_references", "_versions", "_wire")
+    __slots__ = ("_entries", "_memo_names", "_problems", "_references", "_versions", "_wire")
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class Snapshot:
         self._references = references
         self._problems = problems
         self._wire: dict[tuple[str, str, frozenset[str] | str | None], bytes] = {}
+        self._memo_names = 0
         """Response bodies and framed resources, serialized on first use."""
 
     @classmethod
@@ -174,7 +177,11 @@ class Snapshot:
             body = wire.sotw_body(self.version(type_url), type_url,
                                   (wire.field(wire.RESOURCES, e.packed.SerializeToString())
                                    for e in chosen))
-            if names is None or len(self._wire) < _MAX_MEMOS:
+            if names is None:
+                self._wire[key] = body
+            elif (self._memo_names + len(names)
+                  <= sum(map(len, self._entries.values())) + _MEMO_NAMES_SLACK):
+                self._memo_names += len(names)
                 self._wire[key] = body
         return body
 
