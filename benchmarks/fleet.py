@@ -157,7 +157,7 @@ class SimEnvoy:
                     type_url=type_url, resource_names_subscribe=sorted(names),
                     initial_resource_versions=self._have.get(type_url, {}))
                 if not self._sent_node:
-                    req.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster=self.group))
+                    req.node.CopyFrom(_node(self.node_id, self.group))
                     self._sent_node = True
                 await self._call.write(req)
             else:
@@ -183,7 +183,7 @@ class SimEnvoy:
         if error is not None:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         if not self._sent_node:
-            req.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster=self.group))
+            req.node.CopyFrom(_node(self.node_id, self.group))
             self._sent_node = True
         self.trace.append(f"{time.monotonic():.3f} send {type_url.rsplit('.', 1)[-1]} "
                           f"nonce={nonce!r} error={error is not None}")
@@ -243,6 +243,24 @@ class SimEnvoy:
     async def _follow(self, type_url: str, names: frozenset[str]) -> None:
         if names and names != self._names.get(type_url):
             await self._subscribe(type_url, sorted(names))
+
+
+# What a real Envoy 1.40 puts in its node: its build and ~500 registered extensions
+# (what the control plane keeps of them is part of its memory per proxy).
+_CATEGORIES = ("envoy.filters.http", "envoy.filters.network", "envoy.filters.listener",
+               "envoy.transport_sockets.upstream", "envoy.access_loggers", "envoy.tracers",
+               "envoy.clusters", "envoy.matching.inputs", "envoy.resolvers", "envoy.stats_sinks")
+_EXTENSIONS = [base_pb2.Extension(name=f"{c}.extension_{i:03d}", category=c,
+                                  type_descriptor=f"{c}.v3.Config{i}")
+               for i in range(50) for c in _CATEGORIES]
+
+
+def _node(node_id: str, group: str) -> Any:
+    node = base_pb2.Node(id=node_id, cluster=group, user_agent_name="envoy",
+                         extensions=_EXTENSIONS)
+    node.user_agent_build_version.version.major_number = 1
+    node.user_agent_build_version.version.minor_number = 40
+    return node
 
 
 def _unpacked(response: Response, message: Any, *, delta: bool) -> list[Any]:
