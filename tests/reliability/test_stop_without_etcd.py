@@ -144,11 +144,15 @@ async def test_a_task_cancelled_while_it_drops_a_connection_ends(etcd: EmbeddedE
 async def test_a_call_whose_connection_another_task_closes_fails_as_unavailable() -> None:
     """A call in flight when another task drops the connection is a failed call."""
     connected = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         connected.set()  # and never answer: the call stays in flight
-        await reader.read()
-        writer.close()
+        try:
+            await reader.read()
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -161,5 +165,7 @@ async def test_a_call_whose_connection_another_task_closes_fails_as_unavailable(
             await asyncio.wait_for(call, 10)
     finally:
         await kv.close()
+        for writer in writers:  # a connection still open would leak its socket
+            writer.close()
         server.close()
         await server.wait_closed()
