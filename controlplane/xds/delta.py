@@ -93,6 +93,17 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         self.handle.subscribed(type_url, None if state.wildcard else state.names)
         await self._flush(state)
 
+    def acked_inline(self, request: discovery_pb2.DeltaDiscoveryRequest) -> bool:
+        state = self._types.get(request.type_url)
+        if (state is None or state.must_respond or not request.response_nonce
+                or request.response_nonce != state.nonce or not state.outstanding
+                or request.HasField("error_detail") or request.resource_names_subscribe
+                or request.resource_names_unsubscribe or self.snapshot is None
+                or self.snapshot.version(state.type_url) != state.sent_version):
+            return False
+        self._ack_or_nack(state, request)
+        return True
+
     async def on_snapshot(self) -> None:
         for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
                                                                   s.type_url)):

@@ -90,6 +90,22 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         self._subscribe(state, request)
         await self._flush(state)
 
+    def acked_inline(self, request: discovery_pb2.DiscoveryRequest) -> bool:
+        state = self._types.get(request.type_url)
+        if (state is None or state.pending or not request.response_nonce
+                or request.response_nonce != state.nonce or state.sent_version is None
+                or request.HasField("error_detail") or self.snapshot is None
+                or self.snapshot.version(state.type_url) != state.sent_version):
+            return False
+        names = request.resource_names
+        if state.wildcard:
+            if names and "*" not in names:
+                return False
+        elif len(names) != len(state.names) or not state.names.issuperset(names):
+            return False
+        self._ack_or_nack(state, request)
+        return True
+
     async def on_snapshot(self) -> None:
         for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
                                                                   s.type_url)):

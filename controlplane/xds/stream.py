@@ -96,6 +96,11 @@ class _Inbox(Generic[T]):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    @property
+    def idle(self) -> bool:
+        """Whether the consumer waits in `get` with nothing queued."""
+        return self._waiter is not None and not self._waiter.done() and not self._items
+
     async def get(self) -> T:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -136,6 +141,13 @@ class Stream(Generic[Req]):
     async def on_snapshot(self) -> None:
         """`self.snapshot` changed: push what each subscribed type now lacks, in order."""
         raise NotImplementedError
+
+    def acked_inline(self, request: Req) -> bool:
+        """Record `request` now if it is an ACK `on_request` would only record (no
+        response, no change of subscription); False: leave it to `on_request`. Called
+        only while the stream's task waits for work, so the two never interleave."""
+        del request
+        return False
 
     async def check_names(self, type_url: str, count: int) -> None:
         """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many."""
@@ -233,7 +245,10 @@ class Stream(Generic[Req]):
     async def _read(self, requests: AsyncIterator[Req], queue: _Inbox[Req | _Event]) -> None:
         try:
             async for request in requests:
-                queue.put_nowait(request)
+                # Most requests are ACKs that need no answer: recorded here when the
+                # stream's task has nothing else to do, they cost it no wake-up.
+                if not (queue.idle and self.handle is not None and self.acked_inline(request)):
+                    queue.put_nowait(request)
         except grpc.RpcError as exc:
             log.debug("xDS stream read ended: %s", exc)
         except DecodeError as exc:
