@@ -105,8 +105,14 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         return True
 
     async def on_snapshot(self) -> None:
+        snapshot = self.snapshot
         for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
                                                                   s.type_url)):
+            # Equal type versions are equal resources: a type the client was brought to
+            # this version of lacks nothing (a subscription change comes by on_request).
+            if (snapshot is not None and not state.must_respond
+                    and state.sent_version == snapshot.version(state.type_url)):
+                continue
             await self._flush(state)
 
     @staticmethod

@@ -197,7 +197,9 @@ class ProxyRegistry:
     def __init__(self) -> None:
         self._streams: dict[int, ProxyHandle] = {}
         self._ids = itertools.count(1)
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        """Made by the first waiter after a change: thousands of ACKs a second notify
+        nobody most of the time."""
         self.generation = 0
         """Counts changes (connects, sends, ACKs, NACKs, closes): cheap to compare."""
         self._shared: weakref.WeakValueDictionary[int, frozenset[str]] = (
@@ -305,6 +307,8 @@ class ProxyRegistry:
         try:
             async with asyncio.timeout(timeout):
                 while not condition():
+                    if self._changed is None:
+                        self._changed = asyncio.Event()
                     await self._changed.wait()
         except TimeoutError:
             return False
@@ -312,8 +316,9 @@ class ProxyRegistry:
 
     def _notify(self) -> None:
         self.generation += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     def _remove(self, stream_id: int) -> None:
         if self._streams.pop(stream_id, None) is not None:
