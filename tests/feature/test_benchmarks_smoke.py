@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 RUNS: dict[str, list[str]] = {
-    "convergence": ["--proxies", "5", "--fleet-processes", "1"],
+    "convergence": ["--proxies", "5", "--fleet-processes", "1", "--real-envoys", "1"],
     "memory": ["--proxies", "5", "--fleet-processes", "1", "--settle", "0.2"],
     "reconnect": ["--proxies", "5", "--fleet-processes", "1", "--timeout", "60"],
     "large_config": ["--clusters", "50", "--endpoints", "500", "--repeat", "1"],
@@ -59,8 +59,10 @@ def _one(outputs: dict[str, list[dict[str, Any]]], name: str) -> dict[str, Any]:
 def test_convergence_prints_its_fields(outputs: dict[str, list[dict[str, Any]]]) -> None:
     row = _one(outputs, "convergence")
     assert row["proxies"] == 5
-    for key in ("p50_ms", "p99_ms", "raw_p99_ms", "ratio"):
+    for key in ("p50_ms", "p99_ms", "raw_p99_ms", "ratio", "real_p50_ms", "real_p99_ms"):
         assert row[key] > 0, key
+    assert row["cpu_ms_per_change"] >= 0 and row["raw_cpu_ms_per_change"] >= 0
+    assert row["real_envoys"] == 1  # a real Envoy applied every change (calibration)
     assert row["ratio_target"] in ("PASS", "FAIL")
 
 
