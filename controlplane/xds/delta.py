@@ -71,6 +71,8 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         super().__init__(deps, context)
         self._types: dict[str, _TypeState] = {}
         self._denials = SecretDenials()
+        self._held = False
+        """Pushes wait for an answer (see `_push`)."""
 
     async def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         type_url: str = request.type_url
@@ -91,11 +93,14 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         await self.check_names(type_url, len(state.names))
         assert self.handle is not None
         self.handle.subscribed(type_url, None if state.wildcard else state.names)
-        await self._flush(state)
+        if (state.must_respond or request.resource_names_subscribe
+                or request.resource_names_unsubscribe):
+            await self._flush(state)  # a new subscription is answered at once
+        await self._push()
 
     def acked_inline(self, request: discovery_pb2.DeltaDiscoveryRequest) -> bool:
         state = self._types.get(request.type_url)
-        if (state is None or state.must_respond or not request.response_nonce
+        if (state is None or state.must_respond or self._held or not request.response_nonce
                 or request.response_nonce != state.nonce or not state.outstanding
                 or request.HasField("error_detail") or request.resource_names_subscribe
                 or request.resource_names_unsubscribe or self.snapshot is None
@@ -105,14 +110,25 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         return True
 
     async def on_snapshot(self) -> None:
+        await self._push()
+
+    async def _push(self) -> None:
+        """Bring each type to the snapshot's version, in push order, holding a type whose
+        last response is unanswered and the types after it (see sotw.py)."""
         snapshot = self.snapshot
+        self._held = False
+        if snapshot is None:
+            return
         for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
                                                                   s.type_url)):
             # Equal type versions are equal resources: a type the client was brought to
             # this version of lacks nothing (a subscription change comes by on_request).
-            if (snapshot is not None and not state.must_respond
-                    and state.sent_version == snapshot.version(state.type_url)):
+            if not state.must_respond and state.sent_version == snapshot.version(
+                    state.type_url):
                 continue
+            if state.outstanding and not state.must_respond:
+                self._held = True
+                return
             await self._flush(state)
 
     @staticmethod

@@ -55,6 +55,8 @@ class _TypeState:
     sent_version: str | None = None
     pending: bool = True
     """A request is waiting for an answer regardless of versions."""
+    awaiting: bool = False
+    """The latest response is neither ACKed nor NACKed yet."""
 
 
 class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
@@ -66,6 +68,8 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         super().__init__(deps, context)
         self._types: dict[str, _TypeState] = {}
         self._denials = SecretDenials()
+        self._held = False
+        """Pushes wait for an answer (see `_push`)."""
 
     async def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url: str = request.type_url
@@ -83,16 +87,19 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             state = self._types[type_url] = _TypeState(type_url)
         elif not request.response_nonce:
             state.pending = True  # a re-subscription: answer it like a first request
+            state.awaiting = False
         elif request.response_nonce != state.nonce:
             return  # stale: a newer response is on its way to the client
         elif state.sent_version is not None:
             self._ack_or_nack(state, request)
         self._subscribe(state, request)
-        await self._flush(state)
+        if state.pending:
+            await self._flush(state)  # a request is answered at once
+        await self._push()
 
     def acked_inline(self, request: discovery_pb2.DiscoveryRequest) -> bool:
         state = self._types.get(request.type_url)
-        if (state is None or state.pending or not request.response_nonce
+        if (state is None or state.pending or self._held or not request.response_nonce
                 or request.response_nonce != state.nonce or state.sent_version is None
                 or request.HasField("error_detail") or self.snapshot is None
                 or self.snapshot.version(state.type_url) != state.sent_version):
@@ -107,12 +114,29 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         return True
 
     async def on_snapshot(self) -> None:
+        await self._push()
+
+    async def _push(self) -> None:
+        """Bring each type to the snapshot's version, in push order; a type whose last
+        response is not answered yet holds itself and the types after it (make before
+        break) until its ACK or NACK: a slow proxy gets the latest version once, not
+        every version in between (as Istio does)."""
+        snapshot = self.snapshot
+        self._held = False
+        if snapshot is None:
+            return
         for state in sorted(self._types.values(), key=lambda s: (push_rank(s.type_url),
                                                                   s.type_url)):
+            if not state.pending and state.sent_version == snapshot.version(state.type_url):
+                continue
+            if state.awaiting and not state.pending:
+                self._held = True
+                return
             await self._flush(state)
 
     def _ack_or_nack(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
         assert self.handle is not None and state.sent_version is not None
+        state.awaiting = False
         if request.HasField("error_detail"):
             message = request.error_detail.message
             log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
@@ -149,6 +173,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         nonce = self.next_nonce()
         previous = state.sent_version
         state.nonce, state.sent_version, state.pending = nonce, version, False
+        state.awaiting = True
         assert self.handle is not None
         self.handle.sent(state.type_url, version)
         await self.write(wire.with_nonce(body, nonce), state.type_url, version)

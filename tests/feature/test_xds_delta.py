@@ -140,3 +140,18 @@ async def test_first_request_of_an_empty_type_is_answered(xds: XdsHarness) -> No
         await client.delta_request(LISTENER, node=node())
         empty = await client.recv()
         assert empty.type_url == LISTENER and not empty.resources
+
+
+async def test_an_unanswered_response_holds_later_versions_until_its_ack(
+        xds: XdsHarness) -> None:
+    async with AdsClient(xds.target, delta=True) as client:
+        await client.delta_request(CLUSTER, node=node())
+        first = await client.recv()
+        xds.cache.set_snapshot("edge", snap({"a": 1, "b": 2, "c": 3}))
+        xds.cache.set_snapshot("edge", snap({"a": 1, "b": 2, "d": 4}))
+        assert await client.silent_for(SILENCE)  # one response in flight per type
+        await client.ack(first)
+        latest = await client.recv()  # straight to the latest: c never existed for it
+        assert sorted(versions(latest)) == ["d"] and list(latest.removed_resources) == []
+        await client.ack(latest)
+        assert await client.silent_for(SILENCE)

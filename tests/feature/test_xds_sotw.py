@@ -126,6 +126,7 @@ async def test_stale_nonce_is_ignored(xds: XdsHarness) -> None:
     async with AdsClient(xds.target) as client:
         await client.request(ENDPOINT, ["a"], node=node())
         first = await client.recv()
+        await client.ack(first, names=["a"])
         xds.cache.set_snapshot("edge", app(port=9002))
         pushed = await client.recv()
         assert pushed.nonce != first.nonce and pushed.version_info != first.version_info
@@ -134,6 +135,23 @@ async def test_stale_nonce_is_ignored(xds: XdsHarness) -> None:
         assert await client.silent_for(SILENCE)
         await client.request(ENDPOINT, ["a", "b"], version=pushed.version_info, nonce=pushed.nonce)
         assert names_of(await client.recv()) == ["a", "b"]
+
+
+async def test_a_proxy_that_has_not_answered_gets_only_the_latest_version_after(
+        xds: XdsHarness) -> None:
+    async with AdsClient(xds.target) as client:
+        await client.request(ENDPOINT, ["a"], node=node())
+        first = await client.recv()
+        xds.cache.set_snapshot("edge", app(port=9002))
+        xds.cache.set_snapshot("edge", app(port=9003))
+        assert await client.silent_for(SILENCE)  # one response in flight per type
+        await client.ack(first, names=["a"])
+        latest = await client.recv()
+        current = xds.cache.get("edge")
+        assert current is not None and latest.version_info == current.version(ENDPOINT)
+        assert latest.version_info != first.version_info
+        await client.ack(latest, names=["a"])
+        assert await client.silent_for(SILENCE)  # nothing in between was queued
 
 
 async def test_secrets_answer_every_requested_name(xds: XdsHarness) -> None:
