@@ -105,6 +105,7 @@ class SimEnvoy:
     """Delta: the version of each resource held, by type (initial_resource_versions)."""
     _got: set[str] = field(default_factory=set)
     """Types answered on the current stream."""
+    _node: bytes = b""
     trace: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
     """The last requests, responses and stream errors, for a report of stuck proxies."""
 
@@ -157,7 +158,7 @@ class SimEnvoy:
                     type_url=type_url, resource_names_subscribe=sorted(names),
                     initial_resource_versions=self._have.get(type_url, {}))
                 if not self._sent_node:
-                    req.node.CopyFrom(_node(self.node_id, self.group))
+                    req.node.MergeFromString(self._node_bytes())
                     self._sent_node = True
                 await self._call.write(req)
             else:
@@ -183,11 +184,17 @@ class SimEnvoy:
         if error is not None:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         if not self._sent_node:
-            req.node.CopyFrom(_node(self.node_id, self.group))
+            req.node.MergeFromString(self._node_bytes())
             self._sent_node = True
         self.trace.append(f"{time.monotonic():.3f} send {type_url.rsplit('.', 1)[-1]} "
                           f"nonce={nonce!r} error={error is not None}")
         await self._call.write(req)
+
+    def _node_bytes(self) -> bytes:
+        # Built once: 500 extensions are ~46 KB, and a reconnect storm re-sends them all.
+        if not self._node:
+            self._node = _node(self.node_id, self.group).SerializeToString()
+        return self._node
 
     async def _subscribe(self, type_url: str, names: Sequence[str]) -> None:
         if self.delta and type_url in (CLUSTER, LISTENER):
