@@ -198,7 +198,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
                     self.handle.acked(state.type_url, version)
             return
         nonce = self.next_nonce()
-        response = wire.delta_response(
+        response = wire.delta_parts(
             version, state.type_url,
             (snapshot.delta_resource(state.type_url, e.name) for e in changed),
             nonce, [*gone, *missing])

@@ -19,6 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.errors import ControlPlaneError
 from controlplane.xds import wire
+from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.denials import SecretDenials
@@ -51,6 +52,8 @@ class AggregatedDiscoveryServer:
         max_streams: streams served at once; one more is refused with RESOURCE_EXHAUSTED
             (each holds a task, a queue and per-type state: memory stays bounded
             whatever clients open, identified or not).
+        budget: bytes of responses written at once across streams (`PushBudget`);
+            default 256 MiB.
     """
 
     def __init__(
@@ -61,9 +64,10 @@ class AggregatedDiscoveryServer:
         group_of: GroupOf = node_cluster,
         observer: XdsObserver = NO_OBSERVER,
         max_streams: int = MAX_STREAMS,
+        budget: PushBudget | None = None,
     ) -> None:
         self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of,
-                                observer=observer)
+                                observer=observer, budget=budget or PushBudget())
         self._max_streams = max_streams
         self._streams = 0
 

@@ -176,7 +176,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         state.awaiting = True
         assert self.handle is not None
         self.handle.sent(state.type_url, version)
-        await self.write(wire.with_nonce(body, nonce), state.type_url, version)
+        await self.write(wire.sotw_parts(body, nonce), state.type_url, version)
         endpoints = self._types.get(ENDPOINT)
         clusters_changed = state.type_url == CLUSTER and previous not in (None, version)
         if clusters_changed and endpoints is not None:

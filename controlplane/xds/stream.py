@@ -12,8 +12,8 @@ import asyncio
 import collections
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -26,6 +26,7 @@ from controlplane.errors import (
     InvalidInputError,
     PermissionDeniedError,
 )
+from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
@@ -61,6 +62,7 @@ class StreamDeps:
     registry: ProxyRegistry
     group_of: GroupOf = node_cluster
     observer: XdsObserver = NO_OBSERVER
+    budget: PushBudget = field(default_factory=PushBudget)
 
 
 class _Event(enum.Enum):
@@ -159,10 +161,14 @@ class Stream(Generic[Req]):
                 f"{count} resource names subscribed for {type_url}: at most "
                 f"{MAX_NAMES_PER_TYPE} per type")
 
-    async def write(self, response: bytes, type_url: str, version: str) -> None:
-        """Send one serialized response (see `wire`) of `version` of a type; the caller
-        has already updated its state."""
-        await self.context.write(response)
+    async def write(self, parts: Sequence[bytes], type_url: str, version: str) -> None:
+        """Send one serialized response (`parts` joined, see `wire`) of `version` of a
+        type, within the push budget; the caller has already updated its state."""
+        async def send() -> None:
+            # Joined only now: a copy per stream exists only while it is being written.
+            await self.context.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+        await self.deps.budget.write(sum(map(len, parts)), send)
         self.deps.observer.pushed(self.group, type_url, version,
                                   after_change=self._after_change)
 

@@ -43,16 +43,27 @@ def sotw_body(version: str, type_url: str, resources: Iterable[bytes]) -> bytes:
     return b"".join((text(VERSION, version), *resources, text(TYPE_URL, type_url)))
 
 
+def delta_parts(version: str, type_url: str, resources: Iterable[bytes], nonce: str,
+                removed: Iterable[str]) -> list[bytes]:
+    """A DeltaDiscoveryResponse as the parts to join; `resources` are framed fields."""
+    return [text(VERSION, version), *resources, text(TYPE_URL, type_url),
+            text(NONCE, nonce), *(text(REMOVED, n) for n in removed)]
+
+
 def delta_response(version: str, type_url: str, resources: Iterable[bytes], nonce: str,
                    removed: Iterable[str]) -> bytes:
     """A whole DeltaDiscoveryResponse; `resources` are framed `RESOURCES` fields."""
-    return b"".join((text(VERSION, version), *resources, text(TYPE_URL, type_url),
-                     text(NONCE, nonce), *(text(REMOVED, n) for n in removed)))
+    return b"".join(delta_parts(version, type_url, resources, nonce, removed))
+
+
+def sotw_parts(body: bytes, nonce: str) -> list[bytes]:
+    """`body` (a response without nonce) and its nonce, as the parts to join."""
+    return [body, text(NONCE, nonce)]
 
 
 def with_nonce(body: bytes, nonce: str) -> bytes:
     """`body` (a response without nonce) with its nonce appended."""
-    return body + text(NONCE, nonce)
+    return b"".join(sotw_parts(body, nonce))
 
 
 def serialize(message: bytes | Message) -> bytes:

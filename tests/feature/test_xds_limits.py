@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 
+from controlplane.xds.budget import PushBudget
 from controlplane.xds.resources import ENDPOINT
 from controlplane.xds.stream import MAX_NAMES_PER_TYPE
 from tests.feature.test_xds_sotw import app
@@ -66,3 +69,22 @@ async def test_streams_past_the_server_cap_are_refused_until_one_closes() -> Non
         async with AdsClient(small.target) as later:  # slots come back
             await later.request(ENDPOINT, ["a"], node=node("p3"))
             assert (await later.recv()).type_url == ENDPOINT
+
+
+async def test_with_a_one_byte_push_budget_every_proxy_is_still_served() -> None:
+    # Every response is larger than the budget, so each goes alone: slower, never stuck.
+    async with xds_server(budget=PushBudget(limit=1, hold_s=60)) as tight:
+        tight.cache.set_snapshot("edge", app())
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(AdsClient(tight.target))
+                       for _ in range(8)]
+            for i, client in enumerate(clients):
+                await client.request(ENDPOINT, ["a"], node=node(f"p{i}"))
+            firsts = [await client.recv() for client in clients]
+            for client, first in zip(clients, firsts, strict=True):
+                await client.ack(first, names=["a"])
+            tight.cache.set_snapshot("edge", app(port=9002))
+            pushed = [await client.recv() for client in clients]
+            current = tight.cache.get("edge")
+            assert current is not None
+            assert {p.version_info for p in pushed} == {current.version(ENDPOINT)}

@@ -13,6 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
+from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import MAX_STREAMS, AggregatedDiscoveryServer
@@ -36,7 +37,7 @@ class XdsHarness:
 @contextlib.asynccontextmanager
 async def xds_server(
     *, ready: bool = True, group_of: GroupOf = node_cluster, host: str = "127.0.0.1", port: int = 0,
-    max_streams: int = MAX_STREAMS,
+    max_streams: int = MAX_STREAMS, budget: PushBudget | None = None,
 ) -> AsyncIterator[XdsHarness]:
     """Start ADS + SDS on `host:port` (0: any free port); `ready=False` leaves the cache unready."""
     cache = SnapshotCache()
@@ -44,8 +45,8 @@ async def xds_server(
         cache.mark_ready()
     registry = ProxyRegistry()
     server = grpc.aio.server()
-    AggregatedDiscoveryServer(cache, registry, group_of=group_of,
-                              max_streams=max_streams).add_to_server(server)
+    AggregatedDiscoveryServer(cache, registry, group_of=group_of, max_streams=max_streams,
+                              budget=budget).add_to_server(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     try:
