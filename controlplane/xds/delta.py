@@ -96,7 +96,9 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         if (state.must_respond or request.resource_names_subscribe
                 or request.resource_names_unsubscribe):
             await self._flush(state)  # a new subscription is answered at once
-        await self._push()
+        if self._held or (self.snapshot is not None
+                          and self.snapshot.version(type_url) != state.sent_version):
+            await self._push()  # only an answer can have let a held push go
 
     def acked_inline(self, request: discovery_pb2.DeltaDiscoveryRequest) -> bool:
         state = self._types.get(request.type_url)

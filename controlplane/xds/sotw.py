@@ -95,7 +95,9 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         self._subscribe(state, request)
         if state.pending:
             await self._flush(state)  # a request is answered at once
-        await self._push()
+        if self._held or (self.snapshot is not None
+                          and self.snapshot.version(type_url) != state.sent_version):
+            await self._push()  # only an answer can have let a held push go
 
     def acked_inline(self, request: discovery_pb2.DiscoveryRequest) -> bool:
         state = self._types.get(request.type_url)
