@@ -333,7 +333,10 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
             elif cmd == "collect":
                 conn.send(("times", await _wait(envoys, armed, args[0])))
             elif cmd == "collect_served":
-                conn.send(("times", await _wait_served(envoys, armed_streams, args[0])))
+                times = await _wait_served(envoys, armed_streams, args[0])
+                stuck = [f"{e.node_id} {_states([e])}: {list(e.trace)}"
+                         for e, t in zip(envoys, times, strict=True) if t is None][:1]
+                conn.send(("times", times, stuck))
             elif cmd == "nack":
                 type_url, on = args
                 for e in envoys:
@@ -409,6 +412,9 @@ class Fleet:
     def __init__(self, procs: list[tuple[multiprocessing.process.BaseProcess,
                                          multiprocessing.connection.Connection]]) -> None:
         self._procs = procs
+        self.stuck: list[str] = []
+        """After `collect_served`: one proxy per process that was not served, with its
+        state and last requests and responses."""
 
     @classmethod
     def start(cls, target: str, *, proxies: int, processes: int = 2, delta: bool = False,
@@ -483,8 +489,10 @@ class Fleet:
         """Per proxy, time.monotonic() when a stream opened after `arm` got every type it
         subscribes to (None: none in time). Needs `reconnect=True`."""
         times: list[float | None] = []
+        self.stuck = []
         for msg in self._all("collect_served", timeout, reply="times", timeout=timeout + 10):
             times.extend(msg[1])
+            self.stuck += msg[2]
         return times
 
     def nack(self, type_url: str, on: bool = True) -> None:

@@ -16,6 +16,8 @@ Target (a goal, printed, not asserted): 5,000 proxies all served ≤ 10 s.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,6 +41,19 @@ TARGET_S = 10.0
 TARGET_PROXIES = 5000
 
 
+def _streams_of(admin_port: int, node_id: str) -> list[dict[str, Any]]:
+    """What `controlplane get proxies` says of one node's streams (diagnostics)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane", "get", "proxies", "-o", "json",
+         "--server", f"127.0.0.1:{admin_port}"],
+        capture_output=True, text=True, timeout=60).stdout
+    try:
+        items = json.loads(out)["items"]
+    except (ValueError, KeyError):
+        return [{"error": out[-300:]}]
+    return [i for i in items if i.get("nodeId") == node_id]
+
+
 def measure(proxies: int, *, delta: bool, processes: int, timeout: float,
             log: Callable[[str], None]) -> dict[str, Any]:
     """One row: restart under N connected proxies, time until all are served again."""
@@ -60,6 +75,10 @@ def measure(proxies: int, *, delta: bool, processes: int, timeout: float,
             serve = ServeProcess(data, log_path, xds_port=serve.xds_port,
                                  admin_port=serve.admin_port, timeout=timeout)
             times = fleet.collect_served(timeout)
+            for stuck in fleet.stuck:
+                log(f"[N={proxies}] not served: {stuck}")
+                log(f"[N={proxies}] the control plane's streams of that node: "
+                    f"{_streams_of(serve.admin_port, stuck.split()[0])}")
             peak = serve.rss_kb("VmHWM")
             rss_after = serve.rss_kb()
         finally:
