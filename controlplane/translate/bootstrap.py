@@ -142,7 +142,7 @@ def _xds_cluster(host: str, port: int, tls_dir: str | None = None) -> dict[str, 
             }
         },
         # Notice a silently dead control plane connection (no FIN) and reconnect: within
-        # 30 s + 3 × 5 s, not the kernel's default 2 h (Envoy Gateway's and Contour's values).
+        # 30 s + 3 x 5 s, not the kernel's default 2 h (Envoy Gateway's and Contour's values).
         "upstream_connection_options": {"tcp_keepalive": {
             "keepalive_probes": 3, "keepalive_time": 30, "keepalive_interval": 5}},
     }
