@@ -19,11 +19,19 @@ type; `controlplane/xds/sotw.py`), Delta only the resources whose version change
 (`controlplane/xds/delta.py`). Bytes are the serialized DiscoveryResponse /
 DeltaDiscoveryResponse messages. Targets (goals, printed, not asserted): translate +
 serialize ≤ 1 s; delta bytes ≤ 1% of SotW bytes.
+
+Last, the server's own work per proxy for that change: `--streams` SotW and as many
+Delta streams of the real `controlplane.xds` code (CDS and LDS wildcard, EDS and RDS
+by name, as Envoy subscribes) hold the old snapshot; the new one is set in the cache,
+and push_us_per_proxy is this process's CPU time until every stream has written its
+responses, per stream. The gRPC call under each stream is reduced to a sink that counts
+the bytes written (what gRPC costs per write is in convergence.py's raw figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -39,8 +47,13 @@ from envoy.service.discovery.v3 import discovery_pb2
 from benchmarks._common import machine, markdown_table
 from controlplane.model import DesiredState, Upstream, validate_documents
 from controlplane.translate import translate
-from controlplane.xds.resources import PUSH_ORDER, short_kind
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.delta import DeltaStream
+from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, short_kind
 from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.sotw import SotwStream
+from controlplane.xds.stream import StreamDeps
 
 TARGET_TRANSLATE_MS = 1000.0
 TARGET_DELTA_SHARE = 0.01
@@ -134,7 +147,113 @@ def wire_bytes(old: Snapshot, new: Snapshot) -> tuple[int, int, list[str]]:
     return sotw, delta, changed
 
 
-def measure(clusters: int, endpoints: int, *, repeat: int) -> dict[str, Any]:
+class _Tally:
+    """Writes across every sink; `reached` is set once there are `target` of them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.reached = asyncio.Event()
+
+    def add(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.reached.set()
+
+    async def wait(self, target: int) -> None:
+        self.target = target
+        if self.count < target:
+            self.reached.clear()
+            await asyncio.wait_for(self.reached.wait(), 60)
+
+
+class _Sink:
+    """What a stream calls on its gRPC context: writes are counted, and each response is
+    answered with an ACK on the stream's request iterator, as Envoy would (not while
+    `counting`: parsing a response is the proxy's work, not the server's)."""
+
+    def __init__(self, delta: bool, written: _Tally) -> None:
+        self.delta = delta
+        self.counting = False
+        self.written = written
+        self.bytes = 0
+        self._requests: asyncio.Queue[Any] = asyncio.Queue()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:0"
+
+    async def abort(self, code: object, details: str) -> None:
+        raise RuntimeError(f"stream aborted: {code} {details}")
+
+    async def write(self, data: bytes) -> None:
+        self.written.add()
+        self.bytes += len(data)
+        if self.counting:
+            return
+        kind = (discovery_pb2.DeltaDiscoveryResponse if self.delta
+                else discovery_pb2.DiscoveryResponse)
+        response = kind.FromString(data)
+        if self.delta:
+            self.send(discovery_pb2.DeltaDiscoveryRequest(type_url=response.type_url,
+                                                          response_nonce=response.nonce))
+        else:
+            self._requests.put_nowait(("ack", response))
+
+    def send(self, request: Any) -> None:
+        self._requests.put_nowait(request)
+
+    async def requests(self, names: dict[str, list[str]]) -> Any:
+        while True:
+            item = await self._requests.get()
+            if isinstance(item, tuple):  # a SotW ACK repeats the names subscribed
+                _, response = item
+                item = discovery_pb2.DiscoveryRequest(
+                    type_url=response.type_url, version_info=response.version_info,
+                    response_nonce=response.nonce, resource_names=names.get(response.type_url, []))
+            yield item
+
+
+async def _push_cost(old: Snapshot, new: Snapshot, *, streams: int, delta: bool) -> float:
+    """CPU µs per stream to bring `streams` streams (holding `old`) to `new`, the
+    cache's work for the change included."""
+    cache, registry = SnapshotCache(), ProxyRegistry()
+    cache.mark_ready()
+    cache.set_snapshot(GROUP, old)
+    deps = StreamDeps(cache, registry)
+    names = {ENDPOINT: old.names(ENDPOINT), ROUTE: old.names(ROUTE)}
+    sinks, tasks, written = [], [], _Tally()
+    for i in range(streams):
+        sink = _Sink(delta, written)
+        stream = (DeltaStream if delta else SotwStream)(deps, sink)  # type: ignore[arg-type]
+        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+            if delta:
+                request: Any = discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url, resource_names_subscribe=names.get(type_url, []))
+            else:
+                request = discovery_pb2.DiscoveryRequest(
+                    type_url=type_url, resource_names=names.get(type_url, []))
+            request.node.id, request.node.cluster = f"proxy-{i}", GROUP
+            sink.send(request)
+        sinks.append(sink)
+        tasks.append(asyncio.create_task(stream.run(sink.requests(names))))
+
+    await written.wait(4 * streams)
+    subscribed = {t: old.version(t) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+    if not await registry.wait_acked(GROUP, subscribed, timeout=60, min_proxies=streams):
+        raise RuntimeError("the streams did not ACK the first snapshot")
+    for sink in sinks:
+        sink.counting = True
+    c0 = time.process_time()
+    cache.set_snapshot(GROUP, new)
+    await written.wait(written.count + streams)  # one EDS response each
+    cpu = time.process_time() - c0
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return cpu / streams * 1e6
+
+
+def measure(clusters: int, endpoints: int, *, repeat: int, streams: int = 100) -> dict[str, Any]:
     """One row of the table."""
     t0 = time.perf_counter()
     state = build_state(clusters, endpoints)
@@ -156,7 +275,10 @@ def measure(clusters: int, endpoints: int, *, repeat: int) -> dict[str, Any]:
     served = sum(len(snapshot.resources(t)) for t in PUSH_ORDER)
     config_bytes = sum(e.packed.ByteSize() for t in PUSH_ORDER
                        for e in snapshot.resources(t).values())
-    sotw, delta, changed = wire_bytes(snapshot, publish(with_one_endpoint_moved(state)))
+    moved = publish(with_one_endpoint_moved(state))
+    sotw, delta, changed = wire_bytes(snapshot, moved)
+    sotw_push = asyncio.run(_push_cost(snapshot, moved, streams=streams, delta=False))
+    delta_push = asyncio.run(_push_cost(snapshot, moved, streams=streams, delta=True))
     translate_ms = best_total * 1e3
     share = delta / sotw if sotw else 0.0
     return {
@@ -172,6 +294,9 @@ def measure(clusters: int, endpoints: int, *, repeat: int) -> dict[str, Any]:
         "sotw_bytes": sotw,
         "delta_bytes": delta,
         "delta_share": round(share, 6),
+        "streams": streams,
+        "sotw_push_us_per_proxy": round(sotw_push, 1),
+        "delta_push_us_per_proxy": round(delta_push, 1),
         "translate_target": "PASS" if translate_ms <= TARGET_TRANSLATE_MS else "FAIL",
         "delta_target": "PASS" if share <= TARGET_DELTA_SHARE else "FAIL",
     }
@@ -185,11 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--endpoints", type=int, default=100000,
                         help="endpoints over all clusters (default 100000)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs; the best counts")
+    parser.add_argument("--streams", type=int, default=100,
+                        help="SotW and Delta streams for the push cost (default 100)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     if args.clusters < 2 or args.clusters % 2 or args.endpoints < args.clusters:
         parser.error("--clusters: an even number ≥ 2; --endpoints: at least one per cluster")
-    row = measure(args.clusters, args.endpoints, repeat=max(1, args.repeat))
+    row = measure(args.clusters, args.endpoints, repeat=max(1, args.repeat),
+                  streams=max(1, args.streams))
     if args.json:
         print(json.dumps(row), flush=True)
     else:

@@ -71,6 +71,8 @@ class SnapshotCache:
         current = self._snapshots.get(group)
         if current is not None and current.versions == snapshot.versions:
             return
+        if current is not None:
+            snapshot.note_predecessor(current)
         self._snapshots[group] = snapshot
         event = self._changed.pop(group, None)
         if event is not None:

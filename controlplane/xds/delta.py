@@ -57,6 +57,10 @@ class _TypeState:
     """The snapshot version of the type the client has been brought to."""
     must_respond: bool = True
     """The first request of a type is answered even when there is nothing to send."""
+    synced: str | None = None
+    """The type version `have` and `told_missing` are exactly the client's view of, for
+    the current subscription: the next flush needs only what changed since (see
+    `Snapshot.changes_since`). None after a subscription change."""
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -147,6 +151,8 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         )
 
     def _resubscribe(self, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            state.synced = None
         for name in request.resource_names_subscribe:
             if name == _WILDCARD:
                 state.wildcard = True
@@ -177,20 +183,37 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             self.handle.acked(state.type_url, state.sent_version)
             self.deps.observer.acked(self.group, state.type_url)
 
-    async def _flush(self, state: _TypeState) -> None:
-        """Send what the client lacks of the current snapshot, if anything."""
+    async def _flush(self, state: _TypeState, resend: frozenset[str] = frozenset()) -> None:
+        """Send what the client lacks of the current snapshot, if anything, and the
+        resources named in `resend` (that it has) again."""
         snapshot = self.snapshot
         if snapshot is None:
             return
         assert self.handle is not None
         version = snapshot.version(state.type_url)
         entries = snapshot.resources(state.type_url)
-        wanted = entries.keys() if state.wildcard else sorted(state.names & entries.keys())
-        changed = [entries[n] for n in wanted if state.have.get(n) != entries[n].version]
-        gone = sorted(n for n in state.have if n not in entries)
-        missing = sorted(state.names - entries.keys() - state.have.keys() - state.told_missing)
-        self._denials.check(node_id=self._node_id(), group=self.group, type_url=state.type_url,
-                            requested=missing, available=entries)
+        have = state.have
+        since = (None if state.synced is None
+                 else snapshot.changes_since(state.type_url, state.synced))
+        if since is not None:
+            # The client is exactly at `synced`: only what changed since concerns it, and
+            # every subscribed name missing then was already told.
+            candidates = sorted(n for n in since.changed | resend
+                                if n in entries and state.wants(n))
+            changed = [entries[n] for n in candidates
+                       if n in resend or have.get(n) != entries[n].version]
+            gone = sorted(n for n in since.removed if n in have)
+            missing: list[str] = []
+        else:
+            wanted = entries.keys() if state.wildcard else sorted(state.names & entries.keys())
+            changed = [entries[n] for n in wanted
+                       if have.get(n) != entries[n].version or n in resend]
+            gone = sorted(n for n in have if n not in entries)
+            missing = sorted(state.names - entries.keys() - have.keys() - state.told_missing)
+        if missing:
+            self._denials.check(node_id=self._node_id(), group=self.group,
+                                type_url=state.type_url, requested=missing, available=entries)
+        state.synced = version
         if not (changed or gone or missing or state.must_respond):
             if version != state.sent_version:
                 # Nothing of the new version concerns this client: it is there already.
@@ -219,9 +242,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         if state.type_url == CLUSTER and changed and endpoints is not None:
             # A changed cluster is re-created and waits for its endpoints without asking
             # again: send them again even if unchanged (see sotw.py).
-            for resource in changed:
-                endpoints.have.pop(resource.name, None)
-            await self._flush(endpoints)
+            await self._flush(endpoints, frozenset(r.name for r in changed))
 
     def _node_id(self) -> str:
         return self.handle.node_id if self.handle is not None else "?"

@@ -69,13 +69,25 @@ class Entry:
 _NO_ENTRIES: Mapping[str, Entry] = MappingProxyType({})
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """The names of one type that are new or changed, and those that are gone."""
+
+    changed: frozenset[str]
+    removed: frozenset[str]
+
+
+NO_CHANGES = Changes(frozenset(), frozenset())
+
+
 class Snapshot:
     """Immutable resources of one group, keyed by type URL then name (sorted).
 
     Build with `Snapshot.build`; instances are safe to share between tasks.
     """
 
-    __slots__ = ("_entries", "_memo_names", "_problems", "_references", "_versions", "_wire")
+    __slots__ = ("_entries", "_memo_names", "_problems", "_references", "_since", "_versions",
+                 "_wire")
 
     def __init__(
         self,
@@ -92,6 +104,8 @@ class Snapshot:
         self._wire: dict[tuple[str, str, frozenset[str] | str | None], bytes] = {}
         self._memo_names = 0
         """Response bodies and framed resources, serialized on first use."""
+        self._since: dict[tuple[str, str], Changes] = {}
+        """(type URL, an older version of it) → what changed since (`note_predecessor`)."""
 
     @classmethod
     def build(cls, resources: Mapping[str, Sequence[Message]]) -> Snapshot:
@@ -193,6 +207,28 @@ class Snapshot:
             framed = self._wire[key] = wire.field(
                 wire.RESOURCES, self.resources(type_url)[name].resource.SerializeToString())
         return framed
+
+    def note_predecessor(self, older: Snapshot) -> None:
+        """Remember what changed since `older`, type by type, so that a Delta stream
+        brought to `older` finds what to send in O(changes) instead of comparing every
+        resource it holds (10k clusters for each of 1,000 streams per change otherwise). Derived
+        data like the wire memo: the snapshot's content does not change."""
+        for type_url, version in self._versions.items():
+            old_version = older.version(type_url)
+            if old_version == version or (type_url, old_version) in self._since:
+                continue
+            old, new = older.resources(type_url), self.resources(type_url)
+            self._since[(type_url, old_version)] = Changes(
+                changed=frozenset(n for n, e in new.items()
+                                  if (o := old.get(n)) is None or o.version != e.version),
+                removed=frozenset(n for n in old if n not in new))
+
+    def changes_since(self, type_url: str, old_version: str) -> Changes | None:
+        """What changed in a type since its `old_version`; None when not known (only the
+        predecessors given to `note_predecessor` are)."""
+        if old_version == self.version(type_url):
+            return NO_CHANGES
+        return self._since.get((type_url, old_version))
 
     def consistency_problems(self) -> list[str]:
         """Every reason this snapshot cannot be served, sorted; empty when consistent."""

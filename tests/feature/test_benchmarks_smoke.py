@@ -22,7 +22,8 @@ RUNS: dict[str, list[str]] = {
     "convergence": ["--proxies", "5", "--fleet-processes", "1", "--real-envoys", "1"],
     "memory": ["--proxies", "5", "--fleet-processes", "1", "--settle", "0.2"],
     "reconnect": ["--proxies", "5", "--fleet-processes", "1", "--timeout", "60"],
-    "large_config": ["--clusters", "50", "--endpoints", "500", "--repeat", "1"],
+    "large_config": ["--clusters", "50", "--endpoints", "500", "--repeat", "1",
+                     "--streams", "5"],
 }
 
 
@@ -81,6 +82,8 @@ def test_large_config_prints_sizes(outputs: dict[str, list[dict[str, Any]]]) -> 
     assert 0 < row["delta_bytes"] < row["sotw_bytes"]
     assert row["changed_types"] == "ClusterLoadAssignment"  # one endpoint: EDS only
     assert {row["translate_target"], row["delta_target"]} <= {"PASS", "FAIL"}
+    assert row["streams"] == 5
+    assert row["sotw_push_us_per_proxy"] > 0 and row["delta_push_us_per_proxy"] > 0
 
 
 def test_reconnect_serves_every_proxy_again(outputs: dict[str, list[dict[str, Any]]]) -> None:

@@ -155,3 +155,53 @@ async def test_an_unanswered_response_holds_later_versions_until_its_ack(
         assert sorted(versions(latest)) == ["d"] and list(latest.removed_resources) == []
         await client.ack(latest)
         assert await client.silent_for(SILENCE)
+
+
+async def test_a_changed_cluster_gets_its_unchanged_endpoints_again(xds: XdsHarness) -> None:
+    async with AdsClient(xds.target, delta=True) as client:
+        await client.delta_request(CLUSTER, node=node())
+        clusters = await client.recv()
+        await client.ack(clusters)
+        await client.delta_request(ENDPOINT, subscribe=["a", "b"])
+        eds = await client.recv()
+        assert sorted(versions(eds)) == ["a", "b"]
+        await client.ack(eds)
+
+        # Cluster a changes, its endpoints do not: Envoy re-creates a and waits for them.
+        xds.cache.set_snapshot("edge", Snapshot.build(resources(
+            clusters=[eds_cluster("a", service_name="a"), eds_cluster("b")],
+            endpoints=[endpoints("a", [("127.0.0.1", 1)]), endpoints("b", [("127.0.0.1", 2)])],
+        )))
+        cds = await client.recv()
+        assert cds.type_url == CLUSTER and list(versions(cds)) == ["a"]
+        again = await client.recv()
+        assert again.type_url == ENDPOINT and versions(again) == {"a": versions(eds)["a"]}
+        await client.ack(cds)
+        await client.ack(again)
+
+        # Then an endpoint of b changes: only b, as usual.
+        xds.cache.set_snapshot("edge", Snapshot.build(resources(
+            clusters=[eds_cluster("a", service_name="a"), eds_cluster("b")],
+            endpoints=[endpoints("a", [("127.0.0.1", 1)]), endpoints("b", [("127.0.0.1", 3)])],
+        )))
+        moved = await client.recv()
+        assert moved.type_url == ENDPOINT and list(versions(moved)) == ["b"]
+
+
+async def test_after_a_subscription_change_updates_follow_the_new_names(
+        xds: XdsHarness) -> None:
+    async with AdsClient(xds.target, delta=True) as client:
+        await client.delta_request(ENDPOINT, subscribe=["a"], node=node())
+        first = await client.recv()
+        await client.ack(first)
+        await client.delta_request(ENDPOINT, subscribe=["b"], unsubscribe=["a"])
+        second = await client.recv()
+        assert list(versions(second)) == ["b"]
+        await client.ack(second)
+        xds.cache.set_snapshot("edge", snap({"a": 10, "b": 20, "c": 30}))
+        update = await client.recv()
+        assert list(versions(update)) == ["b"] and not update.removed_resources
+        await client.ack(update)
+        xds.cache.set_snapshot("edge", snap({"a": 11, "c": 30}))  # b gone
+        gone = await client.recv()
+        assert not gone.resources and list(gone.removed_resources) == ["b"]

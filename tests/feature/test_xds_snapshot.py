@@ -112,3 +112,22 @@ def test_cache_rejects_inconsistent_and_keeps_last_good() -> None:
     assert cache.get("edge") is good
     assert cache.groups() == ["edge"]
     assert ROUTE in good.versions
+
+
+def test_a_snapshot_knows_what_changed_since_its_predecessor() -> None:
+    before = Snapshot.build(resources(
+        clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+        endpoints=[endpoints(n, [("127.0.0.1", 1)]) for n in "abc"]))
+    after = Snapshot.build(resources(
+        clusters=[eds_cluster("a", service_name="a"), eds_cluster("c"), eds_cluster("d")],
+        endpoints=[endpoints(n, [("127.0.0.1", 1)]) for n in "acd"]))
+    assert after.changes_since(CLUSTER, before.version(CLUSTER)) is None  # not told yet
+    after.note_predecessor(before)
+    clusters = after.changes_since(CLUSTER, before.version(CLUSTER))
+    assert clusters is not None
+    assert (sorted(clusters.changed), sorted(clusters.removed)) == (["a", "d"], ["b"])
+    eds = after.changes_since(ENDPOINT, before.version(ENDPOINT))
+    assert eds is not None and (sorted(eds.changed), sorted(eds.removed)) == (["d"], ["b"])
+    same = after.changes_since(CLUSTER, after.version(CLUSTER))
+    assert same is not None and not same.changed and not same.removed
+    assert after.changes_since(CLUSTER, "some-older-version") is None
