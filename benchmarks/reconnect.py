@@ -10,7 +10,8 @@ subscription again with its last accepted `version_info` and an empty nonce (Del
 dies with it) and starts again on the same xDS and admin ports and the same data dir.
 all_served_s: from starting the new process until the last proxy has a response of
 every type it subscribes to on its new stream (so it includes the restart itself:
-serving_s, process start until it listens). peak_rss_kb is the new process's VmHWM.
+serving_s, process start until it listens). peak_rss_kb is the new process's VmHWM;
+cpu_s its CPU time until then (steadier than the wall clock on a shared machine).
 Target (a goal, printed, not asserted): 5,000 proxies all served ≤ 10 s.
 """
 
@@ -30,6 +31,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 from benchmarks._common import (
     ServeProcess,
     apply_documents,
+    cpu_seconds,
     edge_documents,
     fleet_parser,
     percentile,
@@ -75,6 +77,7 @@ def measure(proxies: int, *, delta: bool, processes: int, timeout: float,
             serve = ServeProcess(data, log_path, xds_port=serve.xds_port,
                                  admin_port=serve.admin_port, timeout=timeout)
             times = fleet.collect_served(timeout)
+            cpu = cpu_seconds(serve.pid)
             for stuck in fleet.stuck:
                 log(f"[N={proxies}] not served: {stuck}")
                 log(f"[N={proxies}] the control plane's streams of that node: "
@@ -96,6 +99,7 @@ def measure(proxies: int, *, delta: bool, processes: int, timeout: float,
         "p50_served_s": round(percentile(served, 50), 2) if served else None,
         "all_served_s": round(all_served, 2) if not missing else None,
         "not_served": missing,
+        "cpu_s": round(cpu, 2),
         "rss_before_kb": rss_before,
         "peak_rss_kb": peak,
         "rss_after_kb": rss_after,

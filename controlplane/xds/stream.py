@@ -239,7 +239,8 @@ class Stream(Generic[Req]):
             protocol=self.protocol,
             peer=self.context.peer(),
             build_version=_build_version(node),
-            extensions=(e.name for e in node.extensions),
+            extensions=self.deps.registry.shared_by_key(
+                _build_key(node), lambda: [e.name for e in node.extensions]),
         )
         self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
@@ -262,6 +263,16 @@ class Stream(Generic[Req]):
             queue.put_nowait(_Event.MALFORMED)
         finally:
             queue.put_nowait(_Event.END)
+
+
+def _build_key(node: base_pb2.Node) -> bytes:
+    """The node without what differs between proxies of one build (identity, placement)."""
+    build = base_pb2.Node()
+    build.CopyFrom(node)
+    for name in ("id", "cluster", "metadata", "locality", "dynamic_parameters"):
+        build.ClearField(name)
+    key: bytes = build.SerializeToString(deterministic=True)
+    return key
 
 
 def _build_version(node: base_pb2.Node) -> str:

@@ -90,5 +90,6 @@ def test_reconnect_serves_every_proxy_again(outputs: dict[str, list[dict[str, An
     row = _one(outputs, "reconnect")
     assert row["proxies"] == 5
     assert row["not_served"] == 0
+    assert row["cpu_s"] > 0
     assert row["all_served_s"] > 0
     assert row["peak_rss_kb"] > 0

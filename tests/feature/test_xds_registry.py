@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT
 from controlplane.xds.snapshot import Snapshot
@@ -105,3 +106,27 @@ async def test_garbage_bytes_end_only_that_stream() -> None:
             await client.request(CLUSTER, node=node())
             assert len((await client.recv()).resources) == 3
         await wait_for(lambda: len(xds.registry) == 0)
+
+
+async def test_extension_names_are_read_per_build_and_shared() -> None:
+    def envoy(node_id: str, extensions: list[str]) -> base_pb2.Node:
+        n = node(node_id)
+        n.user_agent_name = "envoy"
+        n.extensions.extend(base_pb2.Extension(name=e, category="envoy.filters.http")
+                            for e in extensions)
+        return n
+
+    common = [f"envoy.filters.http.ext_{i:03d}" for i in range(500)]
+    async with xds_server() as xds:
+        xds.cache.set_snapshot("edge", big_snapshot(1))
+        async with AdsClient(xds.target) as a, AdsClient(xds.target) as b, \
+                AdsClient(xds.target) as c:
+            await a.request(CLUSTER, node=envoy("a", common))
+            await b.request(CLUSTER, node=envoy("b", common))
+            await c.request(CLUSTER, node=envoy("c", [*common[:-1], "envoy.filters.http.mine"]))
+            for client in (a, b, c):
+                await client.recv()
+            by_id = {p.node_id: p.extensions for p in xds.registry.list()}
+    assert by_id["a"] == frozenset(common) and by_id["a"] is by_id["b"]  # one copy
+    assert "envoy.filters.http.mine" in by_id["c"]
+    assert common[-1] not in by_id["c"]
