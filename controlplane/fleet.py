@@ -12,8 +12,7 @@ import json
 import logging
 import zlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
@@ -51,11 +50,14 @@ class ProxyReport:
 
 
 def encode(reports: Iterable[ProxyReport]) -> bytes:
-    return _join(_fragment(asdict(r)) for r in reports)
+    return _join(_fragment(r) for r in reports)
 
 
-def _fragment(report: dict[str, Any]) -> str:
-    return json.dumps(report, sort_keys=True)
+def _fragment(report: ProxyReport) -> str:
+    # Not dataclasses.asdict: it deep-copies, and this runs for every ACK of a change.
+    return json.dumps({"node_id": report.node_id, "group": report.group,
+                       "connected_at": report.connected_at, "acked": report.acked,
+                       "nacks": report.nacks}, sort_keys=True)
 
 
 def _join(fragments: Iterable[str]) -> bytes:
@@ -182,10 +184,10 @@ class ReportEncoder:
             known = self._fragments.get(key)
             if known is None:
                 known = (zlib.crc32(handle.node_id.encode()) % self._shards,
-                         _fragment(asdict(ProxyReport(
+                         _fragment(ProxyReport(
                              node_id=handle.node_id, group=handle.group,
                              connected_at=handle.connected_at,
-                             acked=handle.acked_versions(), nacks=handle.nacks()))))
+                             acked=handle.acked_versions(), nacks=handle.nacks())))
             fragments[key] = known
             by_shard.setdefault(known[0], []).append(known[1])
         self._fragments = fragments
