@@ -79,24 +79,48 @@ MAX_NAMES_PER_TYPE = 100_000
 RESOURCE_EXHAUSTED: what a stream keeps per name is held for as long as it lives, so
 without a bound one client could make the server hold any amount of memory."""
 
+MAX_QUEUED_REQUESTS = 64
+"""Requests read ahead of the stream's task at most. Past this the reader stops reading
+and gRPC's flow control holds the client back: a client that floods requests while not
+reading its responses (so the task waits in a write) cannot make the server hold any
+amount of them. Envoy sends one request per response: it never comes near."""
+
 Req = TypeVar("Req")
 T = TypeVar("T")
 
 
 class _Inbox(Generic[T]):
-    """An unbounded queue with one consumer: a deque and a future. (An asyncio.Queue
-    holds three deques and an Event: ~3 KB for each of thousands of streams.)"""
+    """A queue with one consumer: a deque and a future (an asyncio.Queue holds three
+    deques and an Event: ~3 KB for each of thousands of streams). `put` waits while
+    `limit` items are queued; `put_nowait` and `put_once` never wait."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_limit", "_room", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_QUEUED_REQUESTS) -> None:
         self._items: collections.deque[T] = collections.deque()
+        self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def put_once(self, item: T) -> None:
+        """`put_nowait(item)` unless `item` (the same object) is queued already."""
+        if not any(queued is item for queued in self._items):
+            self.put_nowait(item)
+
+    async def put(self, item: T) -> None:
+        """Queue `item`, then wait until fewer than `limit` items are queued."""
+        self.put_nowait(item)
+        while len(self._items) >= self._limit:
+            self._room = asyncio.get_running_loop().create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
 
     @property
     def idle(self) -> bool:
@@ -110,7 +134,10 @@ class _Inbox(Generic[T]):
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._items.popleft()
+        item = self._items.popleft()
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+        return item
 
 
 class Stream(Generic[Req]):
@@ -201,7 +228,7 @@ class Stream(Generic[Req]):
                     # Subscribed right after the snapshot was read (no await between):
                     # no change can slip through.
                     unsubscribe = self.deps.cache.subscribe(
-                        self.group, lambda: queue.put_nowait(_Event.SNAPSHOT))
+                        self.group, lambda: queue.put_once(_Event.SNAPSHOT))
                 await self.on_request(item)
         finally:
             # Synchronous clean-up first: gRPC may cancel this task again while
@@ -255,7 +282,7 @@ class Stream(Generic[Req]):
                 # Most requests are ACKs that need no answer: recorded here when the
                 # stream's task has nothing else to do, they cost it no wake-up.
                 if not (queue.idle and self.handle is not None and self.acked_inline(request)):
-                    queue.put_nowait(request)
+                    await queue.put(request)
         except grpc.RpcError as exc:
             log.debug("xDS stream read ended: %s", exc)
         except DecodeError as exc:

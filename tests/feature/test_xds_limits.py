@@ -1,14 +1,15 @@
-"""What one xDS stream may make the server hold: a bounded number of names per type."""
+"""What one xDS stream may make the server hold: bounded names per type, queued requests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import grpc
 import pytest
 
 from controlplane.xds.budget import PushBudget
-from controlplane.xds.resources import ENDPOINT
+from controlplane.xds.resources import CLUSTER, ENDPOINT
 from controlplane.xds.stream import MAX_NAMES_PER_TYPE
 from tests.feature.test_xds_sotw import app
 from tests.support.ads import AdsClient, XdsHarness, node, xds_server
@@ -88,3 +89,30 @@ async def test_with_a_one_byte_push_budget_every_proxy_is_still_served() -> None
             current = tight.cache.get("edge")
             assert current is not None
             assert {p.version_info for p in pushed} == {current.version(ENDPOINT)}
+
+
+async def test_a_client_flooding_requests_is_held_back_while_its_stream_is_busy() -> None:
+    """While the stream's task waits (here for the first config; as well in a write the
+    client does not read), its reader stops after MAX_QUEUED_REQUESTS: gRPC's flow
+    control stops the client's writes instead of the server queueing them all."""
+    async with xds_server(ready=False) as xds:
+        xds.cache.set_snapshot("edge", app())
+        async with AdsClient(xds.target) as client:
+            await client.request(CLUSTER, node=node("flood"))
+            padding = [f"{i:04d}" + "x" * 2000 for i in range(4)]  # ~8 KB a request
+
+            async def flood() -> None:
+                for _ in range(4000):  # ~32 MB, past any HTTP/2 window
+                    await client.request(CLUSTER, padding, nonce="stale")
+
+            task = asyncio.create_task(flood())
+            try:
+                done, _ = await asyncio.wait([task], timeout=3)
+                assert not done, "the server read every request while its stream was busy"
+                xds.cache.mark_ready()  # the stream works through them: the client goes on
+                await asyncio.wait_for(task, timeout=30)
+            finally:
+                task.cancel()
+                await asyncio.wait([task])
+            first = await client.recv()
+            assert first.type_url == CLUSTER
