@@ -143,6 +143,16 @@ class SimEnvoy:
         except grpc.RpcError as exc:
             # The server went away: the driver sees the proxy stop converging.
             self.trace.append(f"{time.monotonic():.3f} error {exc.code()} {exc.details()}")
+        except (Exception, asyncio.CancelledError) as exc:
+            # Any broken stream: reconnect, as Envoy does. grpc.aio raises more than
+            # RpcError for a call that ends under it (seen in reconnect storms:
+            # InvalidStateError "RPC already finished" from a write racing the call's end;
+            # a CancelledError out of a call cancelled under it is taken the same way).
+            # Unhandled, they ended the proxy's task: it was never served again.
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # this proxy is being stopped
+            self.trace.append(f"{time.monotonic():.3f} error {type(exc).__name__}: {exc}")
         finally:
             await self._channel.close()
         return bool(self._got)
@@ -242,6 +252,10 @@ class SimEnvoy:
         elif type_url == LISTENER:
             await self._follow(ROUTE, _rds_names(response, delta=self.delta))
 
+    def channel_state(self) -> str:
+        """The connectivity of the current stream's channel (READY: connected)."""
+        return "-" if self._channel is None else self._channel.get_state().name
+
     def _served(self) -> bool:
         """Whether the current stream answered every type this proxy subscribes to."""
         wanted = {CLUSTER, LISTENER} | {t for t in (ENDPOINT, ROUTE) if self._names.get(t)}
@@ -334,7 +348,8 @@ async def _serve_pipe(conn: multiprocessing.connection.Connection) -> None:
                 conn.send(("times", await _wait(envoys, armed, args[0])))
             elif cmd == "collect_served":
                 times = await _wait_served(envoys, armed_streams, args[0])
-                stuck = [f"{e.node_id} {_states([e])}: {list(e.trace)}"
+                stuck = [f"{e.node_id} {_states([e])} channel={e.channel_state()}: "
+                         f"{list(e.trace)}"
                          for e, t in zip(envoys, times, strict=True) if t is None][:1]
                 conn.send(("times", times, stuck))
             elif cmd == "nack":
