@@ -1,4 +1,4 @@
-"""The audit log (list, verify) and bearer tokens (create) on the admin API."""
+"""The audit log (list, verify) and bearer tokens (create, list, revoke) on the admin API."""
 
 from __future__ import annotations
 
@@ -51,3 +51,24 @@ class AuditTokenMethods(AdminBase):
             return admin_pb2.CreateTokenResponse(token=token, name=record.name, role=record.role)
 
         return await self._guard(context, Role.ADMIN, "token create", run)
+
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListTokensResponse:
+        async def run(actor: str) -> admin_pb2.ListTokensResponse:
+            return admin_pb2.ListTokensResponse(tokens=[
+                admin_pb2.TokenInfo(name=r.name, role=r.role, created=r.created)
+                for r in await TokenStore(self._store).list()])
+
+        return await self._guard(context, Role.ADMIN, "token list", run)
+
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeTokenResponse:
+        async def run(actor: str) -> admin_pb2.RevokeTokenResponse:
+            record, digests = await TokenStore(self._store).revoke(request.name, actor=actor)
+            if isinstance(self._auth, TokenAuthenticator | CertificateAuthenticator):
+                self._auth.forget(digests)  # refused on this replica at once
+            return admin_pb2.RevokeTokenResponse(name=record.name, role=record.role)
+
+        return await self._guard(context, Role.ADMIN, "token revoke", run)

@@ -110,6 +110,12 @@ class TokenAuthenticator:
         self._put(digest(token), record, now)
         self._exist_until = now + self._ttl
 
+    def forget(self, digests: Iterable[str]) -> None:
+        """Tokens this replica just revoked: refused here at once (other replicas' caches
+        keep them for `cache_ttl` at most)."""
+        for key in digests:
+            self._cache.pop(key, None)
+
     async def mode(self) -> str:
         """For the startup line: whether tokens are required yet."""
         if await self._tokens.exist():
@@ -170,6 +176,9 @@ class CertificateAuthenticator:
 
     def remember(self, token: str, record: TokenRecord) -> None:
         self._tokens.remember(token, record)
+
+    def forget(self, digests: Iterable[str]) -> None:
+        self._tokens.forget(digests)
 
     async def mode(self) -> str:
         return "mTLS: a user certificate or a bearer token required"

@@ -1,13 +1,19 @@
-"""`controlplane token create --role viewer|operator|admin [--name NAME]`."""
+"""`controlplane token create --role viewer|operator|admin [--name NAME]`, `token list`,
+`token revoke NAME`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
+import yaml
+
 from controlplane.api import admin_pb2
+from controlplane.cli.audit_cmd import iso_utc
 from controlplane.cli.client import Connection
+from controlplane.cli.output import table
 
 _EPILOG = """The token is printed once, on the last line of stdout; only its hash is stored.
 While no token exists, loopback callers act as admin; once one exists, every call needs
@@ -31,6 +37,17 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     c.add_argument("--name", default="", help="names the token in the audit log "
                                               "(default ROLE-xxxxxx)")
     c.set_defaults(handler=create)
+    ls = verbs.add_parser("list", parents=[client],
+                          help="every token's name, role and creation time (admin only)")
+    ls.add_argument("-o", "--output", choices=["json", "yaml"])
+    ls.set_defaults(handler=list_tokens)
+    r = verbs.add_parser(
+        "revoke", parents=[client], help="delete a token by name (admin only)",
+        epilog="Calls with the token fail at once on the server that revoked it, within 5 s\n"
+               "on the others. The last admin token cannot be revoked: create another first.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("name", help="the token's name (see `controlplane token list`)")
+    r.set_defaults(handler=revoke)
 
 
 def create(args: argparse.Namespace) -> int:
@@ -42,4 +59,31 @@ def create(args: argparse.Namespace) -> int:
     print(f'token "{response.name}" created with role {response.role}; it is shown only '
           "now: pass it with --token or CONTROLPLANE_TOKEN", file=sys.stderr, flush=True)
     print(response.token)
+    return 0
+
+
+def list_tokens(args: argparse.Namespace) -> int:
+    conn = Connection.from_args(args.server, args.token, args.client_tls_dir)
+    response = conn.stub().ListTokens(admin_pb2.ListTokensRequest(),
+                                      metadata=conn.metadata(), timeout=conn.timeout)
+    tokens = [{"name": t.name, "role": t.role, "created": iso_utc(t.created)}
+              for t in response.tokens]
+    if args.output == "json":
+        print(json.dumps(tokens, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(tokens, sort_keys=False).rstrip())
+    elif not tokens:
+        print("No tokens: loopback callers act as admin until one is created.",
+              file=sys.stderr)
+    else:
+        print(table(["NAME", "ROLE", "CREATED"],
+                    [[t["name"], t["role"], t["created"]] for t in tokens]))
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    conn = Connection.from_args(args.server, args.token, args.client_tls_dir)
+    response = conn.stub().RevokeToken(admin_pb2.RevokeTokenRequest(name=args.name),
+                                       metadata=conn.metadata(), timeout=conn.timeout)
+    print(f"token {response.name} ({response.role}) revoked")
     return 0

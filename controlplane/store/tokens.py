@@ -1,4 +1,5 @@
 """Bearer tokens in etcd, kept only as their SHA-256: `{prefix}/tokens/{sha256 hex}`.
+Created, listed (name, role, creation time) and revoked by name.
 
 The token itself is shown once, to its creator, and written nowhere: not in etcd,
 not in the audit log (which records the token's name, its role and who created it).
@@ -6,14 +7,16 @@ not in the audit log (which records the token's name, its role and who created i
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from controlplane.errors import ConflictError, FieldError, InvalidInputError
+from controlplane.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
 from controlplane.store.audit import AuditRecord
 from controlplane.store.store import Store
 
@@ -75,14 +78,55 @@ class TokenStore:
             return None
 
     async def list(self) -> list[TokenRecord]:
-        """Every readable token record (unreadable ones are skipped)."""
-        records = []
+        """Every readable token record (unreadable ones are skipped), by name."""
+        return [record for _, _, record in await self._entries()]
+
+    async def _entries(self) -> Sequence[tuple[bytes, int, TokenRecord]]:
+        """(key, mod revision, record) of every readable token, by name."""
+        entries: builtins.list[tuple[bytes, int, TokenRecord]] = []
         for kv in (await self._store.kv.range(self.prefix)).kvs:
             try:
-                records.append(TokenRecord.from_json(kv.value))
+                entries.append((kv.key, kv.mod_revision, TokenRecord.from_json(kv.value)))
             except ValueError:
                 continue
-        return records
+        return sorted(entries, key=lambda e: (e[2].name, e[2].created))
+
+    async def revoke(self, name: str, *, actor: str) -> tuple[TokenRecord, Sequence[str]]:
+        """Delete the token named `name`, audited by `actor`. Returns its record and the
+        digests deleted (for the caller's lookup cache).
+
+        Errors:
+            NotFoundError: no token has that name.
+            ConflictError: it is the last admin token (with none left no one could
+                create tokens, and an empty store puts the server back in loopback
+                bootstrap mode: create another admin token first), or writers kept
+                winning.
+        """
+        for _ in range(CREATE_ATTEMPTS):
+            entries = await self._entries()
+            named = [(key, rev, r) for key, rev, r in entries if r.name == name]
+            if not named:
+                known = ", ".join(r.name for _, _, r in entries) or "none"
+                raise NotFoundError(f"no token named {name!r} (tokens: {known}); "
+                                    "`controlplane token list` shows them")
+            admins = [(key, rev) for key, rev, r in entries if r.role == "admin"]
+            if any(r.role == "admin" for _, _, r in named) and len(admins) <= len(
+                    [1 for _, _, r in named if r.role == "admin"]):
+                raise ConflictError(f"{name} is the last admin token: create another "
+                                    "admin token first, then revoke this one")
+            record = named[0][2]
+            audit = AuditRecord(actor=actor, action="token/revoke", kind="Token", name=name,
+                                reason=f"role {record.role}",
+                                before={"name": name, "role": record.role})
+            # Every admin token must be as read: two admins revoking the last two admin
+            # tokens at once cannot both succeed.
+            expect = {key: rev for key, rev in admins} | {key: rev for key, rev, _ in named}
+            revision = await self._store.commit(puts={}, expect=expect, audit=[audit],
+                                                deletes=[key for key, _, _ in named])
+            if revision is not None:
+                prefix = len(self.prefix)
+                return record, [key[prefix:].decode() for key, _, _ in named]
+        raise ConflictError("other writers kept changing the tokens; revoke it again")
 
     async def exist(self) -> bool:
         """Whether any token is stored, readable or not (then tokens are required)."""

@@ -148,3 +148,26 @@ def test_an_admin_token_applies_and_the_audit_names_it(serve: ServeProcess) -> N
 
     raw = in_etcd(serve, whole_keyspace)
     assert root.encode() not in raw and viewer.encode() not in raw
+
+
+def test_tokens_are_listed_and_revoked_from_the_command_line(serve: ServeProcess) -> None:
+    root = ok(["token", "create", "--role", "admin", "--name", "root"], serve).out.splitlines()[-1]
+    dash = ok(["token", "create", "--role", "viewer", "--name", "dash"], serve,
+              token=root).out.splitlines()[-1]
+    listed = json.loads(ok(["token", "list", "-o", "json"], serve, token=root).out)
+    assert [(t["name"], t["role"]) for t in listed] == [("dash", "viewer"), ("root", "admin")]
+    table = ok(["token", "list"], serve, token=root).out
+    assert table.splitlines()[0].split() == ["NAME", "ROLE", "CREATED"]
+    assert root not in table and dash not in table  # names, never the tokens
+    assert cli(["token", "list", "--token", dash], server=serve.admin).code == 1  # admin only
+
+    ok(["get", "upstreams"], serve, token=dash)
+    assert "token dash (viewer) revoked" in ok(["token", "revoke", "dash"], serve,
+                                               token=root).out
+    refused = cli(["get", "upstreams", "--token", dash], server=serve.admin)
+    assert refused.code == 1 and "unauthenticated" in refused.err
+    missing = cli(["token", "revoke", "dash", "--token", root], server=serve.admin)
+    assert missing.code == 1 and "no token named 'dash'" in missing.err
+    last = cli(["token", "revoke", "root", "--token", root], server=serve.admin)
+    assert last.code == 1 and "last admin token" in last.err
+    assert [e["action"] for e in audit_json(serve, token=root)][-1] == "token/revoke"

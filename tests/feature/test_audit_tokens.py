@@ -14,11 +14,18 @@ import grpc
 import pytest
 
 from controlplane.admin import AdminService
-from controlplane.admin.auth import Role, TokenAuthenticator, bearer_token, is_loopback
+from controlplane.admin.auth import (
+    CACHE_TTL_S,
+    Role,
+    TokenAuthenticator,
+    bearer_token,
+    is_loopback,
+)
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import AuthenticationError
 from controlplane.store import EmbeddedEtcd, Store
 from controlplane.store.tokens import TokenStore
+from tests.support.wait import wait_for
 
 UPSTREAM = json.dumps({
     "apiVersion": "controlplane/v1", "kind": "Upstream", "metadata": {"name": "payments"},
@@ -181,6 +188,69 @@ async def test_bad_role_bad_name_and_a_taken_name_are_refused(a: Replica) -> Non
     await refused(a.stub.CreateToken(admin_pb2.CreateTokenRequest(role="viewer", name="root"),
                                      metadata=md(root)), grpc.StatusCode.FAILED_PRECONDITION)
     assert [r.name for r in await TokenStore(a.store).list()] == ["root"]
+
+
+async def test_tokens_are_listed_and_a_revoked_one_is_refused_at_once(a: Replica) -> None:
+    root = await a.create("admin", "root")
+    dash = await a.create("viewer", "dash", token=root)
+    listed = await a.stub.ListTokens(admin_pb2.ListTokensRequest(), metadata=md(root))
+    assert [(t.name, t.role) for t in listed.tokens] == [("dash", "viewer"), ("root", "admin")]
+    assert all(t.created > 0 for t in listed.tokens)
+    for call in (a.stub.ListTokens(admin_pb2.ListTokensRequest(), metadata=md(dash)),
+                 a.stub.RevokeToken(admin_pb2.RevokeTokenRequest(name="root"),
+                                    metadata=md(dash))):
+        await refused(call, grpc.StatusCode.PERMISSION_DENIED)  # admin only
+
+    get = admin_pb2.GetRequest(kind="Upstream")
+    await a.stub.Get(get, metadata=md(dash))  # now in this replica's lookup cache
+    revoked = await a.stub.RevokeToken(admin_pb2.RevokeTokenRequest(name="dash"),
+                                       metadata=md(root))
+    assert (revoked.name, revoked.role) == ("dash", "viewer")
+    await refused(a.stub.Get(get, metadata=md(dash)), grpc.StatusCode.UNAUTHENTICATED)
+    assert [r.name for r in await TokenStore(a.store).list()] == ["root"]
+    entry = (await a.store.audit())[-1]
+    assert (entry.actor, entry.action, entry.kind, entry.name) == (
+        "token:root", "token/revoke", "Token", "dash")
+    assert entry.before == {"name": "dash", "role": "viewer"}
+    assert await a.store.verify_audit() == []
+
+
+async def test_an_unknown_name_and_the_last_admin_token_are_not_revoked(a: Replica) -> None:
+    root = await a.create("admin", "root")
+    details = await refused(a.stub.RevokeToken(admin_pb2.RevokeTokenRequest(name="nobody"),
+                                               metadata=md(root)), grpc.StatusCode.NOT_FOUND)
+    assert "nobody" in details and "root" in details
+    before = await dump(a.store)
+    details = await refused(a.stub.RevokeToken(admin_pb2.RevokeTokenRequest(name="root"),
+                                               metadata=md(root)),
+                            grpc.StatusCode.FAILED_PRECONDITION)
+    assert "last admin token" in details
+    assert await dump(a.store) == before  # nothing written, not even an audit entry
+    other = await a.create("admin", "ops", token=root)
+    await a.stub.RevokeToken(admin_pb2.RevokeTokenRequest(name="root"), metadata=md(other))
+    await refused(a.stub.Get(admin_pb2.GetRequest(kind="Upstream"), metadata=md(root)),
+                  grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_a_revoked_token_is_refused_by_other_replicas_within_their_cache_time(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    root = await a.create("admin", "root")
+    dash = await a.create("viewer", "dash", token=root)
+    get = admin_pb2.GetRequest(kind="Upstream")
+    await b.stub.Get(get, metadata=md(dash))  # cached on b
+    await a.stub.RevokeToken(admin_pb2.RevokeTokenRequest(name="dash"), metadata=md(root))
+
+    async def b_refuses() -> bool:
+        try:
+            await b.stub.Get(get, metadata=md(dash))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+        return False
+
+    await wait_for(b_refuses, timeout=CACHE_TTL_S + 5, interval=0.25,
+                   message="replica b still accepts the revoked token")
 
 
 class FakeContext:
