@@ -52,6 +52,7 @@ from controlplane.xds.stream import node_cluster
 if TYPE_CHECKING:
     from controlplane.model import DesiredState
     from controlplane.secrets import Material, Vault
+    from controlplane.secrets.server_trust import ServerTrust
     from controlplane.secrets.sync import SecretSync
     from controlplane.secrets.vault import AuditNote
     from controlplane.telemetry import Telemetry
@@ -105,6 +106,8 @@ class ControlPlane:
         self.metrics_reporter: MetricsReporter | None = None
         self.election: LeaderElection | None = None
         self.secret_sync: SecretSync | None = None
+        self.server_trust: ServerTrust | None = None
+        self._vault_ca_pem = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
 
@@ -142,7 +145,7 @@ class ControlPlane:
                                       data_dir=self.config.data_dir),
                       self._commit_secrets, cert_lifetime_s=self.config.cert_lifetime_s)
         # A CA rotation keeps the previous CA trusted until the fleet ACKed the new certs.
-        self.secret_sync = SecretSync(vault, self.publisher.update_secrets,
+        self.secret_sync = SecretSync(vault, self._on_material,
                                       fleet_acked=self._fleet_acked_secrets)
         await self.secret_sync.prime(state)
         self._tasks.append(asyncio.create_task(self.secret_sync.run(), name="secrets"))
@@ -176,21 +179,26 @@ class ControlPlane:
 
         # Envoy's stats sink: it reaches us over the xDS cluster.
         MetricsReceiver(self.window, health=self.health).add_to_server(xds)
-        creds: grpc.ServerCredentials | None = None
         self.authenticator: TokenAuthenticator | CertificateAuthenticator = (
             TokenAuthenticator(self.store))
         if self.config.tls_dir is not None:
             # Both ports require client certificates from our CA; on the admin port a
             # user certificate (or a bearer token on top) says who calls.
-            creds = await _server_credentials(self.config.tls_dir, vault)
+            self.server_trust = await _server_trust(self.config.tls_dir, vault,
+                                                    self._vault_ca_pem)
             self.authenticator = CertificateAuthenticator(self.authenticator)
-        self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr", creds)
+        trust = self.server_trust
+        self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr",
+                              trust.credentials() if trust else None)
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
         service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff,
                                authenticator=self.authenticator)
         service.attach_vault(vault)  # cert rotate / credential rotate
+        if trust is not None:
+            service.attach_server_ca(trust.anchor_pem.decode())  # into issued bundles
         admin_pb2_grpc.add_AdminServicer_to_server(service, admin)
-        self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr", creds)
+        self.admin_port = _bind(admin, self.config.admin_addr, "--admin-addr",
+                                trust.credentials() if trust else None)
         for server in (xds, admin):
             await server.start()
             self._servers.append(server)
@@ -213,6 +221,14 @@ class ControlPlane:
                 self.secret_sync.update(state)  # type: ignore[arg-type]
             if self.engine is not None:
                 self.engine.poke()
+
+    def _on_material(self, material: Material) -> None:
+        """New secrets (certificates, credentials, the CAs trusted): to the proxies, and
+        the CAs to the ports' TLS (after `cert rotate --ca` clients come from the new CA)."""
+        self.publisher.update_secrets(material)
+        self._vault_ca_pem = material.ca_pem
+        if self.server_trust is not None:
+            self.server_trust.update(material.ca_pem)
 
     async def _fleet_acked_secrets(self, state: DesiredState, material: Material) -> bool:
         """Whether every connected proxy (every replica's report) ACKed the secrets
@@ -330,13 +346,15 @@ def _bind(server: grpc.aio.Server, addr: str, flag: str,
     return port
 
 
-async def _server_credentials(tls_dir: Path, vault: Vault) -> grpc.ServerCredentials:
+async def _server_trust(tls_dir: Path, vault: Vault, vault_ca_pem: str) -> ServerTrust:
     """mTLS for the xDS and admin ports: ca.crt, server.crt and server.key from `tls_dir`,
     issued by our CA (and written there) when absent. Clients must present a certificate
-    from it. Also writes client.crt/client.key, an `admin` user's certificate, so that
+    from it or from a CA the vault trusts (`vault_ca_pem`; see `ServerTrust`). Also
+    writes client.crt/client.key, an `admin` user's certificate, so that
     `controlplane --tls-dir DIR ...` works on this host from the start (like kubeadm's
     admin.conf): keep the directory as private as the CA."""
     from controlplane.secrets.ca import user_spiffe_id
+    from controlplane.secrets.server_trust import ServerTrust
 
     paths = {name: tls_dir / name for name in ("ca.crt", "server.crt", "server.key")}
     if not all(p.exists() for p in paths.values()):
@@ -350,11 +368,8 @@ async def _server_credentials(tls_dir: Path, vault: Vault) -> grpc.ServerCredent
                                        uri=user_spiffe_id("admin", "admin"))
         _write_pair(tls_dir, "client", user.cert_pem, user.key_pem.get_secret_value())
         log.info("issued an admin user certificate into %s (client.crt, client.key)", tls_dir)
-    return grpc.ssl_server_credentials(
-        [(paths["server.key"].read_bytes(), paths["server.crt"].read_bytes())],
-        root_certificates=paths["ca.crt"].read_bytes(),
-        require_client_auth=True,
-    )
+    return ServerTrust(paths["server.key"].read_bytes(), paths["server.crt"].read_bytes(),
+                       paths["ca.crt"].read_bytes(), vault_ca_pem)
 
 
 def _write_pair(directory: Path, name: str, cert_pem: str, key_pem: bytes) -> None:

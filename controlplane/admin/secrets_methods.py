@@ -34,9 +34,24 @@ class SecretMethods(AdminBase):
     """Mixed into AdminService; the wiring attaches the vault with `attach_vault`."""
 
     _vault: Vault | None = None
+    _server_ca = ""
 
     def attach_vault(self, vault: Vault) -> None:
         self._vault = vault
+
+    def attach_server_ca(self, pem: str) -> None:
+        """The CA of the server's own certificate (`serve --tls-dir`): issued bundles carry
+        it beside the issuing CA, so their holders can verify the server after a CA
+        rotation too."""
+        self._server_ca = pem
+
+    def _with_server_ca(self, response: admin_pb2.IssueProxyCertificateResponse
+                        ) -> admin_pb2.IssueProxyCertificateResponse:
+        if self._server_ca:
+            from controlplane.secrets.server_trust import pem_bundle  # see TYPE_CHECKING
+
+            response.ca_pem = pem_bundle(self._server_ca, response.ca_pem).decode()
+        return response
 
     def _require_vault(self) -> Vault:
         if self._vault is None:
@@ -85,16 +100,17 @@ class SecretMethods(AdminBase):
     ) -> admin_pb2.IssueProxyCertificateResponse:
         async def run(actor: str) -> admin_pb2.IssueProxyCertificateResponse:
             if request.user:
-                return await _issue_user(self._require_vault(), request, actor)
+                return self._with_server_ca(
+                    await _issue_user(self._require_vault(), request, actor))
             if not _GROUP.match(request.group):
                 raise InvalidInputError([FieldError(
                     "--group", f"{request.group!r} is not a proxy group name (RFC 1123 label)")])
             ca_pem, issued = await self._require_vault().identity(request.group, actor=actor)
-            return admin_pb2.IssueProxyCertificateResponse(
+            return self._with_server_ca(admin_pb2.IssueProxyCertificateResponse(
                 ca_pem=ca_pem, cert_pem=issued.cert_pem,
                 key_pem=issued.key_pem.get_secret_value().decode(),
                 serial=issued.serial, not_after=issued.not_after,
-            )
+            ))
 
         return await self._guard(context, Role.ADMIN, "cert issue", run)
 

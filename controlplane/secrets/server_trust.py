@@ -1,0 +1,77 @@
+"""Which CAs the xDS and admin ports trust under `serve --tls-dir`, kept current.
+
+The server's own certificate comes from --tls-dir and stays (clients and Envoy
+bootstraps verify it with the ca.crt they were given). Client certificates, though,
+come from the vault's CA, which `controlplane cert rotate --ca` replaces: a server
+trusting only the --tls-dir CA would refuse every certificate issued after a rotation.
+So the trusted set is the --tls-dir CA plus every CA the vault trusts at the moment
+(the current one and, during a rotation, the next or the previous), and gRPC reads it
+before each TLS handshake.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+import grpc
+
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
+
+
+def pem_bundle(*bundles: str | bytes) -> bytes:
+    """The certificates of `bundles` in order, each once."""
+    seen: list[bytes] = []
+    for bundle in bundles:
+        data = bundle.encode() if isinstance(bundle, str) else bundle
+        for block in _PEM.findall(data):
+            block = block.strip() + b"\n"
+            if block not in seen:
+                seen.append(block)
+    return b"".join(seen)
+
+
+class ServerTrust:
+    """The server's key pair and the CAs whose client certificates it accepts."""
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes, anchor_pem: bytes,
+                 vault_ca_pem: str = "") -> None:
+        self._pair = (key_pem, cert_pem)
+        self.anchor_pem = anchor_pem
+        """The CA that signed the server's certificate: what a client must trust."""
+        self._vault_ca_pem = vault_ca_pem
+        self._config = self._build()
+
+    def trusted(self) -> bytes:
+        """The CA certificates client certificates are verified against."""
+        return pem_bundle(self.anchor_pem, self._vault_ca_pem)
+
+    def update(self, vault_ca_pem: str) -> None:
+        """The vault trusts these CAs now (after a rotation step): accept their clients
+        from the next handshake on."""
+        if vault_ca_pem != self._vault_ca_pem:
+            self._vault_ca_pem = vault_ca_pem
+            self._config = self._build()  # one attribute: gRPC's thread sees old or new
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Credentials for one server; each gets its own fetcher (a fetcher answers None
+        once its server has the current configuration)."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._config, self._fetcher(self._config), require_client_authentication=True)
+
+    def _fetcher(self, initial: grpc.ServerCertificateConfiguration
+                 ) -> Callable[[], grpc.ServerCertificateConfiguration | None]:
+        served = [initial]
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            config = self._config
+            if config is served[0]:
+                return None
+            served[0] = config
+            return config
+
+        return fetch
+
+    def _build(self) -> grpc.ServerCertificateConfiguration:
+        pairs: Iterable[tuple[bytes, bytes]] = [self._pair]
+        return grpc.ssl_server_certificate_configuration(pairs, root_certificates=self.trusted())
