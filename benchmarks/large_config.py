@@ -182,6 +182,9 @@ class _Sink:
     def peer(self) -> str:
         return "ipv4:127.0.0.1:0"
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}  # plaintext: no client certificate
+
     async def abort(self, code: object, details: str) -> None:
         raise RuntimeError(f"stream aborted: {code} {details}")
 

@@ -43,8 +43,10 @@ from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.leader import LeaderElection
+from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
+from controlplane.store.revocations import RevocationStore, RevokedSerials
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.identity import peer_certificate_group
+from controlplane.xds.identity import peer_certificate_group, refusing_revoked
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import AggregatedDiscoveryServer
 from controlplane.xds.stream import node_cluster
@@ -107,6 +109,7 @@ class ControlPlane:
         self.election: LeaderElection | None = None
         self.secret_sync: SecretSync | None = None
         self.server_trust: ServerTrust | None = None
+        self.revoked = RevokedSerials()
         self._vault_ca_pem = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
@@ -171,7 +174,8 @@ class ControlPlane:
 
         xds = grpc.aio.server(options=_GRPC_OPTIONS)
         # With --tls-dir a proxy's group is the one its client certificate names.
-        group_of = peer_certificate_group if self.config.tls_dir else node_cluster
+        group_of = (refusing_revoked(peer_certificate_group, self.revoked)
+                    if self.config.tls_dir else node_cluster)
         AggregatedDiscoveryServer(self.cache, self.registry, group_of=group_of,
                                   observer=self.telemetry).add_to_server(xds)
         # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
@@ -186,7 +190,11 @@ class ControlPlane:
             # user certificate (or a bearer token on top) says who calls.
             self.server_trust = await _server_trust(self.config.tls_dir, vault,
                                                     self._vault_ca_pem)
-            self.authenticator = CertificateAuthenticator(self.authenticator)
+            self.authenticator = CertificateAuthenticator(self.authenticator, self.revoked)
+            self.revoked.listen(self._end_revoked)
+            await self.revoked.refresh(RevocationStore(self.store))
+            self._tasks.append(asyncio.create_task(self._follow_revocations(),
+                                                   name="revocations"))
         trust = self.server_trust
         self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr",
                               trust.credentials() if trust else None)
@@ -221,6 +229,24 @@ class ControlPlane:
                 self.secret_sync.update(state)  # type: ignore[arg-type]
             if self.engine is not None:
                 self.engine.poke()
+
+    async def _follow_revocations(self) -> None:
+        """Other replicas' `cert revoke`s, within `REVOKE_REFRESH_S`."""
+        assert self.store is not None
+        revocations = RevocationStore(self.store)
+        while True:
+            await asyncio.sleep(REVOKE_REFRESH_S)
+            try:
+                await self.revoked.refresh(revocations)
+            except StoreUnavailableError as exc:
+                log.warning("revoked certificates: %s", exc)
+
+    def _end_revoked(self, serials: frozenset[str]) -> None:
+        ended = self.registry.end_streams(lambda h: h.peer_serial in serials,
+                                          "the stream's client certificate was revoked")
+        if ended:
+            log.warning("ended %d xDS streams whose client certificate was revoked (%s)",
+                        ended, ", ".join(sorted(serials)))
 
     def _on_material(self, material: Material) -> None:
         """New secrets (certificates, credentials, the CAs trusted): to the proxies, and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
@@ -156,13 +156,24 @@ class CertificateAuthenticator:
     `controlplane cert issue --user NAME --role ROLE`); a proxy's certificate is no way in.
     """
 
-    def __init__(self, tokens: TokenAuthenticator) -> None:
+    def __init__(self, tokens: TokenAuthenticator,
+                 revoked: Container[str] = frozenset()) -> None:
         self._tokens = tokens
+        self.revoked = revoked
+        """Serials of revoked certificates (`cert revoke`): no way in with one of those."""
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """Errors:
-        AuthenticationError: a bad token, or a certificate that names no admin user.
+        AuthenticationError: a bad token, a revoked certificate, or a certificate that
+            names no admin user.
         """
+        from controlplane.xds.identity import peer_serial
+
+        serial = peer_serial(context)
+        if serial and serial in self.revoked:
+            raise AuthenticationError(
+                f"this client certificate (serial {serial}) was revoked: ask an admin for "
+                "a new one (`controlplane cert issue --user NAME --role ROLE`)")
         if bearer_token(context.invocation_metadata()) is not None:
             return await self._tokens.authenticate(context)
         pems = context.auth_context().get("x509_pem_cert") or []

@@ -114,6 +114,21 @@ class SecretMethods(AdminBase):
 
         return await self._guard(context, Role.ADMIN, "cert issue", run)
 
+    async def RevokeCertificate(
+        self, request: admin_pb2.RevokeCertificateRequest, context: grpc.aio.ServicerContext,
+    ) -> admin_pb2.RevokeCertificateResponse:
+        async def run(actor: str) -> admin_pb2.RevokeCertificateResponse:
+            from controlplane.store.revocations import RevocationStore, RevokedSerials
+
+            serial, already = await RevocationStore(self._store).revoke(
+                request.serial, reason=request.reason, actor=actor)
+            revoked = getattr(self._auth, "revoked", None)
+            if isinstance(revoked, RevokedSerials):
+                revoked.add(frozenset({serial}))  # this replica: refused, streams ended, now
+            return admin_pb2.RevokeCertificateResponse(serial=serial, already=already)
+
+        return await self._guard(context, Role.ADMIN, "cert revoke", run)
+
 
 async def _issue_user(vault: Vault, request: admin_pb2.IssueProxyCertificateRequest,
                       actor: str) -> admin_pb2.IssueProxyCertificateResponse:

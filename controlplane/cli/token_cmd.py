@@ -38,13 +38,18 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
                                               "(default ROLE-xxxxxx)")
     c.set_defaults(handler=create)
     ls = verbs.add_parser("list", parents=[client],
-                          help="every token's name, role and creation time (admin only)")
+                          help="every token's name, role and creation time (admin only)",
+                          epilog="Only names and roles: a token itself is shown once, when "
+                                 "created.\n\nexamples:\n  controlplane token list\n"
+                                 "  controlplane token list -o json",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("-o", "--output", choices=["json", "yaml"])
     ls.set_defaults(handler=list_tokens)
     r = verbs.add_parser(
         "revoke", parents=[client], help="delete a token by name (admin only)",
         epilog="Calls with the token fail at once on the server that revoked it, within 5 s\n"
-               "on the others. The last admin token cannot be revoked: create another first.",
+               "on the others. The last admin token cannot be revoked: create another first."
+               "\n\nexample:\n  controlplane token revoke grafana",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("name", help="the token's name (see `controlplane token list`)")
     r.set_defaults(handler=revoke)

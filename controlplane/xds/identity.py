@@ -9,6 +9,7 @@ it asked for (and secrets follow the group, so it gets only its own).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Container
 from typing import Any
 
 import grpc
@@ -55,3 +56,32 @@ def peer_certificate_group(
         log.warning("node %s claims group %r but its certificate says %r: serving %r",
                     node.id, node.cluster, group, group)
     return group
+
+
+def certificate_serial(pem: bytes) -> str | None:
+    """A certificate's serial as our CA writes it (lowercase hex), or None."""
+    try:
+        return f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+    except ValueError:
+        return None
+
+
+def peer_serial(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The serial of the peer's client certificate; "" without one (plaintext)."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    return (certificate_serial(pems[0]) or "") if pems else ""
+
+
+GroupOfNode = Callable[[base_pb2.Node, "grpc.aio.ServicerContext[Any, Any]"], str]
+
+
+def refusing_revoked(group_of: GroupOfNode, revoked: Container[str]) -> GroupOfNode:
+    """`group_of`, but a stream whose client certificate was revoked is refused."""
+    def checked(node: base_pb2.Node, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        serial = peer_serial(context)
+        if serial and serial in revoked:
+            raise AuthenticationError(
+                f"this client certificate (serial {serial}) was revoked: issue a new one "
+                "with `controlplane cert issue`")
+        return group_of(node, context)
+    return checked

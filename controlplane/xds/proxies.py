@@ -105,6 +105,10 @@ class ProxyHandle:
     _types: dict[str, _TypeRecord] = field(default_factory=dict)
     outcomes: int = 0
     """Counts this proxy's ACKs and NACKs: what it has changed when this did."""
+    peer_serial: str = ""
+    """The serial of the client certificate the stream came with ("" without TLS)."""
+    on_end: Callable[[str], None] | None = None
+    """Set by the stream: ends it (UNAUTHENTICATED, with the reason); see `end_streams`."""
 
     def _type(self, type_url: str) -> _TypeRecord:
         return self._types.setdefault(type_url, _TypeRecord())
@@ -236,6 +240,7 @@ class ProxyRegistry:
         peer: str = "",
         build_version: str = "",
         extensions: Iterable[str] = (),
+        peer_serial: str = "",
     ) -> ProxyHandle:
         """Register a new stream; the caller must `close()` the handle when it ends."""
         handle = ProxyHandle(
@@ -248,10 +253,21 @@ class ProxyRegistry:
             build_version=build_version,
             extensions=self.shared(frozenset(extensions)),
             _registry=self,
+            peer_serial=peer_serial,
         )
         self._streams[handle.stream_id] = handle
         self._notify()
         return handle
+
+    def end_streams(self, which: Callable[[ProxyHandle], bool], reason: str) -> int:
+        """End the streams `which` selects (e.g. their client certificate was revoked):
+        each is aborted with UNAUTHENTICATED and `reason`. Returns how many."""
+        ended = 0
+        for handle in list(self._streams.values()):
+            if handle.on_end is not None and which(handle):
+                handle.on_end(reason)
+                ended += 1
+        return ended
 
     def list(self, group: str | None = None) -> list[ProxyStatus]:
         """Connected streams (of one group, if given), by group, node id, stream id."""

@@ -28,6 +28,7 @@ from controlplane.errors import (
 )
 from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
+from controlplane.xds.identity import peer_serial
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
 from controlplane.xds.snapshot import Snapshot
@@ -69,6 +70,7 @@ class _Event(enum.Enum):
     SNAPSHOT = "snapshot"
     END = "end"
     MALFORMED = "malformed"
+    REVOKED = "revoked"
 
 
 MAX_TYPES_PER_STREAM = 32
@@ -157,6 +159,8 @@ class Stream(Generic[Req]):
         self.snapshot: Snapshot | None = None
         self._nonces = 0
         self._after_change = False
+        self._end_reason = ""
+        self._queue: _Inbox[Any] | None = None
 
     def next_nonce(self) -> str:
         """A nonce unique within this stream."""
@@ -202,6 +206,7 @@ class Stream(Generic[Req]):
     async def run(self, requests: AsyncIterator[Req]) -> None:
         """Serve the stream until the client closes it or goes away."""
         queue: _Inbox[Req | _Event] = _Inbox()
+        self._queue = queue
         tasks = [asyncio.create_task(self._read(requests, queue), name="xds-read")]
         unsubscribe: Callable[[], None] | None = None
         try:
@@ -213,6 +218,13 @@ class Stream(Generic[Req]):
                     await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                              "malformed xDS request")
                     return  # abort() raises; this is for the type checker
+                if item is _Event.REVOKED:
+                    log.warning("ending xDS stream of node %r (group %r): %s",
+                                self.handle.node_id if self.handle else "?", self.group,
+                                self._end_reason)
+                    await self.context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                             self._end_reason)
+                    return
                 if item is _Event.SNAPSHOT:
                     latest = self.deps.cache.get(self.group)
                     if latest is not None and latest is not self.snapshot:
@@ -268,13 +280,21 @@ class Stream(Generic[Req]):
             build_version=_build_version(node),
             extensions=self.deps.registry.shared_by_key(
                 _build_key(node), lambda: [e.name for e in node.extensions]),
+            peer_serial=peer_serial(self.context),
         )
+        self.handle.on_end = self._end
         self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
                  self.handle.stream_id, node.id, self.group, self.handle.peer)
         self.deps.cache.want(self.group)
         await self.deps.cache.wait_ready()
         self.snapshot = self.deps.cache.get(self.group)
+
+    def _end(self, reason: str) -> None:
+        """Asked from outside (`ProxyRegistry.end_streams`): abort with UNAUTHENTICATED."""
+        self._end_reason = reason
+        if self._queue is not None:
+            self._queue.put_once(_Event.REVOKED)
 
     async def _read(self, requests: AsyncIterator[Req], queue: _Inbox[Req | _Event]) -> None:
         try:
