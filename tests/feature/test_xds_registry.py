@@ -130,3 +130,22 @@ async def test_extension_names_are_read_per_build_and_shared() -> None:
     assert by_id["a"] == frozenset(common) and by_id["a"] is by_id["b"]  # one copy
     assert "envoy.filters.http.mine" in by_id["c"]
     assert common[-1] not in by_id["c"]
+
+
+async def test_end_streams_aborts_the_chosen_streams_only() -> None:
+    async with xds_server() as xds:
+        xds.cache.set_snapshot("edge", big_snapshot(1))
+        async with AdsClient(xds.target) as doomed, AdsClient(xds.target) as kept:
+            for client, name in ((doomed, "doomed"), (kept, "kept")):
+                await client.request(CLUSTER, node=node(name))
+                await client.ack(await client.recv())
+            ended = xds.registry.end_streams(lambda h: h.node_id == "doomed",
+                                             "its client certificate was revoked")
+            assert ended == 1
+            await wait_for(lambda: doomed.error is not None)
+            assert doomed.error is not None
+            assert doomed.error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "revoked" in (doomed.error.details() or "")
+            await wait_for(lambda: [p.node_id for p in xds.registry.list()] == ["kept"])
+            xds.cache.set_snapshot("edge", big_snapshot(2))  # the other is still served
+            assert len((await kept.recv()).resources) == 2
