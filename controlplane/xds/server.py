@@ -11,6 +11,7 @@ Every stream runs in its own task on the event loop; the protocol logic is in
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeAlias
 
@@ -158,6 +159,12 @@ class AggregatedDiscoveryServer:
         self._streams += 1
         try:
             await stream.run(requests)
+        except BaseException as exc:
+            # gRPC keeps an aborted call's exception, whose traceback holds our frames and
+            # their locals (a 100k-name request, a response being written) in a cycle
+            # that only the cyclic GC frees, and serve runs it rarely (GC_YOUNG_THRESHOLD).
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
             self._streams -= 1
 

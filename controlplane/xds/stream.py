@@ -247,7 +247,9 @@ class Stream(Generic[Req]):
             # it waits for its helpers below, and the registry must not leak.
             if unsubscribe is not None:
                 unsubscribe()
+            self._queue = None  # no cycle stream -> handle -> stream outlives the stream
             if self.handle is not None:
+                self.handle.on_end = None
                 self.handle.close()
                 self.deps.observer.disconnected(self.group)
                 log.debug("%s stream %d ended", self.protocol, self.handle.stream_id)
