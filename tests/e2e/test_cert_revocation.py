@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from controlplane.store import EmbeddedEtcd
 from controlplane.xds.resources import CLUSTER
 from tests.e2e.test_backbone import edge_yaml
 from tests.support.controlplane import ServeProcess, cli
@@ -103,3 +105,46 @@ async def _stream(channel: grpc.aio.Channel) -> Any:
     request.node.id, request.node.cluster = "proxy-1", "edge"
     await call.write(request)
     return call
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Any:
+    """An etcd apart from `serve`, for two replicas to share."""
+    server = asyncio.run(EmbeddedEtcd.start(tmp_path / "etcd"))
+    try:
+        yield server
+    finally:
+        asyncio.run(server.stop())
+
+
+def test_another_replica_ends_the_stream_of_a_revoked_certificate(
+        tmp_path: Path, etcd: EmbeddedEtcd) -> None:
+    tls = tmp_path / "tls"
+    a = ServeProcess(tmp_path / "a", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    a.start()
+    b = ServeProcess(tmp_path / "b", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    try:
+        # The replicas share etcd, the --tls-dir files and the key that seals the vault.
+        shutil.copy(tmp_path / "a" / "secrets.key", tls / "secrets.key")
+        b.start()
+        assert cli(["apply", "-f", "-"], server=a.admin,
+                   stdin=edge_yaml(port=10000, v1=9001, v2=9002)).code == 0
+        proxy = tmp_path / "proxy"
+        serial = issue(a, proxy, "--group", "edge")
+
+        async def scenario() -> None:
+            async with _channel(b.xds, proxy) as channel:
+                call = await _stream(channel)
+                assert (await asyncio.wait_for(call.read(), timeout=15)).resources
+                revoked = await asyncio.to_thread(
+                    cli, ["cert", "revoke", "--serial", serial], server=a.admin)
+                assert revoked.code == 0, revoked.err
+                with pytest.raises(grpc.aio.AioRpcError) as ended:  # b re-reads every 2 s
+                    await asyncio.wait_for(call.read(), timeout=15)
+                assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        asyncio.run(scenario())
+    finally:
+        if b.proc is not None:
+            b.stop()
+        a.stop()
