@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,11 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from controlplane.store import EmbeddedEtcd
 from controlplane.xds.resources import CLUSTER
 from tests.e2e.test_backbone import edge_yaml
 from tests.support.controlplane import ServeProcess, cli
+from tests.support.wait import wait_for_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -72,3 +75,37 @@ async def _first_cds(target: str, creds_dir: Path) -> Any:
         request.node.id, request.node.cluster = "proxy-1", "edge"
         await call.write(request)
         return await asyncio.wait_for(call.read(), timeout=15)
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Any:
+    """An etcd apart from `serve`, for two replicas to share."""
+    server = asyncio.run(EmbeddedEtcd.start(tmp_path / "etcd"))
+    try:
+        yield server
+    finally:
+        asyncio.run(server.stop())
+
+
+def test_the_other_replica_accepts_certificates_from_the_new_ca_too(
+        tmp_path: Path, etcd: EmbeddedEtcd) -> None:
+    tls = tmp_path / "tls"
+    a = ServeProcess(tmp_path / "a", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    a.start()
+    b = ServeProcess(tmp_path / "b", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    try:
+        shutil.copy(tmp_path / "a" / "secrets.key", tls / "secrets.key")
+        b.start()
+        assert cli(["apply", "-f", "-"], server=a.admin,
+                   stdin=edge_yaml(port=10000, v1=9001, v2=9002)).code == 0
+        assert cli(["cert", "rotate", "--ca"], server=a.admin).code == 0
+        after = tmp_path / "after"
+        assert cli(["cert", "issue", "--user", "alice", "--role", "viewer", "--out",
+                    str(after)], server=a.admin).code == 0
+        as_alice = {"CONTROLPLANE_TLS_DIR": str(after)}
+        wait_for_sync(lambda: cli(["get", "upstreams"], server=b.admin, env=as_alice).code == 0,
+                      timeout=40, interval=0.5, message="replica b accepts the new CA's cert")
+    finally:
+        if b.proc is not None:
+            b.stop()
+        a.stop()
