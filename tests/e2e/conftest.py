@@ -5,16 +5,28 @@ Every process is stopped by PID in teardown; every port is picked free.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from controlplane.store import EmbeddedEtcd
 from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy, start_envoy
 from tests.support.ports import free_port
 from tests.support.upstream import Upstream
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
+    """An etcd apart from `serve`: for replicas to share, or for a test to stop."""
+    server = asyncio.run(EmbeddedEtcd.start(tmp_path / "etcd"))
+    try:
+        yield server
+    finally:
+        asyncio.run(server.stop())
 
 
 @pytest.fixture

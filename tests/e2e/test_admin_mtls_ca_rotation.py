@@ -77,16 +77,6 @@ async def _first_cds(target: str, creds_dir: Path) -> Any:
         return await asyncio.wait_for(call.read(), timeout=15)
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Any:
-    """An etcd apart from `serve`, for two replicas to share."""
-    server = asyncio.run(EmbeddedEtcd.start(tmp_path / "etcd"))
-    try:
-        yield server
-    finally:
-        asyncio.run(server.stop())
-
-
 def test_the_other_replica_accepts_certificates_from_the_new_ca_too(
         tmp_path: Path, etcd: EmbeddedEtcd) -> None:
     tls = tmp_path / "tls"

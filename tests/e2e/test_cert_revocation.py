@@ -107,16 +107,6 @@ async def _stream(channel: grpc.aio.Channel) -> Any:
     return call
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Any:
-    """An etcd apart from `serve`, for two replicas to share."""
-    server = asyncio.run(EmbeddedEtcd.start(tmp_path / "etcd"))
-    try:
-        yield server
-    finally:
-        asyncio.run(server.stop())
-
-
 def test_another_replica_ends_the_stream_of_a_revoked_certificate(
         tmp_path: Path, etcd: EmbeddedEtcd) -> None:
     tls = tmp_path / "tls"

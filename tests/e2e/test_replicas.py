@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,15 +22,6 @@ from tests.support.upstream import Upstream
 from tests.support.wait import wait_for_sync
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
-    server = asyncio.run(EmbeddedEtcd.start(tmp_path / "etcd"))
-    try:
-        yield server
-    finally:
-        asyncio.run(server.stop())
 
 
 def leader_pid(etcd: EmbeddedEtcd) -> int | None:

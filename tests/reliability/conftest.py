@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import envoy_factory, upstream_factory
-from tests.e2e.test_replicas import etcd  # an etcd apart from `serve`, so a test can stop it
+from tests.e2e.conftest import envoy_factory, etcd, upstream_factory
 
 __all__ = ["envoy_factory", "etcd", "figures", "upstream_factory"]
 
