@@ -21,6 +21,9 @@ from controlplane.store.audit import AuditRecord
 from controlplane.store.store import Store
 
 ROLES = ("viewer", "operator", "admin")
+TOKEN_PREFIX = "cpt_"
+"""Every token starts with it: never with "-" (`--token -x...` would read as a missing
+value; token_urlsafe starts with "-" one time in 64), and secret scanners can spot it."""
 CREATE_ATTEMPTS = 5
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
@@ -155,7 +158,7 @@ class TokenStore:
             # Best effort: two admins racing on one name could both win; names only label.
             if any(r.name == name for r in await self.list()):
                 raise ConflictError(f"a token named {name} exists; pick another --name")
-            token = secrets.token_urlsafe(32)
+            token = TOKEN_PREFIX + secrets.token_urlsafe(32)
             record = TokenRecord(name=name, role=role, created=time.time())
             key = self.key(digest(token))
             audit = AuditRecord(actor=actor, action="token/create", kind="Token", name=name,

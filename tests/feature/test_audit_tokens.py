@@ -106,6 +106,7 @@ async def refused(call: Any, code: grpc.StatusCode) -> str:
 
 async def test_the_token_is_stored_only_as_its_hash_and_its_creation_audited(a: Replica) -> None:
     token = await a.create("admin", "root")  # bootstrap: no token yet, a loopback caller
+    assert token.startswith("cpt_") and len(token) > 40  # never "-...": see TOKEN_PREFIX
 
     everything = await dump(a.store)
     assert not any(token.encode() in k or token.encode() in v for k, v in everything.items())

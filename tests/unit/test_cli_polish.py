@@ -82,3 +82,13 @@ def test_zsh_completion_reuses_the_bash_function() -> None:
     script = completion.script(PARSER, "zsh")
     assert "bashcompinit" in script and "complete -o default -F _controlplane controlplane" in (
         script)
+
+
+def test_a_token_value_is_never_read_as_an_option() -> None:
+    """Tokens start with "cpt_": `--token VALUE` always parses (a token_urlsafe value
+    starting with "-" once made `--token -abc` an error, one time in 64)."""
+    from controlplane.store.tokens import TOKEN_PREFIX
+
+    token = TOKEN_PREFIX + "-leading-dash-inside"
+    args = PARSER.parse_args(["get", "upstreams", "--token", token])
+    assert args.token == token
