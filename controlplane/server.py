@@ -354,6 +354,9 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
 # (-1.5 KB per call) drops the message-size filter, so the receive limit below would no
 # longer be enforced: not used.
 _GRPC_OPTIONS = [
+    # gRPC sets SO_REUSEPORT by default: a second serve on the same port would bind too and
+    # the kernel would split connections between the two, silently. Refuse instead.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -363,12 +366,16 @@ _GRPC_OPTIONS = [
 
 def _bind(server: grpc.aio.Server, addr: str, flag: str,
           credentials: grpc.ServerCredentials | None = None) -> int:
-    if credentials is not None:
-        port: int = server.add_secure_port(addr, credentials)
-    else:
-        port = server.add_insecure_port(addr)
+    try:
+        if credentials is not None:
+            port: int = server.add_secure_port(addr, credentials)
+        else:
+            port = server.add_insecure_port(addr)
+    except RuntimeError:  # grpcio raises when the bind fails (older ones returned 0)
+        port = 0
     if port == 0:
-        raise InvalidInputError([FieldError(flag, f"cannot listen on {addr}: in use or invalid")])
+        raise InvalidInputError([FieldError(
+            flag, f"cannot listen on {addr}: address in use (another serve?) or invalid")])
     return port
 
 

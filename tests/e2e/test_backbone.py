@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +305,16 @@ def test_a_config_envoy_rejects_is_nacked_and_the_old_one_keeps_serving(
         assert str(taken) in text or "bind" in text.lower(), text
         for _ in range(10):
             assert get_sync(port, "/anything", timeout=1.0).json()["version"] == "v1"
+
+
+def test_a_second_serve_on_a_taken_port_is_refused(serve: ServeProcess, tmp_path: Path) -> None:
+    """gRPC would share the port (SO_REUSEPORT) and the kernel split the connections
+    between the two servers; serve turns that off and says which flag is at fault."""
+    second = subprocess.run(
+        [sys.executable, "-m", "controlplane", "serve", "--data-dir", str(tmp_path / "two"),
+         "--xds-addr", f"127.0.0.1:{free_port()}", "--admin-addr", serve.admin,
+         "--metrics-addr", ""],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert second.returncode == 2, second.stderr
+    assert "--admin-addr" in second.stderr and "in use" in second.stderr
+    assert cli(["get", "upstreams"], server=serve.admin).code == 0  # the first is unharmed

@@ -96,6 +96,8 @@ class ServeProcess:
     def _start_once(self, timeout: float) -> ServeProcess:
         if self.tls_dir is not None:
             _TLS_DIRS[self.admin] = self.tls_dir
+        else:  # a port an earlier TLS serve of this test run had is plaintext now
+            _TLS_DIRS.pop(self.admin, None)
         args = [
             sys.executable, "-m", "controlplane", "serve",
             "--data-dir", str(self.data_dir),
@@ -110,16 +112,21 @@ class ServeProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + timeout
+        last_err = ""
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 log = self.log()
                 if "Address already in use" in log:
                     raise _PortTaken(log)
                 raise RuntimeError(f"controlplane serve exited: {log}")
-            if cli(["get", "upstreams"], server=self.admin, timeout=10).code == 0:
+            last = cli(["get", "upstreams"], server=self.admin, timeout=10)
+            if last.code == 0:
                 return self
+            last_err = last.err
             time.sleep(0.1)
-        raise TimeoutError(f"controlplane serve not ready in {timeout}s: {self.log()}")
+        self.stop()  # not left running behind a failed start
+        raise TimeoutError(f"controlplane serve not ready in {timeout}s: {self.log()}\n"
+                           f"the last `get upstreams` said: {last_err[-500:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
