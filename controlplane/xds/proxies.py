@@ -5,6 +5,11 @@ Each xDS stream owns one `ProxyHandle` and reports to it; readers get frozen
 step waits for: "the fleet has ACKed the config that carries it". A stream's
 entry is removed when the stream ends, however it ends.
 
+A proxy is its (group, node id): one stream each. A second stream with the same
+identity replaces the first (a reconnect whose old connection has not died yet); one
+with another client certificate is refused while the first lives, so no stream can
+report, or hide the NACKs, of a proxy whose certificate it does not hold.
+
 Not thread-safe: use from the event loop's thread.
 """
 
@@ -17,7 +22,15 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from controlplane.errors import PermissionDeniedError
 from controlplane.xds.resources import push_rank
+
+MAX_NACK_TEXT = 1024
+"""Characters of a NACK's error_detail kept: the proxy writes it, the rollout status and
+the fleet report show it, and neither may grow with what a client sends."""
+
+EndStream = Callable[[str, str], None]
+"""Ends a stream from outside: (why, one of "revoked" | "replaced")."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +120,13 @@ class ProxyHandle:
     """Counts this proxy's ACKs and NACKs: what it has changed when this did."""
     peer_serial: str = ""
     """The serial of the client certificate the stream came with ("" without TLS)."""
-    on_end: Callable[[str], None] | None = None
-    """Set by the stream: ends it (UNAUTHENTICATED, with the reason); see `end_streams`."""
+    on_end: EndStream | None = None
+    """Set by the stream: ends it with a reason; see `end_streams` and `connect`."""
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """(group, node id): what the fleet's ACK accounting counts as one proxy."""
+        return (self.group, self.node_id)
 
     def _type(self, type_url: str) -> _TypeRecord:
         return self._types.setdefault(type_url, _TypeRecord())
@@ -136,14 +154,15 @@ class ProxyHandle:
     def nacked(self, type_url: str, version: str, message: str) -> None:
         """The proxy rejected `version` with `message` (error_detail)."""
         record = self._type(type_url)
-        record.last_nack = message
+        record.last_nack = message if len(message) <= MAX_NACK_TEXT else \
+            message[:MAX_NACK_TEXT - 1] + "\u2026"
         record.last_nack_version = version
         self.outcomes += 1
         self._registry._notify()
 
     def close(self) -> None:
         """The stream ended: forget it."""
-        self._registry._remove(self.stream_id)
+        self._registry._remove(self)
 
     def _acked_all(self, versions: Mapping[str, str]) -> bool:
         return all(
@@ -200,6 +219,7 @@ class ProxyRegistry:
 
     def __init__(self) -> None:
         self._streams: dict[int, ProxyHandle] = {}
+        self._by_identity: dict[tuple[str, str], ProxyHandle] = {}
         self._ids = itertools.count(1)
         self._changed: asyncio.Event | None = None
         """Made by the first waiter after a change: thousands of ACKs a second notify
@@ -242,7 +262,21 @@ class ProxyRegistry:
         extensions: Iterable[str] = (),
         peer_serial: str = "",
     ) -> ProxyHandle:
-        """Register a new stream; the caller must `close()` the handle when it ends."""
+        """Register a new stream; the caller must `close()` the handle when it ends.
+
+        A live stream of the same (group, node id) is ended ("replaced") when the new
+        one comes with the same client certificate (or without TLS, where a node's
+        claim is all there is); with another certificate the new stream is refused.
+
+        Errors:
+            PermissionDeniedError: another client certificate holds this identity.
+        """
+        held = self._by_identity.get((group, node_id))
+        if held is not None and held.peer_serial != peer_serial:
+            raise PermissionDeniedError(
+                f"node {node_id!r} of group {group!r} is connected with another client "
+                f"certificate (serial {held.peer_serial or 'none'}): a node id is one "
+                "proxy; give each proxy its own --node-id")
         handle = ProxyHandle(
             stream_id=next(self._ids),
             node_id=node_id,
@@ -256,6 +290,11 @@ class ProxyRegistry:
             peer_serial=peer_serial,
         )
         self._streams[handle.stream_id] = handle
+        self._by_identity[handle.identity] = handle
+        if held is not None:
+            self._streams.pop(held.stream_id, None)
+            if held.on_end is not None:
+                held.on_end("a newer stream of the same node replaced this one", "replaced")
         self._notify()
         return handle
 
@@ -265,7 +304,7 @@ class ProxyRegistry:
         ended = 0
         for handle in list(self._streams.values()):
             if handle.on_end is not None and which(handle):
-                handle.on_end(reason)
+                handle.on_end(reason, "revoked")
                 ended += 1
         return ended
 
@@ -347,6 +386,8 @@ class ProxyRegistry:
         if changed is not None:
             changed.set()
 
-    def _remove(self, stream_id: int) -> None:
-        if self._streams.pop(stream_id, None) is not None:
+    def _remove(self, handle: ProxyHandle) -> None:
+        if self._by_identity.get(handle.identity) is handle:
+            del self._by_identity[handle.identity]
+        if self._streams.pop(handle.stream_id, None) is not None:
             self._notify()

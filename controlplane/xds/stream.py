@@ -73,6 +73,11 @@ class _Event(enum.Enum):
     REVOKED = "revoked"
 
 
+MAX_IDENTITY_BYTES = 256
+"""The longest node.id and node.cluster accepted: each is held per stream, written into
+the fleet report in etcd and printed in logs, so neither may be as large as a client
+likes (etcd refuses a request over 1.5 MiB, and a report it refuses is no report)."""
+
 MAX_TYPES_PER_STREAM = 32
 """A stream asking for more distinct type URLs than this is not answered for the extra ones."""
 
@@ -160,6 +165,7 @@ class Stream(Generic[Req]):
         self._nonces = 0
         self._after_change = False
         self._end_reason = ""
+        self._end_code = grpc.StatusCode.UNAUTHENTICATED
         self._queue: _Inbox[Any] | None = None
 
     def next_nonce(self) -> str:
@@ -222,8 +228,7 @@ class Stream(Generic[Req]):
                     log.warning("ending xDS stream of node %r (group %r): %s",
                                 self.handle.node_id if self.handle else "?", self.group,
                                 self._end_reason)
-                    await self.context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                             self._end_reason)
+                    await self.context.abort(self._end_code, self._end_reason)
                     return
                 if item is _Event.SNAPSHOT:
                     latest = self.deps.cache.get(self.group)
@@ -264,7 +269,18 @@ class Stream(Generic[Req]):
         """Place the proxy in its group from the first request's node, then wait for config."""
         node = first.node
         try:
+            _check_identity(node)
             self.group = self.deps.group_of(node, self.context)
+            self.handle = self.deps.registry.connect(
+                node_id=node.id,
+                group=self.group,
+                protocol=self.protocol,
+                peer=self.context.peer(),
+                build_version=_build_version(node),
+                extensions=self.deps.registry.shared_by_key(
+                    _build_key(node), lambda: [e.name for e in node.extensions]),
+                peer_serial=peer_serial(self.context),
+            )
         except (AuthenticationError, PermissionDeniedError, InvalidInputError) as exc:
             code = {
                 AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
@@ -274,16 +290,7 @@ class Stream(Generic[Req]):
             await self.context.abort(code, str(exc))
         except ControlPlaneError as exc:
             await self.context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        self.handle = self.deps.registry.connect(
-            node_id=node.id,
-            group=self.group,
-            protocol=self.protocol,
-            peer=self.context.peer(),
-            build_version=_build_version(node),
-            extensions=self.deps.registry.shared_by_key(
-                _build_key(node), lambda: [e.name for e in node.extensions]),
-            peer_serial=peer_serial(self.context),
-        )
+        assert self.handle is not None  # abort() raised otherwise
         self.handle.on_end = self._end
         self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
@@ -292,9 +299,12 @@ class Stream(Generic[Req]):
         await self.deps.cache.wait_ready()
         self.snapshot = self.deps.cache.get(self.group)
 
-    def _end(self, reason: str) -> None:
-        """Asked from outside (`ProxyRegistry.end_streams`): abort with UNAUTHENTICATED."""
+    def _end(self, reason: str, why: str) -> None:
+        """Asked from outside: a revoked certificate (`ProxyRegistry.end_streams`) aborts
+        with UNAUTHENTICATED, a newer stream of the same proxy with ABORTED."""
         self._end_reason = reason
+        self._end_code = (grpc.StatusCode.ABORTED if why == "replaced"
+                          else grpc.StatusCode.UNAUTHENTICATED)
         if self._queue is not None:
             self._queue.put_once(_Event.REVOKED)
 
@@ -305,13 +315,23 @@ class Stream(Generic[Req]):
                 # stream's task has nothing else to do, they cost it no wake-up.
                 if not (queue.idle and self.handle is not None and self.acked_inline(request)):
                     await queue.put(request)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, grpc.aio.AbortError) as exc:  # AbortError: the task aborted
             log.debug("xDS stream read ended: %s", exc)
         except DecodeError as exc:
             log.warning("malformed xDS request from %s: %s", self.context.peer(), exc)
             queue.put_nowait(_Event.MALFORMED)
         finally:
             queue.put_nowait(_Event.END)
+
+
+def _check_identity(node: base_pb2.Node) -> None:
+    """Errors:
+        InvalidInputError: node.id or node.cluster is longer than `MAX_IDENTITY_BYTES`.
+    """
+    for name, value in (("node.id", node.id), ("node.cluster", node.cluster)):
+        size = len(value.encode())
+        if size > MAX_IDENTITY_BYTES:
+            raise InvalidInputError(f"{name} is {size} bytes: at most {MAX_IDENTITY_BYTES}")
 
 
 def _build_key(node: base_pb2.Node) -> bytes:
