@@ -11,18 +11,17 @@ import functools
 import json
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
-from controlplane.rollout.traffic import retired_of, traffic_of
+from controlplane.stage import RenderStage
 from controlplane.store import Store
-from controlplane.translate import SecretMaterial, placeholder_material, translate
+from controlplane.translate import SecretMaterial
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,17 @@ REPORT_COALESCE_S = 0.05
 REPORT_MAX_DELAY_S = 0.5
 """...or this long after the first change, whichever comes first."""
 REPORT_SHARDS = 16
-"""Keys a replica's report is spread over: ~450 bytes per proxy, so at `MAX_STREAMS`
-(20,000) a shard holds ~560 KB, under etcd's default 1.5 MiB request limit."""
+"""Keys a replica's report is spread over at least; doubled while a shard would be over
+`MAX_SHARD_BYTES` (~450 bytes per Envoy, ~3 KB at most for a proxy with maximal ids and
+NACK texts: 20,000 of those take 64 shards)."""
+MAX_SHARD_BYTES = 1024 * 1024
+"""One shard's value at most: under etcd's default 1.5 MiB request limit with room to
+spare (a write over it is refused, and a report not written is no report)."""
+MAX_REPORT_SHARDS = 4096
+_REPORTED = frozenset({CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET})
+"""Types a report carries: all that progress compares. A stream may subscribe to other
+type URLs of its choosing; none of those may grow the report."""
+REPORT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,12 @@ class ProxyReport:
     connected_at: float = 0.0
     acked: dict[str, str] = field(default_factory=dict)
     nacks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    serial: str = ""
+    """The stream's client certificate serial ("" without TLS)."""
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.group, self.node_id)
 
 
 def encode(reports: Iterable[ProxyReport]) -> bytes:
@@ -56,8 +69,10 @@ def encode(reports: Iterable[ProxyReport]) -> bytes:
 def _fragment(report: ProxyReport) -> str:
     # Not dataclasses.asdict: it deep-copies, and this runs for every ACK of a change.
     return json.dumps({"node_id": report.node_id, "group": report.group,
-                       "connected_at": report.connected_at, "acked": report.acked,
-                       "nacks": report.nacks}, sort_keys=True)
+                       "connected_at": report.connected_at, "serial": report.serial,
+                       "acked": {u: v for u, v in report.acked.items() if u in _REPORTED},
+                       "nacks": {u: v for u, v in report.nacks.items() if u in _REPORTED}},
+                      sort_keys=True)
 
 
 def _join(fragments: Iterable[str]) -> bytes:
@@ -66,7 +81,8 @@ def _join(fragments: Iterable[str]) -> bytes:
 
 def decode(raw: bytes) -> list[ProxyReport]:
     return [ProxyReport(r["node_id"], r["group"], r["connected_at"], r["acked"],
-                        {k: (v[0], v[1]) for k, v in r["nacks"].items()})
+                        {k: (v[0], v[1]) for k, v in r["nacks"].items()},
+                        r.get("serial", ""))
             for r in json.loads(raw)]
 
 
@@ -80,82 +96,85 @@ def groups_routing_to(state: DesiredState, upstream: str) -> list[str]:
     return sorted(groups)
 
 
-def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport]
-                ) -> FleetProgress:
-    """Pure: how many proxies carry the config `state` implies for this rollout."""
+def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport],
+                stage: RenderStage | None = None) -> FleetProgress:
+    """Pure (`stage` only memoizes): how many proxies carry the config `state` implies
+    for this rollout, a NACK of it if any, and the groups that must carry it."""
     upstream = state.rollouts[rollout].spec.upstream
     groups = groups_routing_to(state, upstream)
-    traffic, retired = traffic_of(state), retired_of(state)
-    # Key material only reaches SDS, which is not compared: stand-ins give the same
-    # CDS/EDS/LDS/RDS versions the publisher serves with the real certificates.
-    material = placeholder_material(state)
-    expected = {
-        g: Snapshot.build(
-            translate(state, group=g, traffic=traffic, secrets=material,
-                      retired=retired).by_type_url()
-        ).versions
-        for g in groups
-    }
+    stage = stage if stage is not None else RenderStage()
+    expected = {g: stage.versions(state, g) for g in groups}
     acked = total = 0
     nack: str | None = None
-    for report in _latest(reports):
-        if report.group not in expected:
+    for identity, claimants in _proxies(reports).items():
+        versions = expected.get(identity[0])
+        if versions is None:
             continue
         total += 1
-        want = {u: expected[report.group][u] for u in _CHECKED
-                if u in report.acked or u in report.nacks}
-        if want and all(report.acked.get(u) == v for u, v in want.items()):
+        wants = [{u: versions[u] for u in _CHECKED if u in r.acked or u in r.nacks}
+                 for r in claimants]
+        if all(want and all(r.acked.get(u) == v for u, v in want.items())
+               for r, want in zip(claimants, wants, strict=True)):
             acked += 1
             continue
-        for url, version in want.items():
-            rejected = report.nacks.get(url)
-            if rejected and rejected[0] == version and report.acked.get(url) != version:
-                nack = f"{report.node_id}: {rejected[1]}"
-    return FleetProgress(acked, total, nack)
+        for report, want in zip(claimants, wants, strict=True):
+            for url, version in want.items():
+                rejected = report.nacks.get(url)
+                if rejected and rejected[0] == version and report.acked.get(url) != version:
+                    nack = f"{report.node_id}: {rejected[1]}"
+    return FleetProgress(acked, total, nack, tuple(groups))
 
 
-def _latest(reports: Iterable[ProxyReport]) -> list[ProxyReport]:
-    # A proxy that moved to another replica may still be in the dead one's report
-    # until its lease lapses: its newest stream is the one that counts.
-    latest: dict[str, ProxyReport] = {}
+def _proxies(reports: Iterable[ProxyReport]) -> dict[tuple[str, str], list[ProxyReport]]:
+    """Each proxy, (group, node id), with the streams that speak for it. A proxy that
+    moved to another replica may still be in the dead one's report until its lease
+    lapses: with the same client certificate its newest stream is the one that counts.
+    A stream with another certificate is another claimant, never a replacement: each
+    must ACK, and a NACK of any counts (a node id is not a credential)."""
+    by_identity: dict[tuple[str, str], list[ProxyReport]] = {}
     for report in reports:
-        seen = latest.get(report.node_id)
-        if seen is None or report.connected_at > seen.connected_at:
-            latest[report.node_id] = report
-    return list(latest.values())
+        by_identity.setdefault(report.identity, []).append(report)
+    out: dict[tuple[str, str], list[ProxyReport]] = {}
+    for identity, streams in by_identity.items():
+        streams.sort(key=lambda r: r.connected_at, reverse=True)
+        newest: dict[str, ProxyReport] = {}
+        for stream in streams:
+            newest.setdefault(stream.serial, stream)
+        out[identity] = list(newest.values())
+    return out
 
 
 def secrets_progress(state: DesiredState, material: SecretMaterial,
-                     reports: Iterable[ProxyReport]) -> tuple[int, int]:
+                     reports: Iterable[ProxyReport],
+                     stage: RenderStage | None = None) -> tuple[int, int]:
     """Pure: (proxies that ACKed the SDS version `material` gives their group, proxies
     holding secrets: those that ever ACKed or NACKed SDS). A CA rotation retires the
     previous CA when both are equal. A group that fails to translate counts as not ACKed."""
-    traffic, retired = traffic_of(state), retired_of(state)
+    stage = stage if stage is not None else RenderStage()
     expected: dict[str, str | None] = {}
     acked = total = 0
-    for report in _latest(reports):
-        if SECRET not in report.acked and SECRET not in report.nacks:
+    for (group, _), claimants in _proxies(reports).items():
+        holding = [r for r in claimants if SECRET in r.acked or SECRET in r.nacks]
+        if not holding:
             continue
-        if report.group not in expected:
+        if group not in expected:
             try:
-                expected[report.group] = Snapshot.build(translate(
-                    state, group=report.group, traffic=traffic, secrets=material,
-                    retired=retired,
-                ).by_type_url()).version(SECRET)
+                expected[group] = stage.snapshot(state, group, material).version(SECRET)
             except ControlPlaneError:
-                expected[report.group] = None
+                expected[group] = None
         total += 1
-        if expected[report.group] is not None and \
-                report.acked.get(SECRET) == expected[report.group]:
+        if expected[group] is not None and all(
+                r.acked.get(SECRET) == expected[group] for r in holding):
             acked += 1
     return acked, total
 
 
 class EtcdFleet:
-    """FleetView over every replica's reports in etcd."""
+    """FleetView over every replica's reports in etcd, compared with `stage`'s renders."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, stage: RenderStage | None = None) -> None:
         self._store = store
+        self._stage = stage if stage is not None else RenderStage()
 
     async def reports(self) -> list[ProxyReport]:
         """Every replica's proxies, as last reported."""
@@ -163,47 +182,74 @@ class EtcdFleet:
         return [r for kv in got.kvs for r in decode(kv.value)]
 
     async def progress(self, state: DesiredState, rollout: str) -> FleetProgress:
-        return progress_of(state, rollout, await self.reports())
+        return progress_of(state, rollout, await self.reports(), self._stage)
 
 
 class ReportEncoder:
     """A registry's proxies as `encode`d shards ({shard: bytes}, empty ones left out), a
     proxy's shard set by its node id. Only the proxies whose ACKs or NACKs changed since
-    the last call are encoded again (at 1,000 proxies a change brings 1,000 ACKs)."""
+    the last call are encoded again (at 1,000 proxies a change brings 1,000 ACKs).
 
-    def __init__(self, registry: ProxyRegistry, shards: int = REPORT_SHARDS) -> None:
+    `shards` doubles while a shard would pass `limit` bytes, and halves again once half
+    as many hold the proxies with a quarter to spare (no flapping at the edge): whatever
+    clients send (ids and NACK texts are bounded), no shard is over etcd's limit."""
+
+    def __init__(self, registry: ProxyRegistry, shards: int = REPORT_SHARDS,
+                 limit: int = MAX_SHARD_BYTES) -> None:
         self._registry = registry
-        self._shards = shards
+        self._least = self.shards = shards
+        self._limit = limit
         self._fragments: dict[tuple[int, int], tuple[int, str]] = {}
 
     def encode(self) -> dict[int, bytes]:
         fragments: dict[tuple[int, int], tuple[int, str]] = {}
-        by_shard: dict[int, list[str]] = {}
         for handle in self._registry.handles():
             key = (handle.stream_id, handle.outcomes)
             known = self._fragments.get(key)
             if known is None:
-                known = (zlib.crc32(handle.node_id.encode()) % self._shards,
+                known = (zlib.crc32(handle.node_id.encode()),
                          _fragment(ProxyReport(
                              node_id=handle.node_id, group=handle.group,
                              connected_at=handle.connected_at,
-                             acked=handle.acked_versions(), nacks=handle.nacks())))
+                             acked=handle.acked_versions(), nacks=handle.nacks(),
+                             serial=handle.peer_serial)))
             fragments[key] = known
-            by_shard.setdefault(known[0], []).append(known[1])
         self._fragments = fragments
+        while self.shards < MAX_REPORT_SHARDS and \
+                _largest(fragments.values(), self.shards) > self._limit:
+            self.shards *= 2
+        while self.shards > self._least and \
+                _largest(fragments.values(), self.shards // 2) * 4 <= self._limit * 3:
+            self.shards //= 2
+        by_shard: dict[int, list[str]] = {}
+        for crc, fragment in fragments.values():
+            by_shard.setdefault(crc % self.shards, []).append(fragment)
         return {shard: _join(parts) for shard, parts in sorted(by_shard.items())}
 
 
-class FleetReporter:
-    """Writes this replica's proxies to `{prefix}/fleet/{identity}/{shard}` whenever they
-    change (only the shards that changed)."""
+def _largest(fragments: Iterable[tuple[int, str]], shards: int) -> int:
+    sizes: dict[int, int] = {}
+    for crc, fragment in fragments:
+        sizes[crc % shards] = sizes.get(crc % shards, 2) + len(fragment) + 2
+    return max(sizes.values(), default=0)
 
-    def __init__(self, store: Store, registry: ProxyRegistry, identity: str) -> None:
+
+class FleetReporter:
+    """Writes this replica's proxies to `{prefix}/fleet/{identity}/{shards}.{shard}`
+    whenever they change (only the shards that changed). A write that fails is retried
+    every `REPORT_RETRY_S` and counted on `on_error`: a report is never silently lost."""
+
+    def __init__(self, store: Store, registry: ProxyRegistry, identity: str, *,
+                 encoder: ReportEncoder | None = None,
+                 on_error: Callable[[], None] | None = None) -> None:
         self._store = store
         self._registry = registry
         self._identity = identity
-        self._encoder = ReportEncoder(registry)
-        self._written: dict[int, bytes] = {}
+        self._encoder = encoder if encoder is not None else ReportEncoder(registry)
+        self._on_error = on_error
+        self._written: dict[bytes, bytes] = {}
+        self.failing = ""
+        """Why the last write failed ("" once one succeeds)."""
 
     async def run(self) -> None:
         lease: int | None = None
@@ -216,12 +262,22 @@ class FleetReporter:
                 elif await self._store.kv.refresh(lease) <= 0:
                     lease = None
                     continue
-                await self._write(current, lease)
-            except StoreUnavailableError as exc:
-                log.warning("fleet report: %s", exc)
-                lease = None
-                await asyncio.sleep(1.0)
+                await self._write(current, self._encoder.shards, lease)
+            except ControlPlaneError as exc:
+                # Unavailable etcd, or a refused write: the same report is tried again.
+                if not self.failing:
+                    log.error("fleet report of replica %s not written, retrying every "
+                              "%g s: %s", self._identity, REPORT_RETRY_S, exc)
+                self.failing = str(exc)
+                if self._on_error is not None:
+                    self._on_error()
+                if isinstance(exc, StoreUnavailableError):
+                    lease = None
+                await asyncio.sleep(REPORT_RETRY_S)
                 continue
+            if self.failing:
+                log.warning("fleet report of replica %s written again", self._identity)
+                self.failing = ""
             moved = functools.partial(self._moved, self._registry.generation)
             if await self._registry.wait_until(moved, timeout=REPORT_LEASE_TTL / 3):
                 await self._settle()
@@ -240,22 +296,23 @@ class FleetReporter:
     def _moved(self, generation: int) -> bool:
         return self._registry.generation != generation
 
-    async def _write(self, shards: dict[int, bytes], lease: int) -> None:
+    async def _write(self, shards: dict[int, bytes], count: int, lease: int) -> None:
         # A shard holds the same proxies whatever the others do: a reader between two
-        # of these writes sees each proxy once, at most a report behind.
-        for shard, value in shards.items():
-            if self._written.get(shard) != value:
-                await self._store.kv.put(self._key(shard), value, lease=lease)
-                self._written[shard] = value
-        for shard in [s for s in self._written if s not in shards]:
-            await self._store.kv.delete(self._key(shard))
-            del self._written[shard]
-
-    def _key(self, shard: int) -> bytes:
-        return self._store.keys.fleet_shard(self._identity, shard)
+        # of these writes sees each proxy once, at most a report behind. When the shard
+        # count changes, the new shards are all written before the old ones go: a
+        # reader may see a proxy twice then (progress counts it once), never not at all.
+        keys = {self._store.keys.fleet_shard(self._identity, count, shard): value
+                for shard, value in shards.items()}
+        for key, value in keys.items():
+            if self._written.get(key) != value:
+                await self._store.kv.put(key, value, lease=lease)
+                self._written[key] = value
+        for key in [k for k in self._written if k not in keys]:
+            await self._store.kv.delete(key)
+            del self._written[key]
 
     async def close(self) -> None:
         with contextlib.suppress(StoreUnavailableError):
-            for shard in list(self._written):
-                await self._store.kv.delete(self._key(shard))
-                del self._written[shard]
+            for key in list(self._written):
+                await self._store.kv.delete(key)
+                del self._written[key]

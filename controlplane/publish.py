@@ -1,8 +1,8 @@
 """Desired state → per-group snapshots in the cache, coalesced and known-good only.
 
-The one stage between the store and the xDS server: it translates each proxy
-group's view of the state (pure), builds an immutable snapshot (serialized once),
-and hands it to the cache. A failed translation keeps the group's last good
+The one stage between the store and the xDS server: it has each proxy group's
+snapshot of the state rendered (`stage.RenderStage`, which the rollout engine's
+fleet view reads too) and hands it to the cache. A failed translation keeps the group's last good
 snapshot and logs every problem.
 """
 
@@ -18,15 +18,8 @@ from typing import TYPE_CHECKING
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
-from controlplane.model.traffic import TrafficPolicy
-from controlplane.rollout.traffic import retired_of, traffic_of
-from controlplane.translate import (
-    GroupCertificate,
-    ResourceSet,
-    SecretMaterial,
-    placeholder_material,
-    translate,
-)
+from controlplane.stage import RenderStage, resources_of
+from controlplane.translate import GroupCertificate, ResourceSet, SecretMaterial
 from controlplane.translate.render import render
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
@@ -47,10 +40,6 @@ in a worker thread: the event loop goes on serving streams and admin calls (the 
 lets it in every few ms) instead of stalling for the whole translation (~0.8 s at
 10k clusters / 100k endpoints, per group). Smaller ones are quicker inline."""
 
-Traffic = Mapping[str, TrafficPolicy]
-_NO_TRAFFIC: Traffic = MappingProxyType({})
-
-
 class Publisher:
     """Keeps the snapshot cache in step with the latest desired state.
 
@@ -63,12 +52,12 @@ class Publisher:
         self,
         cache: SnapshotCache,
         *,
+        stage: RenderStage | None = None,
         on_published: Callable[[Mapping[str, Snapshot]], None] | None = None,
     ) -> None:
         self._cache = cache
+        self._stage = stage if stage is not None else RenderStage()
         self._state: DesiredState | None = None
-        self._traffic: Traffic = _NO_TRAFFIC
-        self._retired: Mapping[str, frozenset[str]] = MappingProxyType({})
         self._secrets = SecretMaterial()  # key material from the vault (update_secrets)
         self._extra_groups: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -82,8 +71,6 @@ class Publisher:
     def update(self, state: DesiredState) -> None:
         """Take a new state (rollout weights included); it is published after the hold-off."""
         self._state = state
-        self._traffic = traffic_of(state)
-        self._retired = retired_of(state)
         self._arm()
 
     def update_secrets(self, material: Material) -> None:
@@ -136,10 +123,9 @@ class Publisher:
                 self._again = False
                 self._arm()
 
-    def _inputs(self) -> tuple[DesiredState, Traffic, Mapping[str, frozenset[str]],
-                               SecretMaterial, list[str]]:
+    def _inputs(self) -> tuple[RenderStage, DesiredState, SecretMaterial, list[str]]:
         assert self._state is not None
-        return (self._state, self._traffic, self._retired, self._secrets,
+        return (self._stage, self._state, self._secrets,
                 sorted({*self._state.groups(), *self._extra_groups}))
 
     def _install(self, built: Mapping[str, Snapshot | ControlPlaneError]) -> None:
@@ -165,16 +151,13 @@ def _size(state: DesiredState) -> int:
         for upstream in state.upstreams.values() for version in upstream.spec.versions.values())
 
 
-def _build(state: DesiredState, traffic: Traffic, retired: Mapping[str, frozenset[str]],
-           secrets: SecretMaterial, groups: list[str]
+def _build(stage: RenderStage, state: DesiredState, secrets: SecretMaterial, groups: list[str]
            ) -> dict[str, Snapshot | ControlPlaneError]:
-    """Pure (any thread): each group's snapshot, or why it has none."""
+    """Any thread: each group's snapshot, or why it has none."""
     built: dict[str, Snapshot | ControlPlaneError] = {}
     for group in groups:
         try:
-            resources = translate(state, group=group, traffic=traffic, retired=retired,
-                                  secrets=secrets)
-            built[group] = Snapshot.build(resources.by_type_url())
+            built[group] = stage.snapshot(state, group, secrets)
         except ControlPlaneError as exc:
             built[group] = exc
     return built
@@ -213,8 +196,6 @@ def xds_diff(before: DesiredState, after: DesiredState) -> dict[str, str]:
 def _render_or_error(state: DesiredState, group: str) -> str:
     try:
         # Secrets render redacted: placeholders show which ones a group would get.
-        return _render(translate(state, group=group, traffic=traffic_of(state),
-                                 secrets=placeholder_material(state),
-                                 retired=retired_of(state)))
+        return _render(resources_of(state, group))
     except ControlPlaneError as exc:
         return f"# cannot translate: {exc}\n"

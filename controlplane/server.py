@@ -41,6 +41,7 @@ from controlplane.logformat import configure as configure_logging
 from controlplane.publish import Publisher, secret_material, xds_diff
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
+from controlplane.stage import RenderStage
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.leader import LeaderElection
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
@@ -94,7 +95,11 @@ class ControlPlane:
         self.telemetry: Telemetry = Telemetry()  # its own registry: several per process work
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
-        self.publisher = Publisher(self.cache, on_published=self.telemetry.published)
+        # One render of each group's snapshot per state, served by the publisher and
+        # compared with the fleet's ACKs by the rollout engine.
+        self.stage = RenderStage()
+        self.publisher = Publisher(self.cache, stage=self.stage,
+                                   on_published=self.telemetry.published)
         self.etcd: EmbeddedEtcd | None = None
         self.store: Store | None = None
         self.xds_port = 0
@@ -155,7 +160,8 @@ class ControlPlane:
         self.publisher.update(state)
         self.publisher.publish_now()  # the first full state, before any proxy is answered
         self._tasks.append(asyncio.create_task(self._follow(watch), name="store-watch"))
-        self.reporter = FleetReporter(self.store, self.registry, self.identity)
+        self.reporter = FleetReporter(self.store, self.registry, self.identity,
+                                      on_error=self.telemetry.fleet_report_failed)
         self._tasks.append(asyncio.create_task(self.reporter.run(), name="fleet-report"))
         # Analysis: proxies push stats here; each replica reports its counts to etcd and
         # the leader judges canaries on the fleet-wide sums.
@@ -165,8 +171,9 @@ class ControlPlane:
                                                name="metrics-report"))
         analysis = EtcdAnalysis(self.store)
         providers = ByProvider({"envoy": analysis, "prometheus": PrometheusAnalysis()})
-        self.engine = RolloutEngine(self.store, EtcdFleet(self.store), identity=self.identity,
-                                    analysis=providers, health=analysis)
+        self.engine = RolloutEngine(self.store, EtcdFleet(self.store, self.stage),
+                                    identity=self.identity, analysis=providers,
+                                    health=analysis)
         self.election = LeaderElection(self.store, self.identity,
                                        ttl=self.config.leader_ttl)
         self._tasks.append(asyncio.create_task(self.election.run(self.engine.lead),
@@ -261,7 +268,7 @@ class ControlPlane:
         `material` gives its group: what a CA rotation waits for before retiring a CA."""
         assert self.store is not None
         acked, total = secrets_progress(state, secret_material(material),
-                                        await EtcdFleet(self.store).reports())
+                                        await EtcdFleet(self.store).reports(), self.stage)
         log.debug("CA rotation: %d of %d proxies ACKed the new certificates", acked, total)
         return acked == total
 

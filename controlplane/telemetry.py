@@ -26,6 +26,8 @@ Metrics (all prefixed `controlplane_`):
     rollout_analysis_total{rollout,verdict}   counter  analysis checks seen (passed, failed,
                                               inconclusive), counted by every replica
     etcd_errors_total{operation}              counter  etcd calls that failed (per attempt)
+    fleet_report_errors_total                 counter  writes of this replica's fleet report
+                                                       that failed (each retried)
 
 plus the process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`).
 prometheus_client's metrics are thread-safe: its HTTP thread reads while the event
@@ -86,6 +88,9 @@ class Telemetry:
                                 ["rollout", "verdict"], registry=r)
         self.etcd_errors = Counter("controlplane_etcd_errors", "etcd calls that failed",
                                    ["operation"], registry=r)
+        self.fleet_report_errors = Counter(
+            "controlplane_fleet_report_errors",
+            "writes of this replica's fleet report that failed (each is retried)", registry=r)
         # (group, type URL) → (version, monotonic time it was published)
         self._published: dict[tuple[str, str], tuple[str, float]] = {}
         self._rollouts: set[str] = set()
@@ -160,6 +165,10 @@ class Telemetry:
     def etcd_error(self, operation: str) -> None:
         """The etcd client's `on_error`: one failed call (or watch) to an endpoint."""
         self.etcd_errors.labels(operation=operation).inc()
+
+    def fleet_report_failed(self) -> None:
+        """The fleet reporter's `on_error`: a write of the report failed."""
+        self.fleet_report_errors.inc()
 
     # ---- exposition ------------------------------------------------------------------
 

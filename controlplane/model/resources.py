@@ -317,6 +317,9 @@ class RolloutSpec(Model):
     """The share of connected proxies that must ACK a step before it counts."""
     on_nack: Literal["pause", "rollback"] = "pause"
     """What a NACKed step does: halt at the last good step, or roll back."""
+    allow_empty_fleet: bool = False
+    """Count a step as applied when no proxy of the groups that route to the upstream is
+    connected. Off: such a step waits, and pauses after `ack_timeout`."""
 
     @field_validator("steps")
     @classmethod

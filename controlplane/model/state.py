@@ -42,10 +42,14 @@ class DesiredState:
         default_factory=lambda: MappingProxyType({})
     )
     """Rollout name → the status the control plane wrote for it."""
+    fingerprint: str = field(default="", compare=False)
+    """A digest of the stored bytes this state was read from ("" for a state built in
+    memory): equal fingerprints, equal states. What renders are memoized on."""
 
     @classmethod
     def of(
-        cls, resources: Iterable[Resource], statuses: Mapping[str, RolloutStatus] | None = None
+        cls, resources: Iterable[Resource], statuses: Mapping[str, RolloutStatus] | None = None,
+        *, fingerprint: str = "",
     ) -> DesiredState:
         """Build a state from resources of any kind (a later duplicate wins)."""
         by_kind: dict[str, dict[str, Resource]] = {}
@@ -61,6 +65,7 @@ class DesiredState:
             rollouts=pick("Rollout", Rollout),
             proxy_groups=pick("ProxyGroup", ProxyGroup),
             statuses=MappingProxyType(dict(sorted((statuses or {}).items()))),
+            fingerprint=fingerprint,
         )
 
     def resources(self) -> list[Resource]:

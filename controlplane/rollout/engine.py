@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 HEALTH_WAIT = "waiting for the endpoints of "
+EMPTY_WAIT = "waiting for proxies: no proxy of group "
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class FleetProgress:
     acked: int
     total: int
     nack: str | None = None
+    groups: tuple[str, ...] = ()
+    """The proxy groups that route to the upstream: the ones that must carry the step."""
+
+    def empty(self) -> bool:
+        """No proxy is connected, though groups route to the upstream: nothing carries
+        the step, so nothing has ACKed it (not "0 of 0, all ACKed")."""
+        return self.total == 0 and bool(self.groups)
 
     def enough(self, fraction: float) -> bool:
         """At least `fraction` of the connected proxies ACKed (all of them at 1.0)."""
@@ -147,6 +155,9 @@ class RolloutEngine:
         waiting = ""
         if progress.nack:
             events.append(Nacked(now, progress.nack))
+        elif progress.empty() and not spec.allow_empty_fleet:
+            waiting = (f"{EMPTY_WAIT}{', '.join(progress.groups)} is connected; set "
+                       "allowEmptyFleet: true to move traffic no proxy carries")
         elif progress.enough(spec.ack_fraction):
             waiting = await self._unhealthy(state, name, status, now)
             if not waiting:

@@ -7,9 +7,9 @@
     {prefix}/leader                    the rollout engine's leader, held by a lease
     {prefix}/fence/{lease:x}           empty, under a lease: written by a fenced commit,
                                        so the commit fails once the lease has expired
-    {prefix}/fleet/{replica}/{shard}   what the replica's proxies ACKed, held by its lease
-                                       (in shards by node id: one value stays well
-                                       under etcd's 1.5 MiB request limit at 20k proxies)
+    {prefix}/fleet/{replica}/{n}.{i}   what the replica's proxies ACKed, held by its lease
+                                       (shard i of n, by node id: n grows so that one
+                                       value stays under etcd's 1.5 MiB request limit)
     {prefix}/metrics/{replica}         its proxies' request counts per second (analysis), held
                                        by its lease
     {prefix}/health/{replica}          its proxies' endpoint health per cluster, held by its
@@ -66,8 +66,9 @@ class Keys:
     def fleet(self) -> bytes:
         return f"{self.prefix}/fleet/".encode()
 
-    def fleet_shard(self, identity: str, shard: int) -> bytes:
-        return f"{self.prefix}/fleet/{identity}/{shard:02d}".encode()
+    def fleet_shard(self, identity: str, shards: int, shard: int) -> bytes:
+        """Shard `shard` of `shards` of a replica's report."""
+        return f"{self.prefix}/fleet/{identity}/{shards}.{shard:04d}".encode()
 
     @property
     def metrics(self) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import logging
 import random
 import time
@@ -125,8 +126,11 @@ class Store:
                     resources.append(from_stored(kv.value))
             except (ValueError, TypeError) as exc:  # written by hand, or by a newer version
                 log.error("ignoring unreadable %s: %s", kv.key.decode(errors="replace"), exc)
-        return _Snapshot(DesiredState.of(resources, statuses), {kv.key: kv for kv in got.kvs},
-                         got.revision)
+        digest = hashlib.sha256()
+        for kv in got.kvs:  # in key order: etcd returns a range sorted
+            digest.update(b"%d:%b%d:%b" % (len(kv.key), kv.key, len(kv.value), kv.value))
+        return _Snapshot(DesiredState.of(resources, statuses, fingerprint=digest.hexdigest()),
+                         {kv.key: kv for kv in got.kvs}, got.revision)
 
     async def load(self) -> tuple[DesiredState, int]:
         """The whole desired state (specs and statuses) and the etcd revision it was read at."""

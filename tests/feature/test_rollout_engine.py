@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.errors import TranslationError
+from controlplane.fleet import EtcdFleet
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.model.status import Phase
 from controlplane.rollout.engine import FleetProgress, RolloutEngine
@@ -131,3 +132,28 @@ spec: {upstream: ledger, from: v1, to: v2}
     await engine.step(Fence())  # a-ledger-v2 sorts first and fails
     assert (await phase(store))[:3] == (Phase.PROGRESSING, 0, 10.0)
     assert "rollout a-ledger-v2 held: Rollout/a-ledger-v2: cannot translate" in caplog.text
+
+
+@pytest.mark.parametrize("allow", [False, True], ids=["waits", "allowed"])
+async def test_no_connected_proxy_is_not_an_acked_step(store: Store, allow: bool) -> None:
+    # The real fleet view over etcd, where no replica reports a proxy of group `edge`.
+    if allow:
+        allowed = STATE.replace("stepInterval:", "allowEmptyFleet: true, stepInterval:")
+        await store.apply(parse_yaml(allowed), actor="test")
+    clock = Clock()
+    engine = RolloutEngine(store, EtcdFleet(store), identity="t", clock=clock)
+    fence = Fence()
+    await engine.step(fence)  # Pending -> step 0
+    await engine.step(fence)
+    state, _ = await store.load()
+    status = state.status("payments-v2")
+    assert (status.proxies_acked, status.proxies_total) == (0, 0)
+    if allow:
+        assert status.applied and status.message == ""
+        return
+    assert not status.applied
+    assert status.message.startswith("waiting for proxies: no proxy of group edge is connected")
+    clock.now += 61  # past the ACK timeout (60 s)
+    await engine.step(fence)
+    got = await phase(store)
+    assert got[0] == Phase.PAUSED and "no proxy of group edge" in got[3]

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import envoy_factory, etcd, upstream_factory
+from tests.e2e.conftest import envoy_factory, etcd, serve, upstream_factory
 
-__all__ = ["envoy_factory", "etcd", "figures", "upstream_factory"]
+__all__ = ["envoy_factory", "etcd", "figures", "serve", "upstream_factory"]
 
 Figures = Callable[..., None]
 

@@ -62,11 +62,14 @@ def node(node_id: str = "proxy-1", group: str = "edge") -> base_pb2.Node:
 class AdsClient:
     """One ADS stream (SotW or Delta) with a background reader and timed receives."""
 
-    def __init__(self, target: str, *, delta: bool = False, read: bool = True) -> None:
-        """`read=False`: never read responses (a client that stalls the server's writes)."""
+    def __init__(self, target: str, *, delta: bool = False, read: bool = True,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """`read=False`: never read responses (a client that stalls the server's writes);
+        `credentials`: TLS (e.g. a proxy's client certificate) instead of plaintext."""
         self.target = target
         self.delta = delta
         self.read = read
+        self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
         self._responses: asyncio.Queue[Any] = asyncio.Queue()
@@ -74,7 +77,8 @@ class AdsClient:
         self.error: grpc.RpcError | None = None
 
     async def __aenter__(self) -> AdsClient:
-        self._channel = grpc.aio.insecure_channel(self.target)
+        self._channel = (grpc.aio.insecure_channel(self.target) if self.credentials is None
+                         else grpc.aio.secure_channel(self.target, self.credentials))
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         self._call = (stub.DeltaAggregatedResources() if self.delta
                       else stub.StreamAggregatedResources())
@@ -158,6 +162,26 @@ class AdsClient:
         else:
             await self.request(response.type_url, names, version=response.version_info,
                                nonce=response.nonce)
+
+    async def ack_all(self, node: base_pb2.Node, type_urls: Iterable[str]) -> None:
+        """Subscribe to every resource of each type as `node` and ACK every response,
+        whatever it holds, until closed: a client that claims to carry any config."""
+        first, *others = type_urls
+        # The others only once the first is answered: a refused stream is ended after
+        # its first request, and a write after that would fail on the client's side.
+        response = await self._subscribe(first, node)
+        for type_url in others:
+            await self._subscribe(type_url, None)
+        while True:
+            await self.ack(response)
+            response = await self.recv(timeout=3600)
+
+    async def _subscribe(self, type_url: str, node: base_pb2.Node | None) -> Any:
+        if self.delta:
+            await self.delta_request(type_url, node=node)
+        else:
+            await self.request(type_url, node=node)
+        return await self.recv(timeout=3600) if node is not None else None
 
     async def recv(self, timeout: float = 5.0) -> Any:
         """The next response; TimeoutError if none arrives in time."""

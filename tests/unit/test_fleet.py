@@ -5,6 +5,8 @@ from __future__ import annotations
 import zlib
 
 from controlplane.fleet import (
+    MAX_SHARD_BYTES,
+    REPORT_SHARDS,
     ProxyReport,
     ReportEncoder,
     decode,
@@ -13,11 +15,16 @@ from controlplane.fleet import (
     progress_of,
 )
 from controlplane.model import DesiredState, parse_yaml
+from controlplane.publish import Publisher
+from controlplane.rollout.engine import FleetProgress
 from controlplane.rollout.traffic import traffic_of
+from controlplane.stage import RenderStage
 from controlplane.translate import translate
+from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
-from controlplane.xds.resources import ROUTE
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.stream import MAX_IDENTITY_BYTES
 from tests.support.states import with_rollout
 
 OTHER = """---
@@ -95,7 +102,8 @@ def test_the_sharded_report_matches_a_full_encoding_after_every_change() -> None
         by_shard: dict[int, list[ProxyReport]] = {}
         for h in registry.handles():
             by_shard.setdefault(shard(h.node_id), []).append(ProxyReport(
-                h.node_id, h.group, h.connected_at, h.acked_versions(), h.nacks()))
+                h.node_id, h.group, h.connected_at, h.acked_versions(), h.nacks(),
+                h.peer_serial))
         return {s: encode(reports) for s, reports in sorted(by_shard.items())}
 
     first = encoder.encode()
@@ -112,3 +120,87 @@ def test_the_sharded_report_matches_a_full_encoding_after_every_change() -> None
     assert encoder.encode() == full()
     assert "n2" not in got and got["n0"].acked == {ROUTE: "v1"}
     assert got["n1"].nacks == {ROUTE: ("v2", "bad route")}
+
+
+def test_a_twin_node_id_in_another_group_does_not_hide_a_nack() -> None:
+    versions = expected("edge")
+    route_url = next(u for u in versions if u.endswith("RouteConfiguration"))
+    reports = [
+        ProxyReport("e1", "edge", 1.0, acked={k: "old" for k in versions},
+                    nacks={route_url: (versions[route_url], "rejected")}),
+        ProxyReport("e1", "other", 9.0, acked=expected("other")),  # newer, another group
+    ]
+    progress = progress_of(STATE, "payments-v2", reports)
+    assert (progress.acked, progress.total, progress.nack) == (0, 1, "e1: rejected")
+
+
+def test_a_stream_with_another_certificate_is_another_claimant_not_a_replacement() -> None:
+    versions = expected("edge")
+    route_url = next(u for u in versions if u.endswith("RouteConfiguration"))
+    real = ProxyReport("e1", "edge", 1.0, acked={k: "old" for k in versions},
+                       nacks={route_url: (versions[route_url], "rejected")}, serial="aa")
+    forged = ProxyReport("e1", "edge", 9.0, acked=versions, serial="bb")
+    progress = progress_of(STATE, "payments-v2", [real, forged])
+    assert (progress.acked, progress.total, progress.nack) == (0, 1, "e1: rejected")
+    # The same certificate's newer stream (the proxy moved replica) does replace it.
+    moved = ProxyReport("e1", "edge", 9.0, acked=versions, serial="aa")
+    assert progress_of(STATE, "payments-v2", [real, moved]) == FleetProgress(
+        1, 1, None, ("edge",))
+
+
+def test_an_empty_fleet_is_not_all_acked() -> None:
+    progress = progress_of(STATE, "payments-v2", [ProxyReport("o1", "other", 1.0)])
+    assert (progress.acked, progress.total, progress.groups) == (0, 0, ("edge",))
+    assert progress.empty()
+    assert not FleetProgress(0, 0).empty()  # no group routes there: nothing to carry
+
+
+def test_progress_renders_a_state_once_however_often_it_is_asked() -> None:
+    stage = RenderStage()
+    stored = DesiredState.of(STATE.resources(), STATE.statuses, fingerprint="f1")
+    reports = [ProxyReport("e1", "edge", 1.0, acked=expected("edge"))]
+    for _ in range(5):
+        assert progress_of(stored, "payments-v2", reports, stage).acked == 1
+    assert stage.renders == 1
+    moved = DesiredState.of(STATE.resources(), STATE.statuses, fingerprint="f2")
+    progress_of(moved, "payments-v2", reports, stage)
+    assert stage.renders == 2
+
+
+def test_shards_stay_under_the_limit_at_10000_proxies_with_maximal_ids() -> None:
+    registry = ProxyRegistry()
+    handles = []
+    for i in range(10_000):
+        handle = registry.connect(node_id=f"{i:05d}".ljust(MAX_IDENTITY_BYTES, "\u00e9"[0]),
+                                  group="g" * MAX_IDENTITY_BYTES, protocol="sotw",
+                                  peer_serial="ab" * 20)
+        for url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET):
+            handle.acked(url, "0123456789abcdef")
+            handle.nacked(url, "fedcba9876543210", "\u00e9" * 10_000)
+        handle.subscribed("type.example/" + "t" * 10_000, None)  # not reported
+        handles.append(handle)
+    encoder = ReportEncoder(registry)
+    shards = encoder.encode()
+    assert max(len(v) for v in shards.values()) <= MAX_SHARD_BYTES
+    assert encoder.shards > REPORT_SHARDS
+    assert sum(len(decode(v)) for v in shards.values()) == 10_000
+    for handle in handles[100:]:
+        handle.close()
+    fewer = encoder.encode()
+    assert encoder.shards == REPORT_SHARDS  # back down once they fit
+    assert sorted(r.node_id for v in fewer.values() for r in decode(v)) == \
+        sorted(h.node_id for h in handles[:100])
+
+
+async def test_progress_compares_acks_with_the_render_the_publisher_served() -> None:
+    stage, cache = RenderStage(), SnapshotCache()
+    publisher = Publisher(cache, stage=stage)
+    stored = DesiredState.of(STATE.resources(), STATE.statuses, fingerprint="f1")
+    publisher.update(stored)
+    publisher.publish_now()
+    served = stage.renders
+    assert served == len(stored.groups())
+    served_versions = dict(cache.get("edge").versions)  # type: ignore[union-attr]
+    reports = [ProxyReport("e1", "edge", 1.0, acked=served_versions)]
+    assert progress_of(stored, "payments-v2", reports, stage).acked == 1
+    assert stage.renders == served  # no translation of its own
