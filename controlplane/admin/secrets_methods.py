@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # the vault pulls in cryptography: keep it out of every CLI s
 
 
 _GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# What a SPIFFE path segment can carry unescaped; 256 as the xDS port's bound on node.id.
+_NODE_ID = re.compile(r"^[A-Za-z0-9._~:@-]{1,256}$")
 
 
 def _rotated(done: Mapping[str, tuple[str, str]]) -> list[admin_pb2.RotatedCertificate]:
@@ -105,7 +107,15 @@ class SecretMethods(AdminBase):
             if not _GROUP.match(request.group):
                 raise InvalidInputError([FieldError(
                     "--group", f"{request.group!r} is not a proxy group name (RFC 1123 label)")])
-            ca_pem, issued = await self._require_vault().identity(request.group, actor=actor)
+            if request.node_id and not _NODE_ID.match(request.node_id):
+                raise InvalidInputError([FieldError(
+                    "--node-id", f"{request.node_id[:64]!r} is not a node id for a certificate "
+                    "(1-256 of letters, digits and . _ ~ : @ -)")])
+            from controlplane.secrets.ca import spiffe_id  # see TYPE_CHECKING
+
+            uri = spiffe_id(request.group, request.node_id) if request.node_id else None
+            ca_pem, issued = await self._require_vault().identity(request.group, actor=actor,
+                                                                  uri=uri)
             return self._with_server_ca(admin_pb2.IssueProxyCertificateResponse(
                 ca_pem=ca_pem, cert_pem=issued.cert_pem,
                 key_pem=issued.key_pem.get_secret_value().decode(),
@@ -143,6 +153,8 @@ async def _issue_user(vault: Vault, request: admin_pb2.IssueProxyCertificateRequ
         errors.append(FieldError("--role", f"{request.role!r} is not viewer, operator or admin"))
     if request.group:
         errors.append(FieldError("--group", "give --group or --user, not both"))
+    if request.node_id:
+        errors.append(FieldError("--node-id", "a node id goes with --group, not --user"))
     if errors:
         raise InvalidInputError(errors)
     ca_pem, issued = await vault.identity(request.user, actor=actor,

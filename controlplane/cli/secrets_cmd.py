@@ -54,6 +54,7 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
         help="a client certificate for a proxy's xDS connection, or for an admin API user",
         epilog="examples:\n  controlplane cert issue --group edge --out /etc/envoy/tls && "
                "controlplane bootstrap --node-id edge-1 --group edge --tls-dir /etc/envoy/tls"
+               "\n  controlplane cert issue --group edge --node-id edge-1 --out /etc/envoy/tls"
                "\n  controlplane cert issue --user alice --role operator --out ~/.controlplane"
                " && controlplane --tls-dir ~/.controlplane get rollouts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,6 +62,9 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     who = c.add_mutually_exclusive_group(required=True)
     who.add_argument("--group", help="the proxy group the certificate names")
     who.add_argument("--user", help="an admin API user (with --role): writes client.crt/.key")
+    c.add_argument("--node-id", help="with --group: for this one proxy (its node id); a "
+                   "stream claiming another node id is refused, and no other certificate "
+                   "can take over this one's")
     c.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer",
                    help="the user's role, signed into the certificate (default: viewer)")
     c.add_argument("--out", required=True,
@@ -115,7 +119,8 @@ def cert_rotate(args: argparse.Namespace) -> int:
 def cert_issue(args: argparse.Namespace) -> int:
     conn = _conn(args)
     request = (admin_pb2.IssueProxyCertificateRequest(user=args.user, role=args.role)
-               if args.user else admin_pb2.IssueProxyCertificateRequest(group=args.group))
+               if args.user else admin_pb2.IssueProxyCertificateRequest(
+                   group=args.group, node_id=args.node_id or ""))
     response = conn.stub().IssueProxyCertificate(request, metadata=conn.metadata(),
                                                  timeout=conn.timeout)
     out = Path(args.out)
@@ -127,7 +132,9 @@ def cert_issue(args: argparse.Namespace) -> int:
     key.touch(mode=0o600)
     key.chmod(0o600)
     key.write_text(response.key_pem)
-    holder = f"user {args.user} ({args.role})" if args.user else f"group {args.group}"
+    holder = (f"user {args.user} ({args.role})" if args.user else
+              f"node {args.node_id} of group {args.group}" if args.node_id
+              else f"group {args.group}")
     print(f"certificate for {holder} (serial {response.serial}) written to "
           f"{out}/{name}.crt, its key to {key}, the CA to {out}/ca.crt")
     return 0

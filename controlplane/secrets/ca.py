@@ -25,9 +25,11 @@ SKEW_S = 60
 TRUST_DOMAIN = "controlplane"
 
 
-def spiffe_id(group: str) -> str:
-    """`spiffe://controlplane/group/<group>`: who a certificate's holder is."""
-    return f"spiffe://{TRUST_DOMAIN}/group/{group}"
+def spiffe_id(group: str, node_id: str = "") -> str:
+    """`spiffe://controlplane/group/<group>`: who a certificate's holder is; with
+    `node_id`, `.../group/<group>/node/<node_id>`: one proxy of the group."""
+    base = f"spiffe://{TRUST_DOMAIN}/group/{group}"
+    return f"{base}/node/{node_id}" if node_id else base
 
 
 USER_PREFIX = f"spiffe://{TRUST_DOMAIN}/user/"

@@ -3,7 +3,9 @@
 With `serve --tls-dir` the xDS port requires a client certificate signed by our CA;
 the proxy's group is the `spiffe://<trust-domain>/group/<group>` URI SAN in it. A
 node claiming another group gets its certificate's group's config, never the one
-it asked for (and secrets follow the group, so it gets only its own).
+it asked for (and secrets follow the group, so it gets only its own). A certificate
+for one node (`.../group/<group>/node/<node id>`, `cert issue --node-id`) is refused
+for a stream claiming any other node id.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from controlplane.errors import AuthenticationError
 log = logging.getLogger(__name__)
 
 SPIFFE_PREFIX = "spiffe://controlplane/group/"
+NODE_PART = "/node/"
 
 
 def group_of_certificate(pem: bytes, prefix: str = SPIFFE_PREFIX) -> str | None:
-    """The group a certificate names in its SPIFFE URI SAN (or what follows another
-    `prefix`), or None."""
+    """What follows `prefix` in a certificate's SPIFFE URI SAN (the group, and its
+    node part if any, for the default prefix), or None."""
     try:
         cert = x509.load_pem_x509_certificate(pem)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -37,6 +40,15 @@ def group_of_certificate(pem: bytes, prefix: str = SPIFFE_PREFIX) -> str | None:
     return None
 
 
+def certificate_identity(pem: bytes) -> tuple[str, str] | None:
+    """(group, node id) a proxy certificate names (node id "" for a group-wide one)."""
+    named = group_of_certificate(pem)
+    if named is None:
+        return None
+    group, _, node_id = named.partition(NODE_PART)
+    return (group, node_id) if group else None
+
+
 def peer_certificate_group(
     node: base_pb2.Node, context: grpc.aio.ServicerContext[Any, Any]
 ) -> str:
@@ -46,12 +58,18 @@ def peer_certificate_group(
         AuthenticationError: no client certificate, or one that names no group.
     """
     pems = context.auth_context().get("x509_pem_cert") or []
-    group = group_of_certificate(pems[0]) if pems else None
-    if group is None:
+    named = certificate_identity(pems[0]) if pems else None
+    if named is None:
         raise AuthenticationError(
             "the xDS client presented no certificate naming a proxy group "
             f"({SPIFFE_PREFIX}<group>); issue one with `controlplane cert issue`"
         )
+    group, node_id = named
+    if node_id and node.id != node_id:
+        raise AuthenticationError(
+            f"this client certificate is for node {node_id!r} of group {group!r}, not "
+            f"for {node.id!r}: set the proxy's node id, or issue it a certificate with "
+            "`controlplane cert issue --group G --node-id ID`")
     if node.cluster and node.cluster != group:
         log.warning("node %s claims group %r but its certificate says %r: serving %r",
                     node.id, node.cluster, group, group)
@@ -64,6 +82,13 @@ def certificate_serial(pem: bytes) -> str | None:
         return f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
     except ValueError:
         return None
+
+
+def peer_node(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The node id the peer's client certificate is for; "" for none or a group-wide one."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    named = certificate_identity(pems[0]) if pems else None
+    return named[1] if named else ""
 
 
 def peer_serial(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -261,18 +261,20 @@ class ProxyRegistry:
         build_version: str = "",
         extensions: Iterable[str] = (),
         peer_serial: str = "",
+        node_bound: bool = False,
     ) -> ProxyHandle:
         """Register a new stream; the caller must `close()` the handle when it ends.
 
         A live stream of the same (group, node id) is ended ("replaced") when the new
-        one comes with the same client certificate (or without TLS, where a node's
-        claim is all there is); with another certificate the new stream is refused.
+        one comes with the same client certificate, or one issued for this very node
+        (`node_bound`), or without TLS, where a node's claim is all there is; with
+        another certificate the new stream is refused.
 
         Errors:
             PermissionDeniedError: another client certificate holds this identity.
         """
         held = self._by_identity.get((group, node_id))
-        if held is not None and held.peer_serial != peer_serial:
+        if held is not None and held.peer_serial != peer_serial and not node_bound:
             raise PermissionDeniedError(
                 f"node {node_id!r} of group {group!r} is connected with another client "
                 f"certificate (serial {held.peer_serial or 'none'}): a node id is one "

@@ -28,7 +28,7 @@ from controlplane.errors import (
 )
 from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
-from controlplane.xds.identity import peer_serial
+from controlplane.xds.identity import peer_node, peer_serial
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
 from controlplane.xds.snapshot import Snapshot
@@ -280,6 +280,8 @@ class Stream(Generic[Req]):
                 extensions=self.deps.registry.shared_by_key(
                     _build_key(node), lambda: [e.name for e in node.extensions]),
                 peer_serial=peer_serial(self.context),
+                # A certificate issued for this node id: the identity's own proof.
+                node_bound=bool(node.id) and peer_node(self.context) == node.id,
             )
         except (AuthenticationError, PermissionDeniedError, InvalidInputError) as exc:
             code = {

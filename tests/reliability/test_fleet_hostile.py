@@ -120,17 +120,18 @@ def test_twins_in_other_groups_and_oversized_ids_cannot_hide_a_nack(
         asyncio.run(run())
 
 
-def test_under_mtls_another_certificate_cannot_take_over_a_node_id(
+def test_under_mtls_a_node_id_is_tied_to_its_certificate(
         tmp_path: Path, upstream_factory: Callable[..., Upstream]) -> None:
     tls = tmp_path / "server-tls"
     cp = ServeProcess(tmp_path / "cp", extra_args=("--tls-dir", str(tls))).start()
     envoys: list[Envoy] = []
     try:
         certs = {}
-        for who in ("real", "intruder"):
+        for who, extra in (("real", ["--node-id", "edge-1"]), ("group-wide", []),
+                           ("other-node", ["--node-id", "edge-2"])):
             certs[who] = tmp_path / who
-            issued = cli(["cert", "issue", "--group", "edge", "--out", str(certs[who])],
-                         server=cp.admin)
+            issued = cli(["cert", "issue", "--group", "edge", *extra,
+                          "--out", str(certs[who])], server=cp.admin)
             assert issued.code == 0, issued.err
 
         def start() -> Envoy:
@@ -141,24 +142,29 @@ def test_under_mtls_another_certificate_cannot_take_over_a_node_id(
             envoys.append(start_envoy(yaml.safe_load(boot.out), tmp_path / "envoy"))
             return envoys[-1]
 
-        with nacking_envoy(cp, start, upstream_factory):
-            d = certs["intruder"]
-            creds = grpc.ssl_channel_credentials(
+        def creds(who: str) -> grpc.ChannelCredentials:
+            return grpc.ssl_channel_credentials(
                 root_certificates=(tls / "ca.crt").read_bytes(),
-                private_key=(d / "proxy.key").read_bytes(),
-                certificate_chain=(d / "proxy.crt").read_bytes())
+                private_key=(certs[who] / "proxy.key").read_bytes(),
+                certificate_chain=(certs[who] / "proxy.crt").read_bytes())
 
+        with nacking_envoy(cp, start, upstream_factory):
             async def run() -> None:
-                for delta in (False, True):
+                for who, delta, code, says in (
+                        ("group-wide", False, grpc.StatusCode.PERMISSION_DENIED,
+                         "another client certificate"),
+                        ("group-wide", True, grpc.StatusCode.PERMISSION_DENIED,
+                         "another client certificate"),
+                        ("other-node", False, grpc.StatusCode.UNAUTHENTICATED,
+                         "is for node 'edge-2'")):
                     async with hostile(cp.xds, (
-                            AdsClient(cp.xds, delta=delta, credentials=creds),
+                            AdsClient(cp.xds, delta=delta, credentials=creds(who)),
                             base_pb2.Node(id="edge-1", cluster="edge"))) as [intruder]:
                         await asyncio.to_thread(wait_for_sync, lambda: intruder.error,
                                                 timeout=10, message="the intruder refused")
                         assert intruder.error is not None
-                        assert intruder.error.code() == grpc.StatusCode.PERMISSION_DENIED
-                        assert "another client certificate" in (
-                            intruder.error.details() or "")
+                        assert intruder.error.code() == code, (who, delta)
+                        assert says in (intruder.error.details() or ""), who
                 await asyncio.to_thread(assert_halted_on_the_nack, cp)
 
             asyncio.run(run())
