@@ -63,6 +63,7 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"controlplane {_version()}")
     sub: SubParsers = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser
     )
@@ -106,6 +107,15 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("controlplane")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(unknown version: not installed; pip install -e .)"
+
+
 def _group_examples(parser: argparse.ArgumentParser) -> None:
     """A command group without an epilog (`rollout`, `token`, ...) lists the first
     example of each of its subcommands, so `--help` shows an example everywhere."""
@@ -125,7 +135,13 @@ def _group_examples(parser: argparse.ArgumentParser) -> None:
 
 
 def _conn(args: argparse.Namespace) -> Connection:
-    return Connection.from_args(args.server, args.token, args.client_tls_dir)
+    # getattr: an error may come from a command without the client options.
+    return Connection.from_args(getattr(args, "server", None), getattr(args, "token", None),
+                                getattr(args, "client_tls_dir", None))
+
+
+def _server(args: argparse.Namespace) -> str:
+    return _conn(args).server
 
 
 def run(argv: Sequence[str], *, serve: Callable[[SubParsers], None]) -> int:
@@ -142,14 +158,24 @@ def run(argv: Sequence[str], *, serve: Callable[[SubParsers], None]) -> int:
         error(str(exc))
         return EXIT_FAILED
     except grpc.RpcError as exc:
-        return _rpc_error(exc)
+        return _rpc_error(exc, args)
     except KeyboardInterrupt:
         return 130
 
 
-def _rpc_error(exc: grpc.RpcError) -> int:
+def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
     code: grpc.StatusCode = exc.code()
     details: str = exc.details() or ""
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # --server is not the admin API?
+        from controlplane.cli.diagnose import unimplemented
+
+        cause = unimplemented(_conn(args), details)
+        if isinstance(cause, InvalidInputError):
+            for field_error in cause.errors:
+                error(str(field_error))
+            return EXIT_USAGE
+        error(str(cause))
+        return EXIT_FAILED
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         trailers = exc.trailing_metadata() or ()
         fields = [v for k, v in trailers if k == FIELD_ERRORS_KEY]
@@ -160,8 +186,8 @@ def _rpc_error(exc: grpc.RpcError) -> int:
         error(details)  # the server answered: its etcd is what is down
         return EXIT_FAILED
     if code == grpc.StatusCode.UNAVAILABLE:
-        error(f"cannot reach the control plane: {details} (is `controlplane serve` running? "
-              "set --server or CONTROLPLANE_SERVER)")
+        error(f"cannot reach the control plane at {_server(args)}: {details} (is "
+              "`controlplane serve` running? set --server or CONTROLPLANE_SERVER)")
         return EXIT_FAILED
     error(f"{code.name.lower().replace('_', ' ')}: {details}")
     return EXIT_FAILED
