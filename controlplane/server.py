@@ -217,8 +217,6 @@ class ControlPlane:
         for server in (xds, admin):
             await server.start()
             self._servers.append(server)
-        self.lock.describe(xds=_bound(self.config.xds_addr, self.xds_port),
-                           admin=_bound(self.config.admin_addr, self.admin_port))
         if self.config.metrics_addr:
             try:
                 self.metrics_port = self.telemetry.serve(self.config.metrics_addr)
@@ -226,6 +224,11 @@ class ControlPlane:
                 raise InvalidInputError([FieldError(
                     "--metrics-addr", f"cannot listen on {self.config.metrics_addr}: {exc}")]
                 ) from exc
+        bound = {"xds": _bound(self.config.xds_addr, self.xds_port),
+                 "admin": _bound(self.config.admin_addr, self.admin_port)}
+        if self.config.metrics_addr:
+            bound["metrics"] = _bound(self.config.metrics_addr, self.metrics_port)
+        self.lock.describe(**bound)  # for the error a second serve on this data dir prints
         log.info("state at etcd revision %d: %d resources; groups %s",
                  revision, len(state.resources()), ", ".join(state.groups()) or "(none)")
 

@@ -185,6 +185,11 @@ def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("store unavailable"):
         error(details)  # the server answered: its etcd is what is down
         return EXIT_FAILED
+    if code == grpc.StatusCode.UNAVAILABLE and ("HTTP/2" in details or "http1" in details):
+        error(f"--server: {_server(args)} is not a gRPC server (an HTTP port, such as serve "
+              f"--metrics-addr?), so not the admin API (default {DEFAULT_SERVER}; "
+              "serve --admin-addr)")
+        return EXIT_USAGE
     if code == grpc.StatusCode.UNAVAILABLE:
         error(f"cannot reach the control plane at {_server(args)}: {details} (is "
               "`controlplane serve` running? set --server or CONTROLPLANE_SERVER)")

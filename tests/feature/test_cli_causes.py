@@ -70,6 +70,14 @@ def test_the_xds_port_given_as_server_is_named_as_such(serve: ServeProcess) -> N
             "127.0.0.1:18001; serve --admin-addr)") in result.err
 
 
+def test_the_metrics_port_given_as_server_is_not_grpc(serve: ServeProcess) -> None:
+    metrics = f"127.0.0.1:{serve.metrics_port}"
+    result = cli(["get", "upstreams"], server=metrics)
+    assert result.code == 2, (result.out, result.err)
+    assert (f"--server: {metrics} is not a gRPC server (an HTTP port, such as serve "
+            "--metrics-addr?), so not the admin API (default 127.0.0.1:18001") in result.err
+
+
 def big_credential(name: str, size: int) -> str:
     return (f"apiVersion: controlplane/v1\nkind: Credential\nmetadata: {{name: {name}}}\n"
             f'spec: {{header: x-api-key, value: "{"k" * size}"}}\n')
@@ -100,7 +108,8 @@ def test_a_second_serve_on_a_data_dir_in_use_exits_2_naming_the_holder(
     assert second.returncode == 2, second.stderr
     assert time.monotonic() - started < 10, "it exits at once, without starting etcd"
     assert (f"--data-dir: {serve.data_dir} is in use by controlplane serve pid "
-            f"{serve.proc.pid} (xds {serve.xds}, admin {serve.admin})") in second.stderr
+            f"{serve.proc.pid} (xds {serve.xds}, admin {serve.admin}, metrics "
+            f"127.0.0.1:{serve.metrics_port})") in second.stderr
     assert cli(["get", "upstreams"], server=serve.admin).code == 0  # the holder is fine
 
 
