@@ -355,8 +355,10 @@ class Vault:
         puts[key] = encode_credential(
             CredentialRecord(value, source, generation, now, revoked), self._sealing)
         expect[key] = read.mods.get(key, 0)
-        notes.append(AuditNote(actor, action, "Credential", name, reason,
-                               {"generation": generation}))
+        notes.append(AuditNote(actor, action, "Credential", name, reason, {
+            "generation": generation, "previousGeneration": old.generation if old else None,
+            "previousRevoked": old is not None and len(revoked) > len(old.revoked),
+        }))
         return generation
 
     async def identity(self, group: str, *, actor: str,

@@ -216,3 +216,5 @@ async def test_an_emergency_rotation_revokes_the_value_it_replaced_for_good(
     entries = await store.audit()
     assert entries[-1].action == "credential/revoke"
     assert entries[-1].reason == "emergency: generation 1 revoked"
+    assert entries[-1].after == {"generation": 2, "previousGeneration": 1,
+                                 "previousRevoked": True}
