@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -63,7 +63,7 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"controlplane {_version()}")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub: SubParsers = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser
     )
@@ -107,13 +107,22 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
     return parser
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked: importlib.metadata costs ~70 ms, which every
+    command would pay if argparse's own version action formatted it up front."""
 
-    try:
-        return version("controlplane")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "(unknown version: not installed; pip install -e .)"
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"controlplane {version('controlplane')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("controlplane (version unknown: not installed; pip install -e .)")
+        parser.exit(EXIT_OK)
 
 
 def _group_examples(parser: argparse.ArgumentParser) -> None:
