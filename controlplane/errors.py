@@ -2,6 +2,7 @@
 
     ControlPlaneError
     ├── InvalidInputError      bad YAML, unknown kind/field, failed validation (exit 2)
+    │   └── RequestTooLargeError  a write over etcd's request size limit
     ├── NotFoundError          the named resource does not exist
     ├── ConflictError          a compare-and-swap lost, or a rule of the state forbids it
     ├── StoreUnavailableError  etcd cannot be reached
@@ -43,6 +44,18 @@ class InvalidInputError(ControlPlaneError):
             errors = [FieldError("input", errors)]
         self.errors: tuple[FieldError, ...] = tuple(errors)
         super().__init__("; ".join(str(e) for e in self.errors))
+
+
+class RequestTooLargeError(InvalidInputError):
+    """A write is larger than etcd accepts in one request; nothing was written."""
+
+    def __init__(self, what: str, *, size: int, limit: int | None, detail: str = "") -> None:
+        self.size = size
+        self.limit = limit
+        bound = (f"limit {limit}" if limit is not None
+                 else "over etcd's --max-request-bytes (1572864 by default)")
+        super().__init__([FieldError(what, f"too large: {size} bytes, {bound} (one etcd "
+                                           f"request{detail}); make it smaller")])
 
 
 class NotFoundError(ControlPlaneError):

@@ -43,6 +43,8 @@ from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.stage import RenderStage
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
+from controlplane.store.datadir import DataDirLock
+from controlplane.store.embedded import MAX_REQUEST_BYTES
 from controlplane.store.leader import LeaderElection
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
 from controlplane.store.revocations import RevocationStore, RevokedSerials
@@ -118,6 +120,7 @@ class ControlPlane:
         self._vault_ca_pem = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
+        self.lock = DataDirLock(config.data_dir)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -130,13 +133,17 @@ class ControlPlane:
             await cp.stop()
 
     async def start(self) -> None:
+        # First: a second serve on this data dir (its etcd, its sealing key) stops here.
+        self.lock.acquire()
         endpoints = list(self.config.etcd)
+        max_request_bytes = None  # an external etcd's limit is its own: it says so
         if not endpoints:
             self.etcd = await EmbeddedEtcd.start(self.config.data_dir)
             endpoints = [self.etcd.endpoint]
+            max_request_bytes = MAX_REQUEST_BYTES
             log.info("embedded etcd %s (pid %d) under %s",
                      self.etcd.endpoint, self.etcd.pid, self.config.data_dir)
-        self.store = await Store.connect(endpoints)
+        self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes)
         self.store.kv.on_error = self.telemetry.etcd_error
         watch = self.store.watch_state()
         state, revision = await anext(watch)
@@ -224,6 +231,11 @@ class ControlPlane:
                 raise InvalidInputError([FieldError(
                     "--metrics-addr", f"cannot listen on {self.config.metrics_addr}: {exc}")]
                 ) from exc
+        bound = {"xds": _bound(self.config.xds_addr, self.xds_port),
+                 "admin": _bound(self.config.admin_addr, self.admin_port)}
+        if self.config.metrics_addr:
+            bound["metrics"] = _bound(self.config.metrics_addr, self.metrics_port)
+        self.lock.describe(**bound)  # for the error a second serve on this data dir prints
         log.info("state at etcd revision %d: %d resources; groups %s",
                  revision, len(state.resources()), ", ".join(state.groups()) or "(none)")
 
@@ -326,6 +338,7 @@ class ControlPlane:
             await _bounded(self.store.close(), "close the etcd connection")
         if self.etcd is not None:
             await self.etcd.stop()
+        self.lock.release()
         for task in self._tasks:  # one that failed before it was cancelled: say so
             if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
                 raise exc
@@ -369,6 +382,11 @@ _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
 ]
+
+
+def _bound(addr: str, port: int) -> str:
+    """`addr` with the port it got (`127.0.0.1:0` → `127.0.0.1:41234`)."""
+    return f"{addr.rpartition(':')[0]}:{port}"
 
 
 def _bind(server: grpc.aio.Server, addr: str, flag: str,

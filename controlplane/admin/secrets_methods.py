@@ -87,12 +87,14 @@ class SecretMethods(AdminBase):
         async def run(actor: str) -> admin_pb2.RotateCredentialResponse:
             vault = self._require_vault()
             state, _ = await self._store.load()
-            generation = await vault.rotate_credential(
+            done = await vault.rotate_credential(
                 state, request.name,
                 value=SecretStr(request.value) if request.value else None,
                 emergency=request.emergency, actor=actor,
             )
-            return admin_pb2.RotateCredentialResponse(name=request.name, generation=generation)
+            return admin_pb2.RotateCredentialResponse(
+                name=done.name, generation=done.generation,
+                previous_generation=done.previous_generation, previous_revoked=done.revoked)
 
         return await self._guard(context, Role.OPERATOR, "credential rotate", run)
 

@@ -10,7 +10,8 @@ import grpc
 from controlplane.api import admin_pb2_grpc
 from controlplane.errors import FieldError, InvalidInputError
 
-DEFAULT_SERVER = "127.0.0.1:18001"
+DEFAULT_PORT = 18001
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class Connection:
     @classmethod
     def from_args(cls, server: str | None, token: str | None, tls_dir: str | None) -> Connection:
         return cls(
-            server=server or os.environ.get("CONTROLPLANE_SERVER") or DEFAULT_SERVER,
+            server=with_default_port(
+                server or os.environ.get("CONTROLPLANE_SERVER") or DEFAULT_SERVER),
             token=token or os.environ.get("CONTROLPLANE_TOKEN") or None,
             tls_dir=tls_dir or os.environ.get("CONTROLPLANE_TLS_DIR") or None,
         )
@@ -33,17 +35,30 @@ class Connection:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
-    def stub(self) -> admin_pb2_grpc.AdminStub:
+    def channel(self) -> grpc.Channel:
         if self.tls_dir:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(self.tls_dir, "ca.crt"),
                 private_key=_read(self.tls_dir, "client.key"),
                 certificate_chain=_read(self.tls_dir, "client.crt"),
             )
-            channel = grpc.secure_channel(self.server, creds)
-        else:
-            channel = grpc.insecure_channel(self.server)
-        return admin_pb2_grpc.AdminStub(channel)
+            return grpc.secure_channel(self.server, creds)
+        return grpc.insecure_channel(self.server)
+
+    def stub(self) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel())
+
+
+def with_default_port(server: str) -> str:
+    """`HOST` → `HOST:18001` (the admin API's default port); `HOST:PORT`, `[V6]:PORT`
+    and gRPC target URIs (`dns:///...`, `unix:...`) are kept as given."""
+    if "://" in server or server.startswith("unix:"):
+        return server
+    if server.startswith("["):  # [::1] or [::1]:18001
+        return server if "]:" in server else f"{server}:{DEFAULT_PORT}"
+    if server.count(":") > 1:  # a bare IPv6 address: gRPC needs it in brackets
+        return f"[{server}]:{DEFAULT_PORT}"
+    return server if ":" in server else f"{server}:{DEFAULT_PORT}"
 
 
 def _read(directory: str, name: str) -> bytes:

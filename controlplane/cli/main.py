@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -63,6 +63,7 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub: SubParsers = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser
     )
@@ -106,6 +107,24 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
     return parser
 
 
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked: importlib.metadata costs ~70 ms, which every
+    command would pay if argparse's own version action formatted it up front."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"controlplane {version('controlplane')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("controlplane (version unknown: not installed; pip install -e .)")
+        parser.exit(EXIT_OK)
+
+
 def _group_examples(parser: argparse.ArgumentParser) -> None:
     """A command group without an epilog (`rollout`, `token`, ...) lists the first
     example of each of its subcommands, so `--help` shows an example everywhere."""
@@ -125,7 +144,13 @@ def _group_examples(parser: argparse.ArgumentParser) -> None:
 
 
 def _conn(args: argparse.Namespace) -> Connection:
-    return Connection.from_args(args.server, args.token, args.client_tls_dir)
+    # getattr: an error may come from a command without the client options.
+    return Connection.from_args(getattr(args, "server", None), getattr(args, "token", None),
+                                getattr(args, "client_tls_dir", None))
+
+
+def _server(args: argparse.Namespace) -> str:
+    return _conn(args).server
 
 
 def run(argv: Sequence[str], *, serve: Callable[[SubParsers], None]) -> int:
@@ -142,14 +167,24 @@ def run(argv: Sequence[str], *, serve: Callable[[SubParsers], None]) -> int:
         error(str(exc))
         return EXIT_FAILED
     except grpc.RpcError as exc:
-        return _rpc_error(exc)
+        return _rpc_error(exc, args)
     except KeyboardInterrupt:
         return 130
 
 
-def _rpc_error(exc: grpc.RpcError) -> int:
+def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
     code: grpc.StatusCode = exc.code()
     details: str = exc.details() or ""
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # --server is not the admin API?
+        from controlplane.cli.diagnose import unimplemented
+
+        cause = unimplemented(_conn(args), details)
+        if isinstance(cause, InvalidInputError):
+            for field_error in cause.errors:
+                error(str(field_error))
+            return EXIT_USAGE
+        error(str(cause))
+        return EXIT_FAILED
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         trailers = exc.trailing_metadata() or ()
         fields = [v for k, v in trailers if k == FIELD_ERRORS_KEY]
@@ -159,9 +194,14 @@ def _rpc_error(exc: grpc.RpcError) -> int:
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("store unavailable"):
         error(details)  # the server answered: its etcd is what is down
         return EXIT_FAILED
+    if code == grpc.StatusCode.UNAVAILABLE and ("HTTP/2" in details or "http1" in details):
+        error(f"--server: {_server(args)} is not a gRPC server (an HTTP port, such as serve "
+              f"--metrics-addr?), so not the admin API (default {DEFAULT_SERVER}; "
+              "serve --admin-addr)")
+        return EXIT_USAGE
     if code == grpc.StatusCode.UNAVAILABLE:
-        error(f"cannot reach the control plane: {details} (is `controlplane serve` running? "
-              "set --server or CONTROLPLANE_SERVER)")
+        error(f"cannot reach the control plane at {_server(args)}: {details} (is "
+              "`controlplane serve` running? set --server or CONTROLPLANE_SERVER)")
         return EXIT_FAILED
     error(f"{code.name.lower().replace('_', ' ')}: {details}")
     return EXIT_FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -106,6 +107,8 @@ def _status(args: argparse.Namespace) -> int:
     if not args.watch:
         console.print(render(status))
         return 0
+    if not sys.stdout.isatty():  # a pipe or a log: lines, not a live display's redraws
+        return _stream(conn, args.name, status)
     started = time.monotonic()
     with Live(render(status, 0), console=console, refresh_per_second=4) as live:
         while status["phase"] not in FINAL:
@@ -113,3 +116,34 @@ def _status(args: argparse.Namespace) -> int:
             status = _fetch(conn, args.name)
             live.update(render(status, time.monotonic() - started))
     return 0 if status["phase"] == "Succeeded" else 1
+
+
+def status_line(s: dict[str, Any]) -> str:
+    """One line per state of a rollout, for `--watch` into a pipe or a file."""
+    proxies = s["proxies"]
+    applied = "applied" if s["applied"] else "waiting for ACKs"
+    line = (f"rollout/{s['name']}: {_phase(s)}; {s['from']} {100 - s['weight']:g}% "
+            f"{s['to']} {s['weight']:g}%; proxies {proxies['acked']}/{proxies['total']} "
+            f"ACKed ({applied})")
+    check = s.get("lastCheck")
+    if check:
+        line += f"; last check {check['verdict']}: {check['detail']}"
+    for key in ("reason", "message"):
+        if s[key]:
+            line += f"; {key}: {s[key]}"
+    return line
+
+
+def _stream(conn: Connection, name: str, status: dict[str, Any]) -> int:
+    """`--watch` without a terminal: a line (flushed) each time the status changes, until
+    the rollout is finished; the exit code as with the live display."""
+    last = ""
+    while True:
+        line = status_line(status)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if status["phase"] in FINAL:
+            return 0 if status["phase"] == "Succeeded" else 1
+        time.sleep(0.5)
+        status = _fetch(conn, name)

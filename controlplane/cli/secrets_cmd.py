@@ -7,6 +7,7 @@ Neither prints key material or credential values: only serials and generations.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,14 @@ examples:
   controlplane cert rotate --ca
 """
 
-_CREDENTIAL_EPILOG = """Switches every proxy injecting the credential to the new value at once.
-Without --from-file the control plane re-reads the Credential's valueFrom file.
---emergency records the rotation in the audit log as revoking the previous value.
+_CREDENTIAL_EPILOG = """Switches every proxy injecting the credential to a new value at once, and
+prints the generation Envoy is sent now. Without --from-file the control plane re-reads
+the Credential's valueFrom file (write the new value there first). A rotation that would
+send the same value again is refused (exit 2), and nothing is written.
+
+--emergency also revokes the generation the new value replaces: audited as
+credential/revoke, and that value is refused from then on. Without it the previous
+generation is no longer sent but stays valid at the upstream until revoked there.
 
 examples:
   controlplane credential rotate payments-key-2026 --from-file /run/secrets/payments-2026.new
@@ -90,7 +96,9 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     c.add_argument("name")
     c.add_argument("--from-file", help="file holding the new value (read here, sent once)")
     c.add_argument("--emergency", action="store_true",
-                   help="audit the rotation as revoking the previous value")
+                   help="revoke the generation the new value replaces (never sent again)")
+    c.add_argument("-o", "--output", choices=["json"],
+                   help="json: name, generation, previousGeneration, previousRevoked")
     c.set_defaults(handler=credential_rotate)
 
 
@@ -169,6 +177,24 @@ def credential_rotate(args: argparse.Namespace) -> int:
                                           emergency=args.emergency),
         metadata=conn.metadata(), timeout=conn.timeout,
     )
-    what = "revoked the previous value and rotated" if args.emergency else "rotated"
-    print(f"credential/{response.name} {what} (generation {response.generation})")
+    if args.output == "json":
+        print(json.dumps({"name": response.name, "generation": response.generation,
+                          "previousGeneration": response.previous_generation,
+                          "previousRevoked": response.previous_revoked}))
+        return 0
+    print(rotation_summary(response))
     return 0
+
+
+def rotation_summary(response: admin_pb2.RotateCredentialResponse) -> str:
+    """One line: the generation Envoy is sent now and what became of the one before."""
+    head = (f"credential {response.name} rotated: generation {response.generation} "
+            "is now sent by Envoy")
+    previous = response.previous_generation
+    if not previous:
+        return f"{head} (its first value)"
+    if response.previous_revoked:
+        return (f"{head} (generation {previous} revoked: the control plane never sends it "
+                "again; revoke it at the upstream too)")
+    return (f"{head} (generation {previous} no longer sent, not revoked: it stays valid at "
+            "the upstream until revoked there)")

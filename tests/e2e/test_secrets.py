@@ -221,7 +221,7 @@ def test_tls_and_credential_rotation(
         new_file = tmp_path / "payments-key.new"
         new_file.write_text(second + "\n")
         out = run(["credential", "rotate", "payments-key", "--from-file", str(new_file)])
-        assert "credential/payments-key rotated (generation 2)" in out.out
+        assert "credential payments-key rotated: generation 2 is now sent by Envoy" in out.out
         started = time.monotonic()
         wait_for_sync(lambda: fresh_get(port).get("x-api-key") == second,
                       timeout=NEW_SERIAL_S, message="the upstream receives the new value")

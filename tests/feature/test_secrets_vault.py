@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from pydantic import SecretStr
 
-from controlplane.errors import ConflictError
+from controlplane.errors import ConflictError, InvalidInputError
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.secrets import Material, SealingKey, Vault
 from controlplane.secrets.sync import SecretSync
@@ -77,9 +77,9 @@ async def test_issue_rotate_race_and_audit(store: Store) -> None:
     material, _ = await a.load()
     assert material.certificates["edge"].serial != serial
 
-    generation = await a.rotate_credential(state, "key", value=SecretStr("new-value"),
-                                           emergency=True, actor="token:ops")
-    assert generation == 2
+    done = await a.rotate_credential(state, "key", value=SecretStr("new-value"),
+                                     emergency=True, actor="token:ops")
+    assert (done.generation, done.previous_generation, done.revoked) == (2, 1, True)
     material, _ = await b.load()
     assert material.credentials["key"].get_secret_value() == "new-value"
     assert await a.ensure(state) == []  # a rotated value survives: same source
@@ -158,3 +158,63 @@ async def test_ca_rotation_trusts_both_cas_until_the_fleet_acked(store: Store) -
     assert actions.count("ca/retire") == 1 and actions.count("ca/promote") == 1
     retire = next(e for e in await store.audit() if e.action == "ca/retire")
     assert retire.after is not None and retire.after["serial"] == old_ca
+
+
+FILE_CREDENTIAL = """
+apiVersion: controlplane/v1
+kind: Credential
+metadata: {{name: from-file}}
+spec: {{header: x-api-key, valueFrom: {{file: "{path}"}}}}
+"""
+
+
+async def test_a_rotation_that_changes_nothing_is_refused_and_writes_nothing(
+    store: Store, tmp_path: Path,
+) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("file-value-1\n")
+    state = DesiredState.of(parse_yaml(STATE + "---" + FILE_CREDENTIAL.format(path=secret)))
+    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock())
+    await vault.ensure(state)
+    before = (await store.kv.range(store.keys.prefix.encode())).revision
+
+    cases = [
+        ("key", None, False, "Credential/key: spec.value", "--from-file FILE"),
+        ("key", None, True, "Credential/key: spec.value", "Nothing was revoked"),
+        ("key", SecretStr("inline-value"), False, "--from-file", "put the new value in it"),
+        ("from-file", None, True, "Credential/from-file: spec.valueFrom.file",
+         f"{secret} still holds the value generation 1 sends"),
+    ]
+    for name, value, emergency, where, why in cases:
+        with pytest.raises(InvalidInputError) as caught:
+            await vault.rotate_credential(state, name, value=value, emergency=emergency,
+                                          actor="token:ops")
+        (error,) = caught.value.errors
+        assert error.location.startswith(where) and why in error.reason, error
+    assert (await store.kv.range(store.keys.prefix.encode())).revision == before, "nothing written"
+
+    secret.write_text("file-value-2\n")  # the operator writes the new value first
+    done = await vault.rotate_credential(state, "from-file", value=None, emergency=False,
+                                         actor="token:ops")
+    assert (done.generation, done.previous_generation, done.revoked) == (2, 1, False)
+
+
+async def test_an_emergency_rotation_revokes_the_value_it_replaced_for_good(
+    store: Store,
+) -> None:
+    state = DesiredState.of(parse_yaml(STATE))
+    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock())
+    await vault.ensure(state)
+    done = await vault.rotate_credential(state, "key", value=SecretStr("second"),
+                                         emergency=True, actor="token:ops")
+    assert (done.generation, done.previous_generation, done.revoked) == (2, 1, True)
+    with pytest.raises(InvalidInputError, match="revoked by an emergency rotation"):
+        await vault.rotate_credential(state, "key", value=SecretStr("inline-value"),
+                                      emergency=False, actor="token:ops")
+    material, _ = await vault.load()
+    assert material.credentials["key"].get_secret_value() == "second"
+    entries = await store.audit()
+    assert entries[-1].action == "credential/revoke"
+    assert entries[-1].reason == "emergency: generation 1 revoked"
+    assert entries[-1].after == {"generation": 2, "previousGeneration": 1,
+                                 "previousRevoked": True}
