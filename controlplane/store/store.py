@@ -24,6 +24,7 @@ from controlplane.model import (
     to_document,
     to_stored,
 )
+from controlplane.model.ownership import supersede, transition_problems, with_from
 from controlplane.model.status import RolloutStatus
 from controlplane.store.audit import (
     AuditEntry,
@@ -183,10 +184,13 @@ class Store:
             StoreUnavailableError: etcd is down; nothing was written.
         """
         _check_unique(resources)
+        given = resources
         for attempt in range(CAS_ATTEMPTS):
             snap = await self._snapshot()
+            resources = with_from(snap.state, given)
             after = snap.state.with_applied(resources)
             problems = after.problems()
+            problems += [p for p in transition_problems(snap.state, after) if p not in problems]
             if problems:
                 raise InvalidInputError(problems)
             changes: builtins.list[Change] = []
@@ -210,6 +214,22 @@ class Store:
                     name=resource.name, before=None if before is None else to_document(before),
                     after=to_document(resource),
                 ))
+            for resource in resources:
+                if resource.kind == "Rollout" and self.keys.resource("Rollout",
+                                                                     resource.name) in puts:
+                    # Its `from` was checked against this `active`: it must still hold.
+                    ukey = self.keys.resource("Upstream", after.rollouts[resource.name]
+                                              .spec.upstream)
+                    if ukey in snap.kvs:
+                        expect.setdefault(ukey, snap.kvs[ukey].mod_revision)
+            # A new `active` ends what a finished rollout still holds (its retained `from`).
+            for name, status in supersede(snap.state, after, actor=actor,
+                                          now=time.time()).items():
+                key = self.keys.status("Rollout", name)
+                puts[key] = status.to_json()
+                expect[key] = snap.kvs[key].mod_revision if key in snap.kvs else 0
+                records.append(_superseded_record(actor, name, snap.state.status(name), status))
+                after = after.with_status(name, status)
             if dry_run or not puts:
                 return ApplyResult(changes, snap.revision, snap.state, after)
             revision = await self.commit(puts=puts, expect=expect, audit=records)
@@ -362,6 +382,16 @@ def _broken_by_delete(state: DesiredState, kind: str, name: str) -> builtins.lis
             f"refers to {kind}/{name}; change or delete {owner} first",
         ))
     return errors
+
+
+def _superseded_record(
+    actor: str, name: str, before: RolloutStatus, after: RolloutStatus
+) -> AuditRecord:
+    def summary(status: RolloutStatus) -> dict[str, object]:
+        return {"phase": str(status.phase), "fromRetained": status.from_retained,
+                "activeChangedBy": status.active_changed_by}
+    return AuditRecord(actor=actor, action="apply/superseded", kind="Rollout", name=name,
+                       reason=after.reason, before=summary(before), after=summary(after))
 
 
 def _head(head_kv: KV | None) -> AuditHead:
