@@ -38,9 +38,10 @@ async def write_status(
 ) -> bool:
     """Write `status` for rollout `name` if nothing changed it since `revisions` were read.
 
-    On success the upstream's `active` follows the outcome in the same transaction:
-    `to` once Succeeded, `from` once RolledBack. Returns False when a guard failed
-    (someone else wrote first, or this replica is no longer the leader).
+    When the rollout enters Succeeded or RolledBack, the upstream's `active` follows in the
+    same transaction (`to`, `from`), with its own audit entry (whatever `audit` says).
+    Returns False when a guard failed (someone else wrote first, or this replica is no
+    longer the leader).
     """
     keys = store.keys
     key = keys.status("Rollout", name)
@@ -48,7 +49,10 @@ async def write_status(
     before = state.status(name)
     puts = {key: status.to_json()}
     expect = {key: revisions.get(key, 0)}
-    target = {Phase.SUCCEEDED: spec.to, Phase.ROLLED_BACK: spec.from_}.get(status.phase)
+    # Only on the transition itself: a later write (counters, the window's end) must not
+    # take back an `active` that apply has owned again since.
+    target = None if status.phase == before.phase else {
+        Phase.SUCCEEDED: spec.to, Phase.ROLLED_BACK: spec.from_}.get(status.phase)
     upstream = state.upstreams.get(spec.upstream)
     records = [AuditRecord(
         actor=actor, action=f"rollout/{status.phase}", kind="Rollout", name=name,

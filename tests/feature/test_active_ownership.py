@@ -5,6 +5,7 @@ gives `active` back to apply, and every engine write is audited as `engine:<repl
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from controlplane.model import DesiredState, parse_yaml
 from controlplane.model.status import Phase
 from controlplane.rollout.engine import FleetProgress, RolloutEngine
 from controlplane.rollout.traffic import traffic_of
+from controlplane.rollout.writer import write_status
 from controlplane.store import EmbeddedEtcd, Store
 from controlplane.store.leader import Fence
 from tests.support.states import PAYMENTS_EDGE
@@ -83,6 +85,11 @@ async def test_an_omitted_from_is_stored_as_active_and_a_wrong_one_is_refused(
 
 async def test_a_running_rollout_owns_active_and_its_versions(store: Store) -> None:
     await store.apply(parse_yaml(ROLLOUT), actor="admin:alice")
+    before = await dump(store)
+    # Pending (no engine has looked yet: in serve it lasts one tick, too short for e2e).
+    with pytest.raises(InvalidInputError, match=r"Rollout/payments-v2 is Pending"):
+        await store.apply(parse_yaml(with_active("v2")), actor="admin:alice")
+    assert await dump(store) == before
     engine = RolloutEngine(store, AckingFleet(), identity="t", clock=Clock())
     await engine.step(Fence())  # Pending → Progressing 50%
     state, _ = await store.load()
@@ -145,3 +152,25 @@ async def test_after_success_apply_owns_active_again_and_every_write_is_audited(
     await store.delete("Rollout", "payments-v2", actor="admin:bob")
     state, _ = await store.load()
     assert state.upstreams["payments"].spec.active == "v1"
+
+
+async def test_a_later_engine_write_does_not_take_active_back(store: Store) -> None:
+    """Only entering Succeeded sets `active`: a routine write after (fleet counters) leaves
+    the `active` an apply set since alone."""
+    await store.apply(parse_yaml(ROLLOUT), actor="admin:alice")
+    clock = Clock()
+    engine = RolloutEngine(store, AckingFleet(), identity="t", clock=clock)
+    for _ in range(8):
+        await engine.step(Fence())
+        clock.now += 11
+    await store.apply(parse_yaml(with_active("v1")), actor="admin:bob")
+    state, revisions, _ = await store.read()
+    status = state.status("payments-v2")
+    assert status.phase == Phase.SUCCEEDED
+    written = await write_status(store, state, revisions, "payments-v2",
+                                 replace(status, proxies_acked=2, proxies_total=2),
+                                 actor="engine:t", audit=False)
+    assert written
+    state, _ = await store.load()
+    assert state.upstreams["payments"].spec.active == "v1"
+    assert state.status("payments-v2").proxies_total == 2
