@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -62,7 +63,8 @@ class AdminService(
                             "phase", "step", "weight", "applied", "proxies", "reason", "message")}
             if kind == "Upstream" and docs:
                 state, _ = await self._store.load()
-                in_force = traffic_in_force(state)
+                # Off the event loop: it translates every group (xDS shares this loop).
+                in_force = await asyncio.to_thread(traffic_in_force, state)
                 for doc in docs:
                     doc["status"] = {"traffic": in_force.get(doc["metadata"]["name"], [])}
             return admin_pb2.GetResponse(documents=[json.dumps(d) for d in docs])

@@ -11,7 +11,8 @@ from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.rollout.traffic import retired_of, traffic_of
 from controlplane.translate import placeholder_material, translate
-from controlplane.translate.weights import upstream_weights
+from controlplane.translate.common import split_endpoint
+from controlplane.translate.weights import Owners, upstream_weights
 
 
 def traffic_in_force(state: DesiredState) -> Mapping[str, list[dict[str, Any]]]:
@@ -21,6 +22,7 @@ def traffic_in_force(state: DesiredState) -> Mapping[str, list[dict[str, Any]]]:
     traffic, retired = traffic_of(state), retired_of(state)
     # Secrets do not change where routes send traffic: placeholders stand in for them.
     material = placeholder_material(state)
+    owners = _owners(state)
     out: dict[str, list[dict[str, Any]]] = {}
     for group in state.groups():
         try:
@@ -30,11 +32,22 @@ def traffic_in_force(state: DesiredState) -> Mapping[str, list[dict[str, Any]]]:
             for upstream in _routed(state, group):
                 out.setdefault(upstream, []).append({"group": group, "error": str(exc)})
             continue
-        for upstream, splits in upstream_weights(resources).items():
+        for upstream, splits in upstream_weights(resources, owners).items():
             for weights in splits:
                 out.setdefault(upstream, []).append(
                     {"group": group, "weights": {v: _number(p) for v, p in
                                                  sorted(weights.items())}})
+    return out
+
+
+def _owners(state: DesiredState) -> Owners:
+    """Which version lists each endpoint: a rolling update mixes them in one cluster."""
+    out: dict[str, dict[tuple[str, int], str]] = {}
+    for name, upstream in state.upstreams.items():
+        mine = out.setdefault(name, {})
+        for version, spec in sorted(upstream.spec.versions.items()):
+            for endpoint in spec.endpoints:
+                mine.setdefault(split_endpoint(endpoint), version)
     return out
 
 

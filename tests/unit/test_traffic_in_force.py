@@ -52,6 +52,18 @@ def test_traffic_in_force(desired: DesiredState, want: list[dict[str, Any]]) -> 
     assert traffic_in_force(desired)["payments"] == want
 
 
+def test_a_rolling_update_is_shown_by_the_endpoints_of_its_one_cluster() -> None:
+    two_each = with_rollout(steps="[50, 100]").replace(
+        'v1: {endpoints: ["127.0.0.1:9001"]}, v2: {endpoints: ["127.0.0.1:9002"]}',
+        'v1: {endpoints: ["127.0.0.1:9001", "127.0.0.1:9011"]}, '
+        'v2: {endpoints: ["127.0.0.1:9002", "127.0.0.1:9012"]}').replace(
+        "to: v2,", "to: v2, strategy: rolling,")
+    assert "strategy: rolling" in two_each and "9012" in two_each
+    desired = state(two_each, RolloutStatus(Phase.PROGRESSING, 0, 50.0))
+    assert traffic_in_force(desired)["payments"] == [
+        {"group": "edge", "weights": {"v1": 50, "v2": 50}}]
+
+
 def test_an_ab_match_route_is_not_a_share_of_the_traffic() -> None:
     text = with_rollout().replace("stepInterval: 10s}", "stepInterval: 10s, match: {headers: "
                                   "{x-canary: \"true\"}}}")
