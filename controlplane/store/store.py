@@ -214,14 +214,7 @@ class Store:
                     name=resource.name, before=None if before is None else to_document(before),
                     after=to_document(resource),
                 ))
-            for resource in resources:
-                if resource.kind == "Rollout" and self.keys.resource("Rollout",
-                                                                     resource.name) in puts:
-                    # Its `from` was checked against this `active`: it must still hold.
-                    ukey = self.keys.resource("Upstream", after.rollouts[resource.name]
-                                              .spec.upstream)
-                    if ukey in snap.kvs:
-                        expect.setdefault(ukey, snap.kvs[ukey].mod_revision)
+            self._pin_sources(snap, after, puts, expect)
             # A new `active` ends what a finished rollout still holds (its retained `from`).
             for name, status in supersede(snap.state, after, actor=actor,
                                           now=time.time()).items():
@@ -237,6 +230,22 @@ class Store:
                 return ApplyResult(changes, revision, snap.state, after)
             await _pause(attempt)
         raise ConflictError("other writers kept changing the same resources; apply again")
+
+    def _pin_sources(self, snap: _Snapshot, after: DesiredState, puts: dict[bytes, bytes],
+                     expect: dict[bytes, int]) -> None:
+        """A new (or re-targeted) rollout's `from` was checked against its upstream's
+        `active` as read: rewrite that upstream as it is, guarded, so that an apply of
+        another `active` that read before this one fails its guard and checks again."""
+        for name, rollout in after.rollouts.items():
+            old = snap.state.rollouts.get(name)
+            spec = rollout.spec
+            if old is not None and (old.spec.upstream, old.spec.from_) == (spec.upstream,
+                                                                           spec.from_):
+                continue
+            ukey = self.keys.resource("Upstream", spec.upstream)
+            if ukey in snap.kvs:
+                puts.setdefault(ukey, snap.kvs[ukey].value)
+                expect.setdefault(ukey, snap.kvs[ukey].mod_revision)
 
     async def delete(self, kind: str, name: str, *, actor: str) -> Change:
         """Delete one resource (a Rollout's status goes with it).

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.errors import InvalidInputError
-from controlplane.model import DesiredState, parse_yaml
+from controlplane.model import DesiredState, parse_yaml, to_stored
 from controlplane.model.status import Phase
 from controlplane.rollout.engine import FleetProgress, RolloutEngine
 from controlplane.rollout.traffic import traffic_of
@@ -174,3 +174,22 @@ async def test_a_later_engine_write_does_not_take_active_back(store: Store) -> N
     state, _ = await store.load()
     assert state.upstreams["payments"].spec.active == "v1"
     assert state.status("payments-v2").proxies_total == 2
+
+
+async def test_an_active_change_read_before_a_rollout_was_created_cannot_land(
+    store: Store
+) -> None:
+    """Two applies racing: one creates a rollout from v1, the other read the state before
+    and sets active v2. The second's guard on the upstream fails, so it re-reads, sees the
+    rollout and is refused: never a rollout whose `from` is not `active`."""
+    key = store.keys.resource("Upstream", "payments")
+    got = await store.kv.get(key)
+    assert got is not None
+    read_before = got.mod_revision
+    await store.apply(parse_yaml(ROLLOUT), actor="admin:alice")
+    switched = parse_yaml(with_active("v2"))[2]
+    landed = await store.commit(puts={key: to_stored(switched)}, expect={key: read_before},
+                                audit=[])
+    assert landed is None
+    state, _ = await store.load()
+    assert state.upstreams["payments"].spec.active == "v1"
