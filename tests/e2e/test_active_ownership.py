@@ -260,6 +260,8 @@ CASES = [
                       (("Rollout", "delete"),)), id="delete-after-success"),
     pytest.param(Case(aborted, "delete", 0, (), "v1", {"v1": 100}, (("Rollout", "delete"),)),
                  id="delete-after-abort"),
+    pytest.param(Case(progressing, "delete", 0, (), "v1", {"v1": 100},
+                      (("Rollout", "delete"),)), id="delete-while-progressing"),
     pytest.param(Case(succeeded, "active:v3+delete", 0, (), "v3", {"v3": 100},
                       (*SUPERSEDED, ("Rollout", "delete"))), id="apply-then-delete-after-success"),
     pytest.param(Case(succeeded, "active:v3+rollback", 1,
