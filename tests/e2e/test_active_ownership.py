@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane.cli.main import run
 from controlplane.main import _server_commands
 from tests.support.controlplane import CliResult, ServeProcess, cli
 from tests.support.envoy import Envoy, start_envoy
@@ -82,8 +83,6 @@ class World:
 
     def cli(self, *args: str) -> CliResult:
         """`controlplane ARGS` against this serve, in-process."""
-        from controlplane.cli.main import run
-
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):
             code = run([*args, "--server", self.cp.admin], serve=_server_commands)
