@@ -17,6 +17,7 @@ from controlplane.admin.base import AdminBase
 from controlplane.api import admin_pb2
 from controlplane.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
 from controlplane.model import DesiredState
+from controlplane.model.ownership import rollback_refusal
 from controlplane.rollout.machine import VERBS, Decision, Operator, steps_of, transition
 from controlplane.rollout.writer import apply_decision
 
@@ -46,6 +47,8 @@ def status_document(state: DesiredState, name: str) -> dict[str, Any]:
         "finishedAt": status.finished_at,
         "lastCheck": status.last_check,
         "fromRetained": status.from_retained,
+        "activeChangedAt": status.active_changed_at,
+        "activeChangedBy": status.active_changed_by,
     }
 
 
@@ -93,6 +96,9 @@ class RolloutMethods(AdminBase):
                 state, revisions, _ = await self._store.read()
                 if request.name not in state.rollouts:
                     raise NotFoundError(f"Rollout/{request.name} not found")
+                refusal = rollback_refusal(state, request.name)
+                if request.verb == "rollback" and refusal is not None:
+                    raise ConflictError(refusal)
                 spec = state.rollouts[request.name].spec
                 decision = transition(spec, state.status(request.name),
                                       Operator(time.time(), request.verb, actor))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -11,6 +12,7 @@ from controlplane.admin.auth import Role
 from controlplane.admin.base import AdminBase
 from controlplane.admin.rollouts import RolloutMethods, status_document
 from controlplane.admin.secrets_methods import SecretMethods
+from controlplane.admin.traffic import traffic_in_force
 from controlplane.api import admin_pb2, admin_pb2_grpc
 from controlplane.errors import FieldError, InvalidInputError
 from controlplane.model import canonical_kind, to_document, validate_documents
@@ -59,6 +61,12 @@ class AdminService(
                         full = status_document(state, doc["metadata"]["name"])
                         doc["status"] = {k: full[k] for k in (
                             "phase", "step", "weight", "applied", "proxies", "reason", "message")}
+            if kind == "Upstream" and docs:
+                state, _ = await self._store.load()
+                # Off the event loop: it translates every group (xDS shares this loop).
+                in_force = await asyncio.to_thread(traffic_in_force, state)
+                for doc in docs:
+                    doc["status"] = {"traffic": in_force.get(doc["metadata"]["name"], [])}
             return admin_pb2.GetResponse(documents=[json.dumps(d) for d in docs])
 
         return await self._guard(context, Role.VIEWER, "get", run)

@@ -134,16 +134,31 @@ def _name(doc: dict[str, Any]) -> str:
     return str(doc["metadata"]["name"])
 
 
+def _traffic(doc: dict[str, Any]) -> str:
+    """`v1=90%,v2=10%`, per group (`edge:…`) when groups differ; `-` when no route
+    reaches the upstream."""
+    entries = doc.get("status", {}).get("traffic", [])
+    by_group: dict[str, list[str]] = {}
+    for e in entries:
+        by_group.setdefault(e["group"], []).append("error" if "error" in e else ",".join(
+            f"{v}={p:g}%" for v, p in e["weights"].items()))
+    splits = {g: " / ".join(s) for g, s in by_group.items()}
+    if len(set(splits.values())) == 1:
+        return next(iter(splits.values()))
+    return " ".join(f"{g}:{s}" for g, s in sorted(splits.items())) or "-"
+
+
 Row = Callable[[dict[str, Any]], list[str]]
 
 _COLUMNS: dict[str, tuple[list[str], Row]] = {
     "Upstream": (
-        ["NAME", "ACTIVE", "VERSIONS", "ENDPOINTS"],
+        ["NAME", "ACTIVE", "VERSIONS", "ENDPOINTS", "TRAFFIC"],
         lambda d: [
             _name(d),
             _spec(d)["active"],
             ",".join(sorted(_spec(d)["versions"])),
             str(sum(len(v["endpoints"]) for v in _spec(d)["versions"].values())),
+            _traffic(d),
         ],
     ),
     "Route": (

@@ -22,9 +22,10 @@ from rich.live import Live
 from controlplane.demo.traffic import Stage, Traffic
 from controlplane.demo.view import Board, live_view
 from controlplane.demo.world import World
+from controlplane.rollout.writer import engine_actor
 
 FINAL = {"Succeeded", "RolledBack", "Aborted"}
-ENGINE = "rollout-engine@"
+ENGINE = engine_actor("")  # the prefix of every engine principal
 
 ROLLOUT = """
 apiVersion: controlplane/v1

@@ -163,5 +163,5 @@ def audit_table(entries: list[dict[str, Any]], *, last: int, width: int = 140) -
 
 
 def _actor(actor: str) -> str:
-    """`rollout-engine@host-pid-id` → `rollout-engine`; `local:ipv4:…` → `local`."""
+    """`engine:host-pid-id` → `engine`; `local:ipv4:…` → `local`."""
     return actor.split("@", 1)[0].split(":", 1)[0]

@@ -302,7 +302,9 @@ class Analysis(Model):
 
 class RolloutSpec(Model):
     upstream: Name
-    from_: str = Field(alias="from")
+    from_: str = Field(default="", alias="from")
+    """Omitted (""): the upstream's `active`, filled in by apply (`with_from`), so what is
+    stored and shown is explicit."""
     to: str
     strategy: Literal["canary", "bluegreen", "rolling", "mirror-then-canary"] = "canary"
     steps: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0], min_length=1)
@@ -329,6 +331,13 @@ class RolloutSpec(Model):
                 raise ValueError(f"steps[{i}] = {step}: a weight is a percent in 0-100")
             if i and step <= value[i - 1]:
                 raise ValueError(f"steps[{i}] = {step}: steps must be strictly increasing")
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _from_named(cls, value: str) -> str:
+        if not value:
+            raise ValueError("give a version name, or omit from to mean the upstream's active")
         return value
 
     @model_validator(mode="after")

@@ -41,6 +41,9 @@ class RolloutStatus:
             `controlplane.analysis.Check.document()` gives it.
         from_retained: after success, `from` stays configured (at 0%) until the rollback
             window ends, so a rollback is instant and keeps `from`'s account.
+        active_changed_at / active_changed_by: after success, an apply changed the
+            upstream's `active` (when, by whom): `active` is the user's again, so this
+            rollout's rollback is refused (see `controlplane.model.ownership`).
     """
 
     phase: Phase = Phase.PENDING
@@ -56,6 +59,8 @@ class RolloutStatus:
     proxies_total: int = 0
     last_check: dict[str, Any] | None = None
     from_retained: bool = False
+    active_changed_at: float | None = None
+    active_changed_by: str = ""
 
     @property
     def active(self) -> bool:

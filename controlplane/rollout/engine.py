@@ -31,7 +31,7 @@ from controlplane.rollout.machine import (
     post_switch_analysis,
     transition,
 )
-from controlplane.rollout.writer import apply_decision, write_status
+from controlplane.rollout.writer import apply_decision, engine_actor, write_status
 from controlplane.store import Store
 from controlplane.store.leader import Fence
 
@@ -105,7 +105,7 @@ class RolloutEngine:
         # When this leader first saw a step's config ACKed everywhere: health reports
         # count only from then (a new leader starts afresh, which only waits longer).
         self._acked_at: dict[tuple[str, int, float, str], float] = {}
-        self._actor = f"rollout-engine@{identity}"
+        self._actor = engine_actor(identity)
         self._clock = clock
         self._tick_s = tick_s
         self._wake = asyncio.Event()

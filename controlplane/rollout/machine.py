@@ -261,7 +261,8 @@ def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Deci
     if verb == "abort" and phase in ACTIVE and phase != Phase.ROLLING_BACK:
         return _to(status, now, f"aborted {by}", phase=Phase.ABORTED, weight=0.0,
                    applied=False, finished_at=now)
-    if verb == "rollback":
+    if verb == "rollback" and status.active_changed_at is None:
+        # Once an apply changed `active` after success, `active` is the user's again.
         window = parse_duration(spec.rollback_window)
         in_window = (
             phase == Phase.SUCCEEDED and status.finished_at is not None

@@ -29,6 +29,8 @@ def traffic_of(state: DesiredState) -> Mapping[str, TrafficPolicy]:
             continue
         if not status.active and spec.upstream in out:
             continue  # a new rollout of the upstream supersedes an old one's retained `from`
+        if not status.active and state.upstreams[spec.upstream].spec.active != spec.to:
+            continue  # `active` changed since the rollout finished: it is what is in force
         steering = status.phase in _STEERING
         mirror = None
         if steering and status.weight == 0 and (

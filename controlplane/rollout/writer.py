@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from controlplane.model import DesiredState, to_stored
+from controlplane.model import DesiredState, to_document, to_stored
 from controlplane.model.status import Phase, RolloutStatus
 from controlplane.rollout.machine import Decision
 from controlplane.store import AuditRecord, Store
 from controlplane.store.leader import NO_FENCE, Fence
 
 log = logging.getLogger(__name__)
+
+
+def engine_actor(replica: str) -> str:
+    """The principal of the rollout engine's writes in the audit log."""
+    return f"engine:{replica}"
 
 
 def _summary(status: RolloutStatus) -> dict[str, object]:
@@ -33,9 +38,10 @@ async def write_status(
 ) -> bool:
     """Write `status` for rollout `name` if nothing changed it since `revisions` were read.
 
-    On success the upstream's `active` follows the outcome in the same transaction:
-    `to` once Succeeded, `from` once RolledBack. Returns False when a guard failed
-    (someone else wrote first, or this replica is no longer the leader).
+    When the rollout enters Succeeded or RolledBack, the upstream's `active` follows in the
+    same transaction (`to`, `from`), with its own audit entry (whatever `audit` says).
+    Returns False when a guard failed (someone else wrote first, or this replica is no
+    longer the leader).
     """
     keys = store.keys
     key = keys.status("Rollout", name)
@@ -43,8 +49,15 @@ async def write_status(
     before = state.status(name)
     puts = {key: status.to_json()}
     expect = {key: revisions.get(key, 0)}
-    target = {Phase.SUCCEEDED: spec.to, Phase.ROLLED_BACK: spec.from_}.get(status.phase)
+    # Only on the transition itself: a later write (counters, the window's end) must not
+    # take back an `active` that apply has owned again since.
+    target = None if status.phase == before.phase else {
+        Phase.SUCCEEDED: spec.to, Phase.ROLLED_BACK: spec.from_}.get(status.phase)
     upstream = state.upstreams.get(spec.upstream)
+    records = [AuditRecord(
+        actor=actor, action=f"rollout/{status.phase}", kind="Rollout", name=name,
+        reason=reason, before=_summary(before), after=_summary(status),
+    )] if audit else []
     if target is not None and upstream is not None and upstream.spec.active != target:
         switched = upstream.model_copy(
             update={"spec": upstream.spec.model_copy(update={"active": target})}
@@ -52,10 +65,12 @@ async def write_status(
         ukey = keys.resource("Upstream", upstream.name)
         puts[ukey] = to_stored(switched)
         expect[ukey] = revisions.get(ukey, 0)
-    records = [AuditRecord(
-        actor=actor, action=f"rollout/{status.phase}", kind="Rollout", name=name,
-        reason=reason, before=_summary(before), after=_summary(status),
-    )] if audit else []
+        # A change of `active` is a mutation of the Upstream: audited whatever `audit` says.
+        records.append(AuditRecord(
+            actor=actor, action="rollout/set-active", kind="Upstream", name=upstream.name,
+            reason=f"Rollout/{name} {status.phase}",
+            before=to_document(upstream), after=to_document(switched),
+        ))
     # Fenced by comparing the leader key, not by attaching keys to the lease:
     # the status must outlive the leader that wrote it.
     revision = await store.commit(puts=puts, expect=expect, audit=records,

@@ -31,6 +31,7 @@ from controlplane.model import (
     to_document,
     to_stored,
 )
+from controlplane.model.ownership import supersede, transition_problems, with_from
 from controlplane.model.status import RolloutStatus
 from controlplane.store.audit import (
     AuditEntry,
@@ -196,10 +197,13 @@ class Store:
             StoreUnavailableError: etcd is down; nothing was written.
         """
         _check_unique(resources)
+        given = resources
         for attempt in range(CAS_ATTEMPTS):
             snap = await self._snapshot()
+            resources = with_from(snap.state, given)
             after = snap.state.with_applied(resources)
             problems = after.problems()
+            problems += [p for p in transition_problems(snap.state, after) if p not in problems]
             if problems:
                 raise InvalidInputError(problems)
             changes: builtins.list[Change] = []
@@ -223,6 +227,15 @@ class Store:
                     name=resource.name, before=None if before is None else to_document(before),
                     after=to_document(resource),
                 ))
+            self._pin_sources(snap, after, puts, expect)
+            # A new `active` ends what a finished rollout still holds (its retained `from`).
+            for name, status in supersede(snap.state, after, actor=actor,
+                                          now=time.time()).items():
+                key = self.keys.status("Rollout", name)
+                puts[key] = status.to_json()
+                expect[key] = snap.kvs[key].mod_revision if key in snap.kvs else 0
+                records.append(_superseded_record(actor, name, snap.state.status(name), status))
+                after = after.with_status(name, status)
             if dry_run or not puts:
                 return ApplyResult(changes, snap.revision, snap.state, after)
             try:
@@ -233,6 +246,22 @@ class Store:
                 return ApplyResult(changes, revision, snap.state, after)
             await _pause(attempt)
         raise ConflictError("other writers kept changing the same resources; apply again")
+
+    def _pin_sources(self, snap: _Snapshot, after: DesiredState, puts: dict[bytes, bytes],
+                     expect: dict[bytes, int]) -> None:
+        """A new (or re-targeted) rollout's `from` was checked against its upstream's
+        `active` as read: rewrite that upstream as it is, guarded, so that an apply of
+        another `active` that read before this one fails its guard and checks again."""
+        for name, rollout in after.rollouts.items():
+            old = snap.state.rollouts.get(name)
+            spec = rollout.spec
+            if old is not None and (old.spec.upstream, old.spec.from_) == (spec.upstream,
+                                                                           spec.from_):
+                continue
+            ukey = self.keys.resource("Upstream", spec.upstream)
+            if ukey in snap.kvs:
+                puts.setdefault(ukey, snap.kvs[ukey].value)
+                expect.setdefault(ukey, snap.kvs[ukey].mod_revision)
 
     async def delete(self, kind: str, name: str, *, actor: str) -> Change:
         """Delete one resource (a Rollout's status goes with it).
@@ -388,6 +417,16 @@ def _broken_by_delete(state: DesiredState, kind: str, name: str) -> builtins.lis
             f"refers to {kind}/{name}; change or delete {owner} first",
         ))
     return errors
+
+
+def _superseded_record(
+    actor: str, name: str, before: RolloutStatus, after: RolloutStatus
+) -> AuditRecord:
+    def summary(status: RolloutStatus) -> dict[str, object]:
+        return {"phase": str(status.phase), "fromRetained": status.from_retained,
+                "activeChangedBy": status.active_changed_by}
+    return AuditRecord(actor=actor, action="apply/superseded", kind="Rollout", name=name,
+                       reason=after.reason, before=summary(before), after=summary(after))
 
 
 def _head(head_kv: KV | None) -> AuditHead:

@@ -18,7 +18,7 @@ FAST_DEMO_S = 90.0  # ~30 s on an idle 2-core machine; the budget of --fast is 6
 
 
 def _engine(entry: dict[str, Any]) -> bool:
-    return str(entry["actor"]).startswith("rollout-engine@")
+    return str(entry["actor"]).startswith("engine:")
 
 
 def _processes_mentioning(text: str) -> list[str]:

@@ -97,8 +97,8 @@ def test_metrics_and_json_logs(serve_json: ServeProcess,
     assert all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
     transitions = [line for line in lines if line.get("rollout") == "payments-v2"]
     assert any(t["from"] == "Pending" and t["to"] == "Progressing" and t["reason"]
-               and t["actor"].startswith("rollout-engine@") for t in transitions), transitions
-    assert any(t["to"] == "Paused" and not t["actor"].startswith("rollout-engine@")
+               and t["actor"].startswith("engine:") for t in transitions), transitions
+    assert any(t["to"] == "Paused" and not t["actor"].startswith("engine:")
                for t in transitions), transitions
     assert any("serving xDS on" in line["msg"] and line["metrics_port"] == cp.metrics_port
                for line in lines)

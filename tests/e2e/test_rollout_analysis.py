@@ -120,7 +120,7 @@ def test_healthy_canary_is_promoted_to_full_without_an_operator(
     assert isinstance(check, dict) and check["verdict"] == "passed"
     assert check["successRate"] == 1.0 and check["requests"] >= 10
     transitions = rollout_transitions(serve)
-    assert all(str(e["actor"]).startswith("rollout-engine@") for e in transitions)
+    assert all(str(e["actor"]).startswith("engine:") for e in transitions)
     assert sum("analysis passed" in str(e["reason"]) for e in transitions) == 2  # 10→50→100
 
 
@@ -170,7 +170,7 @@ def test_bluegreen_is_judged_before_and_after_its_switch(
         doc = wait_status(serve, DECIDE_S, phase="RolledBack")
     assert "after the switch" in str(doc["reason"]) or any(
         "after the switch" in str(e["reason"]) for e in rollout_transitions(serve))
-    assert all(str(e["actor"]).startswith("rollout-engine@") for e in rollout_transitions(serve))
+    assert all(str(e["actor"]).startswith("engine:") for e in rollout_transitions(serve))
     wait_for_sync(lambda: versions(port, 20) == Counter({"v1": 20}), timeout=CONVERGE_S,
                   message="all traffic back on v1")
 

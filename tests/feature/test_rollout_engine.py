@@ -79,7 +79,7 @@ async def test_steps_wait_for_acks_and_a_nack_halts_at_the_last_good_step(store:
     assert await phase(store) == (Phase.PAUSED, 0, 10.0, "edge-1: cluster payments|v2 rejected")
     entries = await store.audit()
     paused = [e for e in entries if e.action == "rollout/Paused"]
-    assert paused and "NACK" in paused[-1].reason and paused[-1].actor == "rollout-engine@t"
+    assert paused and "NACK" in paused[-1].reason and paused[-1].actor == "engine:t"
 
 
 async def test_a_deposed_leader_cannot_write(store: Store) -> None:

@@ -21,19 +21,31 @@ spec: {{upstream: payments, from: {from_}, to: {to}}}
 
 
 def test_success_keeps_from_at_zero_until_retired_and_a_new_rollout_wins() -> None:
-    state = DesiredState.of(parse_yaml(V3 + _rollout("to-v2", "v1", "v2")))
+    # As the engine leaves it: Succeeded, and `active` set to `to` in the same write.
+    on_v2 = V3.replace("active: v1", "active: v2")
+    state = DesiredState.of(parse_yaml(on_v2 + _rollout("to-v2", "v1", "v2")))
     retained = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True, from_retained=True)
     policy = traffic_of(state.with_status("to-v2", retained))["payments"]
     assert (policy.from_version, policy.to_version, policy.weight) == ("v1", "v2", 100.0)
     retired = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True)
     assert traffic_of(state.with_status("to-v2", retired)) == {}
 
-    both = DesiredState.of(parse_yaml(V3 + _rollout("to-v2", "v1", "v2")
+    both = DesiredState.of(parse_yaml(on_v2 + _rollout("to-v2", "v1", "v2")
                                       + _rollout("to-v3", "v2", "v3")))
     both = both.with_status("to-v2", retained).with_status(
         "to-v3", RolloutStatus(Phase.PROGRESSING, 0, 10.0))
     policy = traffic_of(both)["payments"]
     assert (policy.from_version, policy.to_version, policy.weight) == ("v2", "v3", 10.0)
+
+
+def test_a_retained_from_gives_way_to_an_active_changed_since() -> None:
+    """`active` changed after success (an apply, or a state from before apply refused it):
+    the retained split is not in force any more, `active` is; deleting the rollout then
+    moves nothing."""
+    on_v3 = V3.replace("active: v1", "active: v3")
+    state = DesiredState.of(parse_yaml(on_v3 + _rollout("to-v2", "v1", "v2")))
+    retained = RolloutStatus(Phase.SUCCEEDED, 2, 100.0, applied=True, from_retained=True)
+    assert traffic_of(state.with_status("to-v2", retained)) == {}
 
 
 def test_rolling_back_a_finished_rollout_is_refused_while_another_runs() -> None:
