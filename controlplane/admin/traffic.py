@@ -9,8 +9,7 @@ from typing import Any
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
-from controlplane.rollout.traffic import retired_of, traffic_of
-from controlplane.translate import placeholder_material, translate
+from controlplane.stage import resources_of
 from controlplane.translate.common import split_endpoint
 from controlplane.translate.weights import Owners, upstream_weights
 
@@ -19,15 +18,12 @@ def traffic_in_force(state: DesiredState) -> Mapping[str, list[dict[str, Any]]]:
     """Upstream → `[{group, weights: {version: percent}}]`, one entry per proxy group
     whose routes reach it (sorted by group). A group whose state does not translate keeps
     its last good config: its entry carries `error` instead of weights."""
-    traffic, retired = traffic_of(state), retired_of(state)
-    # Secrets do not change where routes send traffic: placeholders stand in for them.
-    material = placeholder_material(state)
     owners = _owners(state)
     out: dict[str, list[dict[str, Any]]] = {}
     for group in state.groups():
         try:
-            resources = translate(state, group=group, traffic=traffic, secrets=material,
-                                  retired=retired)
+            # Secrets do not change where routes send traffic: placeholders stand in.
+            resources = resources_of(state, group)
         except ControlPlaneError as exc:
             for upstream in _routed(state, group):
                 out.setdefault(upstream, []).append({"group": group, "error": str(exc)})
