@@ -15,17 +15,20 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 
 from controlplane.admin import AdminService
 from controlplane.admin.auth import CertificateAuthenticator, TokenAuthenticator
 from controlplane.analysis import Window
+from controlplane.analysis.admission import Admission, RoutedClusters, Sender
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2, admin_pb2_grpc
@@ -49,12 +52,18 @@ from controlplane.store.leader import LeaderElection
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
 from controlplane.store.revocations import RevocationStore, RevokedSerials
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.identity import peer_certificate_group, refusing_revoked
+from controlplane.xds.identity import (
+    GroupOfNode,
+    peer_certificate_group,
+    peer_serial,
+    refusing_revoked,
+)
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import AggregatedDiscoveryServer
 from controlplane.xds.stream import node_cluster
 
 if TYPE_CHECKING:
+    from controlplane.analysis.receiver import MetricsReceiver
     from controlplane.model import DesiredState
     from controlplane.secrets import Material, Vault
     from controlplane.secrets.server_trust import ServerTrust
@@ -112,6 +121,8 @@ class ControlPlane:
         self.reporter: FleetReporter | None = None
         self.window = Window()
         self.health = HealthBoard()
+        self.routed = RoutedClusters()
+        """Group → the clusters its routes reach: whose pushed samples count."""
         self.metrics_reporter: MetricsReporter | None = None
         self.election: LeaderElection | None = None
         self.secret_sync: SecretSync | None = None
@@ -148,6 +159,7 @@ class ControlPlane:
         watch = self.store.watch_state()
         state, revision = await anext(watch)
         self.telemetry.observe_state(state)
+        self.routed.update(state)
         # Secrets: sealed CA, group certificates and credential values in etcd. The sync
         # issues and rotates them and hands the material to the publisher, primed before
         # the first publish so TLS groups are whole from their first snapshot. Imported
@@ -192,11 +204,10 @@ class ControlPlane:
                     if self.config.tls_dir else node_cluster)
         AggregatedDiscoveryServer(self.cache, self.registry, group_of=group_of,
                                   observer=self.telemetry).add_to_server(xds)
-        # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
-        from controlplane.analysis.receiver import MetricsReceiver
-
         # Envoy's stats sink: it reaches us over the xDS cluster.
-        MetricsReceiver(self.window, health=self.health).add_to_server(xds)
+        metrics_receiver(self.window, self.health, group_of=group_of, registry=self.registry,
+                         routed=self.routed, revoked=self.revoked,
+                         on_ignored=self.telemetry.ignored_metrics).add_to_server(xds)
         self.authenticator: TokenAuthenticator | CertificateAuthenticator = (
             TokenAuthenticator(self.store))
         if self.config.tls_dir is not None:
@@ -244,6 +255,7 @@ class ControlPlane:
             log.debug("etcd revision %d", revision)
             self.publisher.update(state)  # type: ignore[arg-type]
             self.telemetry.observe_state(state)  # type: ignore[arg-type]
+            self.routed.update(state)  # type: ignore[arg-type]
             if self.secret_sync is not None:
                 self.secret_sync.update(state)  # type: ignore[arg-type]
             if self.engine is not None:
@@ -402,6 +414,27 @@ def _bind(server: grpc.aio.Server, addr: str, flag: str,
         raise InvalidInputError([FieldError(
             flag, f"cannot listen on {addr}: address in use (another serve?) or invalid")])
     return port
+
+
+def metrics_receiver(window: Window, health: HealthBoard, *, group_of: GroupOfNode,
+                     registry: ProxyRegistry, routed: RoutedClusters,
+                     revoked: Container[str], on_ignored: Callable[[str], None],
+                     ) -> MetricsReceiver:
+    """The MetricsService receiver. Pushes steer rollouts, so a stream is authenticated
+    as an ADS stream is (`group_of`: the certificate's group under mTLS, refusing revoked
+    ones), and its flushes count only while it is a connected proxy of that group
+    (`registry`), for the clusters the group routes to (`routed`)."""
+    # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
+    from controlplane.analysis.receiver import MetricsReceiver
+
+    def identify(node_id: str, cluster: str,
+                 context: grpc.aio.ServicerContext[Any, Any]) -> Sender:
+        group = group_of(base_pb2.Node(id=node_id, cluster=cluster), context)
+        return Sender(node_id=node_id, group=group, serial=peer_serial(context))
+
+    admission = Admission(connected=registry.is_connected, clusters_of=routed,
+                          revoked=revoked, on_ignored=on_ignored, clock=time.monotonic)
+    return MetricsReceiver(window, health=health, identify=identify, admission=admission)
 
 
 async def _server_trust(tls_dir: Path, vault: Vault, vault_ca_pem: str) -> ServerTrust:

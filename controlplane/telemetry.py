@@ -28,6 +28,11 @@ Metrics (all prefixed `controlplane_`):
     etcd_errors_total{operation}              counter  etcd calls that failed (per attempt)
     fleet_report_errors_total                 counter  writes of this replica's fleet report
                                                        that failed (each retried)
+    metrics_ignored_total{reason}             counter  MetricsService flushes ignored:
+                                              not_connected (the sender is no connected
+                                              xDS proxy of its group here) or
+                                              foreign_clusters (samples of clusters its
+                                              group does not route to were dropped)
 
 plus the process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`).
 prometheus_client's metrics are thread-safe: its HTTP thread reads while the event
@@ -91,6 +96,11 @@ class Telemetry:
         self.fleet_report_errors = Counter(
             "controlplane_fleet_report_errors",
             "writes of this replica's fleet report that failed (each is retried)", registry=r)
+        # Labelled by reason only: node ids and groups are the sender's claim, unbounded.
+        self.metrics_ignored = Counter(
+            "controlplane_metrics_ignored",
+            "MetricsService flushes ignored (wholly or in part), by reason",
+            ["reason"], registry=r)
         # (group, type URL) → (version, monotonic time it was published)
         self._published: dict[tuple[str, str], tuple[str, float]] = {}
         self._rollouts: set[str] = set()
@@ -161,6 +171,10 @@ class Telemetry:
             self.rollout_weight.remove(gone)
         self._rollouts = set(state.rollouts)
         self._last_checks = checks
+
+    def ignored_metrics(self, reason: str) -> None:
+        """The metrics receiver's `on_ignored`: one flush (or part of one) not counted."""
+        self.metrics_ignored.labels(reason=reason).inc()
 
     def etcd_error(self, operation: str) -> None:
         """The etcd client's `on_error`: one failed call (or watch) to an endpoint."""

@@ -14,9 +14,17 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 import grpc
 
 from controlplane.analysis import wire
+from controlplane.analysis.admission import MAX_NAME_BYTES, Admission, Identify, Sender
 from controlplane.analysis.decide import CLUSTER_SEPARATOR
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.window import Counts, Window
+from controlplane.errors import (
+    AuthenticationError,
+    ControlPlaneError,
+    FieldError,
+    InvalidInputError,
+    PermissionDeniedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +104,22 @@ def _counts(found: Iterable[wire.Family]) -> dict[str, Counts]:
 
 
 class MetricsReceiver:
-    """Serves `StreamMetrics`: adds every flush's counts to `window` and keeps each
-    stream's latest endpoint membership on `health` (one event loop)."""
+    """Serves `StreamMetrics`: adds every admitted flush's counts to `window` and keeps
+    each stream's latest endpoint membership on `health` (one event loop).
 
-    def __init__(self, window: Window, *, health: HealthBoard | None = None,
+    A stream is authenticated on its first message (`identify`, from the identifier's
+    node and the transport) and refused when that fails; each flush then goes through
+    `admission` (see `admission`): a revoked certificate ends the stream, a sender that
+    is not a connected proxy is ignored, clusters of other groups are dropped.
+    """
+
+    def __init__(self, window: Window, *, identify: Identify, admission: Admission,
+                 health: HealthBoard | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self.health = health if health is not None else HealthBoard()
+        self._identify = identify
+        self._admission = admission
         self._clock = clock
         self._streams = 0
 
@@ -116,16 +133,75 @@ class MetricsReceiver:
                       context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         self._streams += 1
         stream = self._streams
+        sender: Sender | None = None
         try:
             async for raw in requests:
+                if sender is None:
+                    sender = await self._authenticate(raw, context)
+                elif self._admission.revoked(sender):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, (
+                        f"this client certificate (serial {sender.serial}) was revoked: "
+                        "issue a new one with `controlplane cert issue`"))
                 try:
                     counts, membership = read_flush(raw)
                 except (ValueError, IndexError) as exc:  # a malformed message: skip it
                     log.warning("metrics from %s: unreadable message: %s", context.peer(), exc)
                     continue
+                if not self._admission.counts(sender):
+                    self.health.drop(stream)  # what it said while connected goes too
+                    continue
+                counts, membership = self._admission.routed(sender, counts, membership)
                 now = self._clock()
                 self.window.add(now, counts)
                 self.health.update(stream, now, membership)
         finally:
             self.health.drop(stream)  # a gone proxy's view no longer counts
         return b""  # StreamMetricsResponse is empty
+
+    async def _authenticate(self, raw: bytes,
+                            context: grpc.aio.ServicerContext[bytes, bytes]) -> Sender:
+        """The stream's sender from its first message, or the stream is aborted."""
+        code, problem = grpc.StatusCode.INVALID_ARGUMENT, ""
+        try:
+            node_id, cluster = _claimed_node(raw)
+            return self._identify(node_id, cluster, context)
+        except AuthenticationError as exc:
+            code, problem = grpc.StatusCode.UNAUTHENTICATED, str(exc)
+        except PermissionDeniedError as exc:
+            code, problem = grpc.StatusCode.PERMISSION_DENIED, str(exc)
+        except ControlPlaneError as exc:
+            problem = str(exc)
+        log.warning("refusing a metrics stream from %s: %s", context.peer(), problem)
+        await context.abort(code, f"metrics stream refused: {problem}")
+        raise AssertionError("context.abort returned")  # it raises; mypy cannot know
+
+
+def _claimed_node(raw: bytes) -> tuple[str, str]:
+    """The node id and cluster the first message's identifier claims.
+
+    Errors:
+        InvalidInputError: no identifier, an empty or too long (MAX_NAME_BYTES) node id or
+            cluster, or bytes that are not UTF-8 or not a StreamMetricsMessage.
+    """
+    try:
+        found = wire.identifier(raw)
+    except (ValueError, IndexError) as exc:
+        raise InvalidInputError([FieldError(
+            "StreamMetricsMessage", f"unreadable: {exc}")]) from exc
+    if found is None:
+        raise InvalidInputError([FieldError(
+            "identifier.node", "the stream's first message must carry the node (id and "
+                               "cluster), as Envoy's metrics_service sink sends it")])
+    names: list[str] = []
+    for field, value in (("identifier.node.id", found.node_id),
+                         ("identifier.node.cluster", found.cluster)):
+        if len(value) > MAX_NAME_BYTES:
+            raise InvalidInputError([FieldError(
+                field, f"{len(value)} bytes, longer than {MAX_NAME_BYTES}")])
+        try:
+            names.append(value.decode())
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError([FieldError(field, "not UTF-8")]) from exc
+    if not names[0]:
+        raise InvalidInputError([FieldError("identifier.node.id", "empty: set the node id")])
+    return names[0], names[1]

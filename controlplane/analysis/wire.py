@@ -14,7 +14,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-_FAMILIES = 2  # StreamMetricsMessage.envoy_metrics
+_IDENTIFIER, _FAMILIES = 1, 2  # StreamMetricsMessage.identifier, .envoy_metrics
+_NODE = 1  # StreamMetricsMessage.Identifier.node
+_NODE_ID, _NODE_CLUSTER = 1, 2  # envoy.config.core.v3.Node.id, .cluster
 # MetricFamily
 _NAME, _METRIC = 1, 4
 # Metric
@@ -82,6 +84,41 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int
         if pos > end:
             raise ValueError("truncated message")
         yield number, wire, start, pos
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """The node a StreamMetricsMessage's `identifier.node` claims, as raw bytes (a
+    claim: the caller bounds and decodes it)."""
+
+    node_id: bytes
+    cluster: bytes
+
+
+def identifier(raw: bytes) -> Identifier | None:
+    """The node id and cluster of one serialized StreamMetricsMessage's identifier, or
+    None without one (Envoy sends it on a stream's first message only). Reads nothing
+    else of the node (its ~500 extension names) and stops at the identifier.
+
+    Errors:
+        ValueError, IndexError: the bytes are not such a message.
+    """
+    for number, wire, start, end in _fields(raw, 0, len(raw)):
+        if number != _IDENTIFIER or wire != 2:
+            continue
+        node_id = cluster = b""
+        for n, w, s, e in _fields(raw, start, end):
+            if n != _NODE or w != 2:
+                continue
+            for field_number, field_wire, fs, fe in _fields(raw, s, e):
+                if field_wire != 2:
+                    continue
+                if field_number == _NODE_ID:
+                    node_id = raw[fs:fe]
+                elif field_number == _NODE_CLUSTER:
+                    cluster = raw[fs:fe]
+        return Identifier(node_id, cluster)
+    return None
 
 
 def families(raw: bytes, wanted: frozenset[str]) -> Iterator[Family]:

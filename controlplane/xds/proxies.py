@@ -393,3 +393,8 @@ class ProxyRegistry:
             del self._by_identity[handle.identity]
         if self._streams.pop(handle.stream_id, None) is not None:
             self._notify()
+
+    def is_connected(self, group: str, node_id: str) -> bool:
+        """Whether a proxy of `group` with `node_id` has an xDS stream open here (what a
+        MetricsService push must come from to count)."""
+        return any(h.node_id == node_id and h.group == group for h in self._streams.values())
