@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -223,6 +224,12 @@ class ControlPlane:
         trust = self.server_trust
         self.xds_port = _bind(xds, self.config.xds_addr, "--xds-addr",
                               trust.credentials() if trust else None)
+        if trust is None and not _is_loopback(_host(self.config.xds_addr)):
+            log.warning(
+                "xDS on %s in plaintext, not on loopback: anyone who reaches this port can "
+                "claim any node and group, read that group's config and secrets, and push "
+                "metrics that steer rollouts; use --tls-dir (mTLS) off loopback",
+                _address(self.config.xds_addr, self.xds_port))
         admin = grpc.aio.server(options=_GRPC_OPTIONS)
         service = AdminService(self.store, proxies=self._proxies, xds_diff=xds_diff,
                                authenticator=self.authenticator)
@@ -437,6 +444,27 @@ def metrics_receiver(window: Window, health: HealthBoard, *, group_of: GroupOfNo
     return MetricsReceiver(window, health=health, identify=identify, admission=admission)
 
 
+def _host(addr: str) -> str:
+    """The host of HOST:PORT (`[::1]:0` → `::1`)."""
+    return addr.rpartition(":")[0].strip("[]")
+
+
+def _is_loopback(host: str) -> bool:
+    """Only an address on loopback, or `localhost`; a name could resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _address(addr: str, port: int) -> str:
+    """What a server asked to listen on `addr` really bound: its host and `port`."""
+    host = addr.rpartition(":")[0] or "[::]"  # gRPC binds every address for ":PORT"
+    return f"{host}:{port}"
+
+
 async def _server_trust(tls_dir: Path, vault: Vault, vault_ca_pem: str) -> ServerTrust:
     """mTLS for the xDS and admin ports: ca.crt, server.crt and server.key from `tls_dir`,
     issued by our CA (and written there) when absent. Clients must present a certificate
@@ -520,8 +548,8 @@ async def _serve(config: ServeConfig, *, json_logs: bool = False) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with ControlPlane.running(config) as cp:
-            ready = (f"serving xDS on 127.0.0.1:{cp.xds_port} and the admin API on "
-                     f"127.0.0.1:{cp.admin_port} "
+            ready = (f"serving xDS on {_address(config.xds_addr, cp.xds_port)} and the "
+                     f"admin API on {_address(config.admin_addr, cp.admin_port)} "
                      f"({await cp.authenticator.mode()})")
             if json_logs:  # every line of stderr stays JSON
                 log.info("%s", ready, extra={"xds_port": cp.xds_port,
