@@ -138,7 +138,7 @@ class MetricsReceiver:
             async for raw in requests:
                 if sender is None:
                     sender = await self._authenticate(raw, context)
-                elif self._admission.revoked(sender):
+                if self._admission.revoked(sender):  # since the stream began, or before
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, (
                         f"this client certificate (serial {sender.serial}) was revoked: "
                         "issue a new one with `controlplane cert issue`"))

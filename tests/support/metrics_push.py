@@ -7,12 +7,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # envoy-data-plane on import
@@ -105,3 +109,68 @@ class MetricsPush:
         if not self._call.done():
             return None
         return await self.result()
+
+
+class Forger:
+    """A hostile client in a thread: one metrics stream pushing `per_flush` every
+    `every_s` seconds until `stop()` (the identifier on the first message, as Envoy does).
+    With `ads=True` it first opens an ADS stream as its node on the same connection, so
+    it is a connected xDS proxy of the group it claims (which plaintext cannot refuse).
+
+    `ended` is the status the server ended the metrics stream with, if it did."""
+
+    def __init__(self, target: str, *, node_id: str, cluster: str,
+                 per_flush: Mapping[str, tuple[int, int]],
+                 credentials: grpc.ChannelCredentials | None = None, ads: bool = False,
+                 every_s: float = 0.2) -> None:
+        self.target, self.node_id, self.cluster = target, node_id, cluster
+        self.per_flush, self.credentials, self.ads = per_flush, credentials, ads
+        self.every_s = every_s
+        self.sent = 0
+        self.ended: tuple[grpc.StatusCode, str] | None = None
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> Forger:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "the forger did not stop"
+
+    async def _run(self) -> None:
+        channel = (grpc.aio.secure_channel(self.target, self.credentials) if self.credentials
+                   else grpc.aio.insecure_channel(self.target))
+        async with channel:
+            ads = None
+            if self.ads:
+                ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(
+                    channel).StreamAggregatedResources()
+                await ads.write(discovery_pb2.DiscoveryRequest(
+                    type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    node=base_pb2.Node(id=self.node_id, cluster=self.cluster)))
+                await asyncio.wait_for(ads.read(), 15)
+                self.connected.set()
+            call = channel.stream_unary(METHOD)()
+            first = True
+            while not self._stop.is_set() and not call.done():
+                raw = flush(self.per_flush, node_id=self.node_id if first else None,
+                            cluster=self.cluster)
+                first = False
+                try:
+                    await call.write(raw)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    break  # the server ended the stream: its status below
+                self.sent += 1
+                await asyncio.sleep(self.every_s)  # a push rate, not a wait for a condition
+            if call.done():
+                try:
+                    await call
+                except grpc.aio.AioRpcError as exc:
+                    self.ended = exc.code(), exc.details() or ""
+            call.cancel()
+            if ads is not None:
+                ads.cancel()
