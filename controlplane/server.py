@@ -430,7 +430,8 @@ def metrics_receiver(window: Window, health: HealthBoard, *, group_of: GroupOfNo
     """The MetricsService receiver. Pushes steer rollouts, so a stream is authenticated
     as an ADS stream is (`group_of`: the certificate's group under mTLS, refusing revoked
     ones), and its flushes count only while it is a connected proxy of that group
-    (`registry`), for the clusters the group routes to (`routed`)."""
+    (`registry`; under mTLS with the same certificate), for the clusters the group routes
+    to (`routed`)."""
     # Imported here: envoy-data-plane adds to every CLI command, which imports this module.
     from controlplane.analysis.receiver import MetricsReceiver
 
@@ -439,7 +440,10 @@ def metrics_receiver(window: Window, health: HealthBoard, *, group_of: GroupOfNo
         group = group_of(base_pb2.Node(id=node_id, cluster=cluster), context)
         return Sender(node_id=node_id, group=group, serial=peer_serial(context))
 
-    admission = Admission(connected=registry.is_connected, clusters_of=routed,
+    def connected(sender: Sender) -> bool:
+        return registry.is_connected(sender.group, sender.node_id, peer_serial=sender.serial)
+
+    admission = Admission(connected=connected, clusters_of=routed,
                           revoked=revoked, on_ignored=on_ignored, clock=time.monotonic)
     return MetricsReceiver(window, health=health, identify=identify, admission=admission)
 

@@ -7,8 +7,10 @@ only when
   client certificate under mTLS, or from the node's `cluster` in plaintext (`Identify`,
   given by the wiring, which knows the transport), and its certificate is not revoked;
 * the sender is a connected xDS proxy of that group on this replica (same group and node
-  id), checked at every flush: a proxy whose ADS stream comes up a moment after its
-  metrics stream counts from then on, and one whose ADS stream ended stops counting;
+  id, and under mTLS the same client certificate as that proxy's ADS stream, so another
+  certificate of the group cannot speak for it), checked at every flush: a proxy whose
+  ADS stream comes up a moment after its metrics stream counts from then on, and one
+  whose ADS stream ended stops counting;
 * and then only its samples of the `upstream|version` clusters its group's routes reach
   (`RoutedClusters`); the rest are dropped.
 
@@ -104,7 +106,8 @@ class Admission:
     """The per-flush decisions for authenticated senders (one event loop).
 
     Args:
-        connected: whether (group, node id) is a connected xDS proxy on this replica.
+        connected: whether the sender is a connected xDS proxy on this replica (same
+            group and node id, and under mTLS the same client certificate).
         clusters_of: group → the clusters whose samples count (`RoutedClusters`).
         revoked: revoked certificate serials; a stream whose serial is in it is ended.
         on_ignored: called with NOT_CONNECTED or FOREIGN_CLUSTERS for every flush
@@ -112,7 +115,7 @@ class Admission:
         clock: for the log's rate limit.
     """
 
-    def __init__(self, *, connected: Callable[[str, str], bool],
+    def __init__(self, *, connected: Callable[[Sender], bool],
                  clusters_of: Callable[[str], Container[str]],
                  revoked: Container[str] = frozenset(),
                  on_ignored: Callable[[str], None] = lambda reason: None,
@@ -130,7 +133,7 @@ class Admission:
 
     def counts(self, sender: Sender) -> bool:
         """Whether this flush of `sender` counts at all (it is a connected proxy)."""
-        if self._connected(sender.group, sender.node_id):
+        if self._connected(sender):
             return True
         self._on_ignored(NOT_CONNECTED)
         self._warn(sender, NOT_CONNECTED,

@@ -394,7 +394,10 @@ class ProxyRegistry:
         if self._streams.pop(handle.stream_id, None) is not None:
             self._notify()
 
-    def is_connected(self, group: str, node_id: str) -> bool:
-        """Whether a proxy of `group` with `node_id` has an xDS stream open here (what a
-        MetricsService push must come from to count)."""
-        return any(h.node_id == node_id and h.group == group for h in self._streams.values())
+    def is_connected(self, group: str, node_id: str, *, peer_serial: str | None = None
+                     ) -> bool:
+        """Whether the proxy (group, node id) has an xDS stream open here, with the client
+        certificate of serial `peer_serial` if given ("" without TLS): what a
+        MetricsService push must come from to count."""
+        held = self._by_identity.get((group, node_id))
+        return held is not None and (peer_serial is None or held.peer_serial == peer_serial)

@@ -5,8 +5,9 @@ Plaintext (one serve, one Envoy, three rollouts at once, one per case):
   alpha: forged 5xx for its `to`, from a node that is no connected proxy → it promotes;
   beta:  forged 2xx for its `to`, whose real traffic fails → it rolls back;
   delta: forged 5xx for its `to` from a connected proxy of another group → dropped.
-mTLS: a certificate of another group claiming the real proxy's node, and a revoked
-certificate of its own group, do not count (the revoked one is ended and refused).
+mTLS: a certificate of another group or of another proxy of the same group claiming the
+real proxy's node, and a revoked certificate of its group, do not count (the revoked one
+is ended and refused).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def test_pushes_naming_clusters_of_another_group_are_dropped(plaintext: Plaintex
     assert ignored(plaintext.cp, "foreign_clusters") > 0
 
 
-def test_mtls_another_groups_or_a_revoked_certificate_does_not_count(
+def test_mtls_only_the_proxys_own_certificate_counts(
     tmp_path: Path, upstream_factory: Callable[..., Upstream],
 ) -> None:
     cp = ServeProcess(tmp_path / "cp", extra_args=("--tls-dir", str(tmp_path / "tls"))).start()
@@ -250,8 +251,10 @@ def test_mtls_another_groups_or_a_revoked_certificate_does_not_count(
         apply(cp, edge_yaml(port=port, v1=v1.port, v2=v2.port))
         apply(cp, edge_yaml(port=free_port(), v1=v1.port, v2=v2.port, upstream="ledger",
                             route="ledger", listener="internal-http", group="internal"))
-        certs = {who: tmp_path / who for who in ("envoy", "internal", "revoked", "stolen")}
+        certs = {who: tmp_path / who
+                 for who in ("envoy", "internal", "sibling", "revoked", "stolen")}
         issue(cp, certs["envoy"], "--group", "edge")
+        issue(cp, certs["sibling"], "--group", "edge")  # another proxy's of the same group
         issue(cp, certs["internal"], "--group", "internal")
         revoked_serial = issue(cp, certs["revoked"], "--group", "edge")
         stolen_serial = issue(cp, certs["stolen"], "--group", "edge")
@@ -276,15 +279,19 @@ def test_mtls_another_groups_or_a_revoked_certificate_does_not_count(
         assert stolen.ended is not None and stolen.ended[0].name == "UNAUTHENTICATED"
         assert "revoked" in stolen.ended[1]
 
-        # Both claim the real Envoy's node; only their certificates say otherwise.
+        # All claim the real Envoy's node; only their certificates say otherwise.
         other_group = Forger(cp.xds, node_id="edge-1", cluster="edge",
                              per_flush={"payments|v2": FORGED_5XX},
                              credentials=tls_credentials(certs["internal"])).start()
+        sibling = Forger(cp.xds, node_id="edge-1", cluster="edge",
+                         per_flush={"payments|v2": FORGED_5XX},
+                         credentials=tls_credentials(certs["sibling"])).start()
         revoked_edge = Forger(cp.xds, node_id="edge-1", cluster="edge",
                               per_flush={"payments|v2": FORGED_5XX},
                               credentials=tls_credentials(certs["revoked"])).start()
-        forgers.extend((other_group, revoked_edge))
-        wait_for_sync(lambda: other_group.sent >= 3 and revoked_edge.ended, timeout=10,
+        forgers.extend((other_group, sibling, revoked_edge))
+        wait_for_sync(lambda: min(other_group.sent, sibling.sent) >= 3 and revoked_edge.ended,
+                      timeout=10,
                       message="the forgers pushing or refused")
         assert revoked_edge.ended is not None
         assert revoked_edge.ended[0].name == "UNAUTHENTICATED", revoked_edge.ended
@@ -295,6 +302,7 @@ def test_mtls_another_groups_or_a_revoked_certificate_does_not_count(
         check = doc["lastCheck"]
         assert isinstance(check, dict) and check["successRate"] == 1.0, check
         assert other_group.ended is None and other_group.sent > 10
+        assert sibling.ended is None and sibling.sent > 10
         assert ignored(cp, "not_connected") > 0  # seen, and ignored
     finally:
         for forger in forgers:
