@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from controlplane.analysis import wire
+import logging
+
+import pytest
+
+from controlplane.analysis import admission, wire
 from controlplane.analysis.admission import RoutedClusters, routed_clusters
 from controlplane.model import DesiredState, parse_yaml
 from tests.feature.test_metrics_admission import STATE
@@ -28,3 +32,25 @@ def test_routed_clusters_are_every_version_of_the_upstreams_a_groups_routes_reac
     assert routed("nobody") == frozenset()
     routed.update(DesiredState())
     assert routed("edge") == frozenset()
+
+
+def test_ignored_senders_are_logged_once_per_interval_and_remembered_in_bounds(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission, "MAX_LOGGED_SENDERS", 2)
+    now = [1000.0]
+    reasons: list[str] = []
+    gate = admission.Admission(connected=lambda sender: False, clusters_of=lambda g: (),
+                               on_ignored=reasons.append, clock=lambda: now[0])
+    a, b, c = (admission.Sender(node_id=n, group="edge") for n in "abc")
+    caplog.set_level(logging.WARNING, logger="controlplane.analysis.admission")
+    for sender in (a, a, b, a):
+        assert not gate.counts(sender)
+    assert len(caplog.records) == 2 and reasons == [admission.NOT_CONNECTED] * 4
+    now[0] += admission.LOG_EVERY_S
+    gate.counts(a)
+    assert len(caplog.records) == 3  # a minute later: once more
+    gate.counts(c)  # a third sender: the oldest remembered (b) is forgotten
+    assert len(gate._logged) == 2
+    gate.counts(b)
+    assert len(caplog.records) == 5 and "'b'" in caplog.records[-1].getMessage()
