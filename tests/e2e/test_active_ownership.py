@@ -25,6 +25,7 @@ import yaml
 
 from controlplane.cli.main import run
 from controlplane.main import _server_commands
+from tests.e2e.test_backbone import edge_yaml
 from tests.support.controlplane import CliResult, ServeProcess, cli
 from tests.support.envoy import Envoy, start_envoy
 from tests.support.http import get_sync
@@ -42,26 +43,7 @@ REACH_S = 15.0
 def upstream_yaml(port: int, ports: dict[str, int], active: str = "v1",
                   versions: tuple[str, ...] = ("v1", "v2", "v3")) -> str:
     listed = "\n".join(f'    {v}: {{endpoints: ["127.0.0.1:{ports[v]}"]}}' for v in versions)
-    return f"""
-apiVersion: controlplane/v1
-kind: Listener
-metadata: {{name: edge-http}}
-spec: {{group: edge, port: {port}, address: 127.0.0.1}}
----
-apiVersion: controlplane/v1
-kind: Route
-metadata: {{name: payments}}
-spec: {{listener: edge-http, prefix: /, upstream: payments}}
----
-apiVersion: controlplane/v1
-kind: Upstream
-metadata: {{name: payments}}
-spec:
-  active: {active}
-  versions:
-{listed}
-  timeout: 5s
-"""
+    return edge_yaml(port=port, active=active, versions=listed)
 
 
 def rollout_yaml(name: str, *, steps: str, interval: str, source: str = "") -> str:

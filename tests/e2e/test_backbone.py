@@ -25,9 +25,14 @@ FIRST_CONFIG_S = 15.0  # Envoy start + first ADS exchange on a loaded 2-core mac
 CONVERGE_S = 2.0
 
 
-def edge_yaml(*, port: int, v1: int, v2: int, active: str = "v1", upstream: str = "payments",
-              route: str = "payments", listener: str = "edge-http", group: str = "edge",
-              extra: str = "") -> str:
+def edge_yaml(*, port: int, v1: int = 0, v2: int = 0, active: str = "v1",
+              upstream: str = "payments", route: str = "payments", listener: str = "edge-http",
+              group: str = "edge", extra: str = "", versions: str | None = None) -> str:
+    """A listener, a route and an upstream; `versions` (YAML lines under `versions:`)
+    instead of v1 and v2 on ports `v1` and `v2`."""
+    if versions is None:
+        versions = f"""    v1: {{endpoints: ["127.0.0.1:{v1}"]}}
+    v2: {{endpoints: ["127.0.0.1:{v2}"]}}"""
     return f"""
 apiVersion: controlplane/v1
 kind: Listener
@@ -45,8 +50,7 @@ metadata: {{name: {upstream}}}
 spec:
   active: {active}
   versions:
-    v1: {{endpoints: ["127.0.0.1:{v1}"]}}
-    v2: {{endpoints: ["127.0.0.1:{v2}"]}}
+{versions}
   timeout: 5s
 {extra}"""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_backbone import CONVERGE_S, FIRST_CONFIG_S, apply
+from tests.e2e.test_backbone import CONVERGE_S, FIRST_CONFIG_S, apply, edge_yaml
 from tests.support.controlplane import CliResult, ServeProcess, cli
 from tests.support.envoy import Envoy
 from tests.support.http import get_sync
@@ -27,31 +27,14 @@ pytestmark = pytest.mark.e2e
 
 
 def config_yaml(port: int, upstream_port: int, secret_file: Path) -> str:
-    return f"""
-apiVersion: controlplane/v1
-kind: Listener
-metadata: {{name: edge-http}}
-spec: {{group: edge, port: {port}, address: 127.0.0.1}}
----
-apiVersion: controlplane/v1
-kind: Route
-metadata: {{name: payments}}
-spec: {{listener: edge-http, prefix: /, upstream: payments}}
----
-apiVersion: controlplane/v1
-kind: Upstream
-metadata: {{name: payments}}
-spec:
-  active: v1
-  versions:
-    v1: {{endpoints: ["127.0.0.1:{upstream_port}"], credential: payments-key}}
-  timeout: 5s
+    return edge_yaml(port=port, versions=f"""\
+    v1: {{endpoints: ["127.0.0.1:{upstream_port}"], credential: payments-key}}""", extra=f"""\
 ---
 apiVersion: controlplane/v1
 kind: Credential
 metadata: {{name: payments-key}}
 spec: {{header: x-api-key, valueFrom: {{file: "{secret_file}"}}}}
-"""
+""")
 
 
 def received(port: int) -> str:
