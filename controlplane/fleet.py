@@ -20,6 +20,7 @@ from controlplane.rollout.engine import FleetProgress
 from controlplane.stage import RenderStage
 from controlplane.store import Store
 from controlplane.translate import SecretMaterial
+from controlplane.translate.trace import trace_nack
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
@@ -121,7 +122,7 @@ def progress_of(state: DesiredState, rollout: str, reports: Iterable[ProxyReport
             for url, version in want.items():
                 rejected = report.nacks.get(url)
                 if rejected and rejected[0] == version and report.acked.get(url) != version:
-                    nack = f"{report.node_id}: {rejected[1]}"
+                    nack = f"{report.node_id}: {trace_nack(rejected[1])}"
     return FleetProgress(acked, total, nack, tuple(groups))
 
 

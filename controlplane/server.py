@@ -52,6 +52,7 @@ from controlplane.store.embedded import MAX_REQUEST_BYTES
 from controlplane.store.leader import LeaderElection
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
 from controlplane.store.revocations import RevocationStore, RevokedSerials
+from controlplane.translate.trace import trace_nack
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import (
     GroupOfNode,
@@ -328,7 +329,7 @@ class ControlPlane:
                         type_url=t.type_url,
                         acked_version=t.acked_version or "",
                         sent_version=t.sent_version or "",
-                        last_nack=t.last_nack or "",
+                        last_nack=trace_nack(t.last_nack or ""),
                         last_nack_version=t.last_nack_version or "",
                     )
                     for t in p.types

@@ -97,7 +97,7 @@ def _get_proxies(conn: Connection, name: str | None, fmt: str | None) -> int:
             for t in p.types
         )
         nack = next((t.last_nack for t in p.types if t.last_nack), "")
-        rows.append([p.node_id, p.group, p.protocol, acked, nack[:60]])
+        rows.append([p.node_id, p.group, p.protocol, acked, nack[:160]])
     if not rows:
         print("No proxies connected.", file=sys.stderr)
         return 0

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from controlplane.errors import FieldError, InvalidInputError
+from controlplane.model.envoy_rules import envoy_problems
 from controlplane.model.resources import (
     Credential,
     Listener,
@@ -159,6 +160,8 @@ class DesiredState:
                         f"Upstream/{ups.name}: spec.versions.{version}.credential",
                         f"no Credential named {spec.credential!r}",
                     ))
+        errors.extend(envoy_problems(self.routes.values(), self.upstreams.values(),
+                                     self.credentials.values()))
         errors.extend(self._rollout_problems())
         return errors
 
@@ -207,6 +210,8 @@ class DesiredState:
 _HOST = re.compile(r"^[!-~]+$")
 # An HTTP header name (RFC 9110 token): Envoy NACKs an empty one and cannot match others.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# RFC 6265 cookie-octets, optionally in double quotes.
+_COOKIE_VALUE = re.compile(r'^("?)[!#-+\--:<-\[\]-~]+\1$')
 
 
 def _match_problems(where: str, match: Match | None) -> list[FieldError]:
@@ -226,4 +231,8 @@ def _match_problems(where: str, match: Match | None) -> list[FieldError]:
         if not (sep and value.strip("=")) or not _TOKEN.match(name):
             errors.append(FieldError(f"{where}.cookie",
                                      f"{match.cookie!r} is not name=value (e.g. canary=1)"))
+        elif not _COOKIE_VALUE.match(value):
+            errors.append(FieldError(f"{where}.cookie", (
+                f"{match.cookie!r}: a cookie value is printable ASCII without spaces, '\"', "
+                "',', ';' or '\\' (RFC 6265), or a Cookie header cannot carry it")))
     return errors

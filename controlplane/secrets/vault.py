@@ -22,10 +22,12 @@ from pydantic import SecretStr
 from controlplane.errors import (
     ConflictError,
     ControlPlaneError,
+    FieldError,
     InvalidInputError,
     NotFoundError,
 )
 from controlplane.model import Credential, DesiredState
+from controlplane.model.envoy_rules import credential_value_problem
 from controlplane.secrets.ca import CertificateAuthority, IssuedCertificate
 from controlplane.secrets.credentials import CredentialRotation, check_new_value
 from controlplane.secrets.crypto import SealingKey
@@ -156,6 +158,9 @@ def read_credential_file(path: str) -> SecretStr:
         raise InvalidInputError(f"cannot read credential file {path}: {exc.strerror}") from None
     if not value:
         raise InvalidInputError(f"credential file {path} is empty")
+    why = credential_value_problem(value)
+    if why:
+        raise InvalidInputError(f"credential file {path}: its value {why}")
     return SecretStr(value)
 
 
@@ -516,6 +521,8 @@ class Vault:
         if credential is None:
             raise NotFoundError(f"Credential/{name} not found; `controlplane get credentials` "
                                 "lists what exists")
+        if value is not None and (why := credential_value_problem(value.get_secret_value())):
+            raise InvalidInputError([FieldError("--from-file", f"the value {why}")])
         new_value = value if value is not None else _resolve(credential)
         for _ in range(CAS_ATTEMPTS):
             read = await self._read()
