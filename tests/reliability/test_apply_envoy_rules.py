@@ -48,6 +48,41 @@ spec: {{group: edge, port: {PORT}, address: 127.0.0.1, tls: {{certificate: my-ce
                  id="match-header"),
     pytest.param(rollout_yaml(extra="  match: {cookie: canary}\n"),
                  "Rollout/payments-v2: spec.match.cookie", "name=value", id="match-cookie"),
+    pytest.param(rollout_yaml(extra='  match: {cookie: "canary=a b"}\n'),
+                 "Rollout/payments-v2: spec.match.cookie", "RFC 6265", id="cookie-value"),
+    # Envoy's HttpHealthCheck.path rule (HTTP_HEADER_VALUE, strict) NACKs the group's CDS.
+    pytest.param(edge_yaml(port=PORT, v1=1, v2=2,
+                           extra='  healthCheck: {path: "/healthz\\r\\nX-Evil: 1"}\n'),
+                 "Upstream/payments: spec.healthCheck.path", "control character",
+                 id="health-path-crlf"),
+    pytest.param(edge_yaml(port=PORT, v1=1, v2=2, extra="  healthCheck: {path: healthz}\n"),
+                 "Upstream/payments: spec.healthCheck.path", "start with '/'",
+                 id="health-path-relative"),
+    pytest.param("""
+apiVersion: controlplane/v1
+kind: Route
+metadata: {name: payments}
+spec: {listener: edge-http, prefix: "/pay\\0", upstream: payments}
+""", "Route/payments: spec.prefix", "control character", id="prefix-nul"),
+    pytest.param(edge_yaml(port=PORT, versions="""    v1: {endpoints: ["127.0.0.1:1"]}
+    v2: {endpoints: ["127.0.0.1:2"], tls: {sni: "payments.internal\\0x"}}"""),
+                 "Upstream/payments: spec.versions.v2.tls.sni", "control character",
+                 id="sni-nul"),
+    pytest.param(edge_yaml(port=PORT, versions="""    v1: {endpoints: ["127.0.0.1:1"]}
+    v2: {endpoints: ["127.0.0.1:2"], tls: {caFile: "/etc/ca.pem\\n"}}"""),
+                 "Upstream/payments: spec.versions.v2.tls.caFile", "control character",
+                 id="cafile-lf"),
+    pytest.param(edge_yaml(port=PORT, versions="""    v1: {endpoints: ["127.0.0.1:1"]}
+    v2: {endpoints: ["127.0.0.1:2"], tls: {subjectAltNames: ["pay ments.internal"]}}"""),
+                 "Upstream/payments: spec.versions.v2.tls.subjectAltNames[0]",
+                 "not a DNS host name", id="san-space"),
+    # An inline value with CRLF reached Envoy's credential injector: 503s.
+    pytest.param("""
+apiVersion: controlplane/v1
+kind: Credential
+metadata: {name: payments-key}
+spec: {header: x-api-key, value: "k3y\\r\\nX-Evil: 1"}
+""", "Credential/payments-key: spec.value", "control character", id="credential-crlf"),
 ]
 
 
