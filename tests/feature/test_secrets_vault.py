@@ -218,3 +218,28 @@ async def test_an_emergency_rotation_revokes_the_value_it_replaced_for_good(
     assert entries[-1].reason == "emergency: generation 1 revoked"
     assert entries[-1].after == {"generation": 2, "previousGeneration": 1,
                                  "previousRevoked": True}
+
+
+async def test_a_credential_value_http_cannot_send_is_never_loaded_or_rotated_to(
+    store: Store, tmp_path: Path,
+) -> None:
+    """A CR, LF or NUL inside a credential value reached Envoy's credential injector and
+    broke every request (503): not from a file, not from a rotation."""
+    secret = tmp_path / "key"
+    secret.write_text("v1\r\nX-Evil: 1\n")
+    state = DesiredState.of(parse_yaml(STATE + "---" + FILE_CREDENTIAL.format(path=secret)))
+    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock())
+    await vault.ensure(state)
+    material, _ = await vault.load()
+    assert "from-file" not in material.credentials and "key" in material.credentials
+    before = (await store.kv.range(store.keys.prefix.encode())).revision
+
+    with pytest.raises(InvalidInputError, match="control character") as caught:
+        await vault.rotate_credential(state, "key", value=SecretStr("new\nX-Evil: 1"),
+                                      emergency=False, actor="token:ops")
+    assert caught.value.errors[0].location == "--from-file"
+    assert "X-Evil" not in str(caught.value)  # the value is never echoed
+    with pytest.raises(InvalidInputError, match=f"{secret}: its value holds the control"):
+        await vault.rotate_credential(state, "from-file", value=None, emergency=False,
+                                      actor="token:ops")
+    assert (await store.kv.range(store.keys.prefix.encode())).revision == before, "nothing written"
