@@ -13,6 +13,10 @@ here are Envoy's own, from the `validate.rules` of the fields our translator fil
 - A request path (route prefix, health-check path) carries printable ASCII only:
   anything else is percent-encoded by clients, so a raw one never matches, or is
   refused by the upstream.
+- Durations Envoy requires `gt: {}` (a cluster's connect timeout, a health check's
+  timeout and interval, outlier detection's interval and ejection time) are at least
+  1ms, what the translator keeps; no duration exceeds protobuf's Duration range.
+- Counts the translator puts in `UInt32Value`s fit in 32 bits.
 
 They are rules of the desired state (`DesiredState.problems`), not of the models, so
 a resource stored before a rule existed still loads and is named until it is fixed.
@@ -26,7 +30,8 @@ import re
 from collections.abc import Iterable
 
 from controlplane.errors import FieldError
-from controlplane.model.resources import Credential, Route, Upstream, UpstreamTLS
+from controlplane.model.duration import parse_duration
+from controlplane.model.resources import Credential, Route, Upstream, UpstreamSpec, UpstreamTLS
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 """What Envoy's strict HTTP_HEADER_VALUE refuses: control characters but HTAB."""
@@ -35,6 +40,9 @@ _PATH = re.compile(r"^/[!-~]*$")
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 MAX_SNI_BYTES = 253
 """A DNS name's limit (Envoy's `sni` rule allows 255, DNS no more than 253)."""
+MAX_DURATION_S = 315_576_000_000
+"""google.protobuf.Duration's range (10,000 years)."""
+MAX_UINT32 = 2**32 - 1
 
 
 def control_problem(value: str) -> str | None:
@@ -121,7 +129,49 @@ def _upstream_problems(upstream: Upstream) -> list[FieldError]:
     for version, spec in upstream.spec.versions.items():
         if spec.tls is not None:
             errors.extend(_tls_problems(f"{where}.versions.{version}.tls", spec.tls))
+    errors.extend(FieldError(f"{where}.{name}", why) for name, why in _number_problems(
+        upstream.spec))
     return errors
+
+
+def _number_problems(spec: UpstreamSpec) -> list[tuple[str, str]]:
+    """(field, why) for durations and counts of `spec` Envoy cannot take."""
+    positive: list[tuple[str, str]] = [("connectTimeout", spec.connect_timeout)]
+    durations: list[tuple[str, str]] = [("timeout", spec.timeout)]
+    counts: list[tuple[str, int | None]] = []
+    if spec.health_check is not None:
+        check = spec.health_check
+        positive += [("healthCheck.timeout", check.timeout),
+                     ("healthCheck.interval", check.interval)]
+        counts += [("healthCheck.unhealthyThreshold", check.unhealthy_threshold),
+                   ("healthCheck.healthyThreshold", check.healthy_threshold)]
+    if spec.outlier_detection is not None:
+        outlier = spec.outlier_detection
+        positive += [("outlierDetection.interval", outlier.interval),
+                     ("outlierDetection.baseEjectionTime", outlier.base_ejection_time)]
+        counts.append(("outlierDetection.consecutive5xx", outlier.consecutive5xx))
+    if spec.retries is not None and spec.retries.per_try_timeout is not None:
+        durations.append(("retries.perTryTimeout", spec.retries.per_try_timeout))
+    if spec.circuit_breakers is not None:
+        breakers = spec.circuit_breakers
+        counts += [("circuitBreakers.maxConnections", breakers.max_connections),
+                   ("circuitBreakers.maxPendingRequests", breakers.max_pending_requests),
+                   ("circuitBreakers.maxRequests", breakers.max_requests),
+                   ("circuitBreakers.maxRetries", breakers.max_retries)]
+    if spec.rate_limit is not None:
+        counts += [("rateLimit.requestsPerSecond", spec.rate_limit.requests_per_second),
+                   ("rateLimit.burst", spec.rate_limit.burst)]
+    out: list[tuple[str, str]] = []
+    for name, text in positive + durations:
+        seconds = parse_duration(text)
+        if seconds > MAX_DURATION_S:
+            out.append((name, f"{text} is longer than a protobuf Duration holds "
+                              f"({MAX_DURATION_S} s)"))
+        elif (name, text) in positive and round(seconds * 1000) < 1:
+            out.append((name, f"{text}: Envoy requires more than 0 (at least 1ms)"))
+    out += [(name, f"{value} is over {MAX_UINT32}, Envoy's limit (a 32-bit count)")
+            for name, value in counts if value is not None and value > MAX_UINT32]
+    return out
 
 
 def _tls_problems(where: str, tls: UpstreamTLS) -> list[FieldError]:

@@ -140,3 +140,30 @@ def test_credential_value_allows_inner_spaces_not_line_breaks() -> None:
 def test_trace_nack_names_the_resource(text: str, traced: str) -> None:
     assert trace_nack(text) == traced
     assert trace_nack(traced) == traced  # traced twice (a replica and the CLI): once
+
+
+@pytest.mark.parametrize(("extra", "field", "reason"), [
+    pytest.param("  connectTimeout: 0s\n", "spec.connectTimeout", "more than 0",
+                 id="connect-timeout-zero"),
+    pytest.param("  healthCheck: {interval: 0.0001s}\n", "spec.healthCheck.interval",
+                 "at least 1ms", id="health-interval-rounds-to-zero"),
+    pytest.param("  outlierDetection: {baseEjectionTime: 0ms}\n",
+                 "spec.outlierDetection.baseEjectionTime", "more than 0", id="ejection-zero"),
+    pytest.param("  timeout: 99999999999h\n", "spec.timeout", "protobuf Duration",
+                 id="timeout-too-long"),
+    pytest.param("  circuitBreakers: {maxConnections: 4294967296}\n",
+                 "spec.circuitBreakers.maxConnections", "32-bit", id="uint32-overflow"),
+    pytest.param("  rateLimit: {requestsPerSecond: 10, burst: 5000000000}\n",
+                 "spec.rateLimit.burst", "32-bit", id="burst-overflow"),
+])
+def test_numbers_envoy_refuses_are_problems(extra: str, field: str, reason: str) -> None:
+    text = PAYMENTS_EDGE + extra
+    found = [str(p) for p in DesiredState.of(parse_yaml(text)).problems()]
+    assert len(found) == 1 and f"Upstream/payments: {field}" in found[0] and reason in found[0], \
+        found
+
+
+def test_numbers_at_envoys_limits_are_accepted() -> None:
+    text = PAYMENTS_EDGE + ("  connectTimeout: 1ms\n  timeout: 0s\n"
+                            "  circuitBreakers: {maxConnections: 4294967295}\n")
+    assert DesiredState.of(parse_yaml(text)).problems() == []
