@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from controlplane.errors import FieldError, InvalidInputError
-from controlplane.model.envoy_rules import envoy_problems
+from controlplane.model.envoy_rules import control_problem, envoy_problems
 from controlplane.model.resources import (
     Credential,
     Listener,
@@ -223,8 +223,8 @@ def _match_problems(where: str, match: Match | None) -> list[FieldError]:
         FieldError(f"{where}.headers", f"{name!r} is not an HTTP header name")
         for name in match.headers if not _TOKEN.match(name)
     ] + [
-        FieldError(f"{where}.headers.{name}", "a header value cannot hold NUL, CR or LF")
-        for name, value in match.headers.items() if set(value) & {"\0", "\r", "\n"}
+        FieldError(f"{where}.headers.{name}", f"the value {why}")
+        for name, value in match.headers.items() if (why := control_problem(value))
     ]
     if match.cookie is not None:
         name, sep, value = match.cookie.partition("=")

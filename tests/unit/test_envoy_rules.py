@@ -167,3 +167,16 @@ def test_numbers_at_envoys_limits_are_accepted() -> None:
     text = PAYMENTS_EDGE + ("  connectTimeout: 1ms\n  timeout: 0s\n"
                             "  circuitBreakers: {maxConnections: 4294967295}\n")
     assert DesiredState.of(parse_yaml(text)).problems() == []
+
+
+def test_a_rollout_match_header_value_has_no_control_character() -> None:
+    text = PAYMENTS_EDGE + """---
+apiVersion: controlplane/v1
+kind: Rollout
+metadata: {name: r}
+spec: {upstream: payments, from: v1, to: v2, match: {headers: {x-canary: "a\\x01b"}}}
+"""
+    found = [str(p) for p in DesiredState.of(parse_yaml(text)).problems()]
+    assert len(found) == 1 and "Rollout/r: spec.match.headers.x-canary" in found[0], found
+    assert "control character" in found[0]
+    assert DesiredState.of(parse_yaml(text.replace("\\x01", " "))).problems() == []
