@@ -47,7 +47,8 @@ def _client_options() -> _Parser:
     )
     parent.add_argument("--token", help="bearer token (env CONTROLPLANE_TOKEN)")
     parent.add_argument("--tls-dir", dest="client_tls_dir",
-                        help="dir with ca.crt, client.crt/.key (env CONTROLPLANE_TLS_DIR)")
+                        help="dir with ca.crt, client.crt/.key (env CONTROLPLANE_TLS_DIR); "
+                             "the server must hold the control plane's own certificate")
     return parent
 
 
