@@ -215,8 +215,9 @@ class ControlPlane:
         if self.config.tls_dir is not None:
             # Both ports require client certificates from our CA; on the admin port a
             # user certificate (or a bearer token on top) says who calls.
-            self.server_trust = await _server_trust(self.config.tls_dir, vault,
-                                                    self._vault_ca_pem)
+            self.server_trust = await _server_trust(
+                self.config.tls_dir, vault, self._vault_ca_pem,
+                hosts=[_host(self.config.xds_addr), _host(self.config.admin_addr)])
             self.authenticator = CertificateAuthenticator(self.authenticator, self.revoked)
             self.revoked.listen(self._end_revoked)
             await self.revoked.refresh(RevocationStore(self.store))
@@ -470,26 +471,40 @@ def _address(addr: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def _server_trust(tls_dir: Path, vault: Vault, vault_ca_pem: str) -> ServerTrust:
+async def _server_trust(tls_dir: Path, vault: Vault, vault_ca_pem: str, *,
+                        hosts: list[str]) -> ServerTrust:
     """mTLS for the xDS and admin ports: ca.crt, server.crt and server.key from `tls_dir`,
-    issued by our CA (and written there) when absent. Clients must present a certificate
+    issued by our CA (and written there) when absent, naming the server's SPIFFE ID and
+    `hosts` (those of --xds-addr and --admin-addr). Clients must present a certificate
     from it or from a CA the vault trusts (`vault_ca_pem`; see `ServerTrust`). Also
     writes client.crt/client.key, an `admin` user's certificate, so that
     `controlplane --tls-dir DIR ...` works on this host from the start (like kubeadm's
     admin.conf): keep the directory as private as the CA."""
-    from controlplane.secrets.ca import user_spiffe_id
-    from controlplane.secrets.server_trust import ServerTrust
+    from controlplane.secrets.server_trust import ServerTrust, pem_bundle, server_certificate
+    from controlplane.spiffe import SERVER_ID, user_id
 
     paths = {name: tls_dir / name for name in ("ca.crt", "server.crt", "server.key")}
-    if not all(p.exists() for p in paths.values()):
-        ca_pem, issued = await vault.identity("controlplane-xds", actor="controlplane")
+    present = all(p.exists() for p in paths.values())
+    found = (server_certificate(paths["server.crt"].read_bytes(), vault_ca_pem)
+             if present else "pinned")
+    if found == "foreign":
+        log.warning("%s names no %s and our CA did not sign it: Envoy bootstraps and the "
+                    "CLI refuse it; add that URI SAN, or remove server.crt and server.key "
+                    "for serve to issue one", paths["server.crt"], SERVER_ID)
+    # One we issued before identities were pinned: replace it (never someone else's).
+    stale = found == "unpinned"
+    if not present or stale:
+        ca_pem, issued = await vault.server_identity(hosts=hosts, actor="controlplane")
         tls_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
-        paths["ca.crt"].write_text(ca_pem)
+        # Clients holding the old ca.crt keep verifying the server after a re-issue.
+        paths["ca.crt"].write_bytes(
+            pem_bundle(paths["ca.crt"].read_bytes(), ca_pem) if stale else ca_pem.encode())
         _write_pair(tls_dir, "server", issued.cert_pem, issued.key_pem.get_secret_value())
-        log.info("issued the server certificate into %s", tls_dir)
+        log.info("issued the server certificate (%s) into %s%s", SERVER_ID, tls_dir,
+                 ": the one there named no server identity" if stale else "")
     if not (tls_dir / "client.crt").exists():
         _, user = await vault.identity("admin", actor="controlplane",
-                                       uri=user_spiffe_id("admin", "admin"))
+                                       uri=user_id("admin", "admin"))
         _write_pair(tls_dir, "client", user.cert_pem, user.key_pem.get_secret_value())
         log.info("issued an admin user certificate into %s (client.crt, client.key)", tls_dir)
     return ServerTrust(paths["server.key"].read_bytes(), paths["server.crt"].read_bytes(),

@@ -197,7 +197,7 @@ class CertificateAuthenticator:
 
 def user_of_certificate(pem: bytes) -> tuple[str, Role] | None:
     """(name, role) of the admin user a certificate's SPIFFE URI SAN names, or None."""
-    from controlplane.secrets.ca import USER_PREFIX
+    from controlplane.spiffe import USER_PREFIX
     from controlplane.xds.identity import group_of_certificate
 
     name, _, role = (group_of_certificate(pem, USER_PREFIX) or "").partition("/")

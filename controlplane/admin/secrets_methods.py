@@ -17,6 +17,7 @@ from controlplane.admin.auth import Role
 from controlplane.admin.base import AdminBase
 from controlplane.api import admin_pb2
 from controlplane.errors import ControlPlaneError, FieldError, InvalidInputError
+from controlplane.spiffe import group_id, user_id
 
 if TYPE_CHECKING:  # the vault pulls in cryptography: keep it out of every CLI start
     from controlplane.secrets import Vault
@@ -113,9 +114,7 @@ class SecretMethods(AdminBase):
                 raise InvalidInputError([FieldError(
                     "--node-id", f"{request.node_id[:64]!r} is not a node id for a certificate "
                     "(1-256 of letters, digits and . _ ~ : @ -)")])
-            from controlplane.secrets.ca import spiffe_id  # see TYPE_CHECKING
-
-            uri = spiffe_id(request.group, request.node_id) if request.node_id else None
+            uri = group_id(request.group, request.node_id)
             ca_pem, issued = await self._require_vault().identity(request.group, actor=actor,
                                                                   uri=uri)
             return self._with_server_ca(admin_pb2.IssueProxyCertificateResponse(
@@ -145,8 +144,6 @@ class SecretMethods(AdminBase):
 async def _issue_user(vault: Vault, request: admin_pb2.IssueProxyCertificateRequest,
                       actor: str) -> admin_pb2.IssueProxyCertificateResponse:
     """A client certificate for an admin API user, its role signed into it."""
-    from controlplane.secrets.ca import user_spiffe_id
-
     errors = []
     if not _GROUP.match(request.user):
         errors.append(FieldError("--user", f"{request.user!r} is not a user name "
@@ -160,7 +157,7 @@ async def _issue_user(vault: Vault, request: admin_pb2.IssueProxyCertificateRequ
     if errors:
         raise InvalidInputError(errors)
     ca_pem, issued = await vault.identity(request.user, actor=actor,
-                                          uri=user_spiffe_id(request.user, request.role))
+                                          uri=user_id(request.user, request.role))
     return admin_pb2.IssueProxyCertificateResponse(
         ca_pem=ca_pem, cert_pem=issued.cert_pem,
         key_pem=issued.key_pem.get_secret_value().decode(),

@@ -43,7 +43,8 @@ def add_bootstrap_parser(sub: Any) -> None:
     p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
     p.add_argument("--tls-dir", dest="proxy_tls_dir",
                    help="mTLS to the control plane with ca.crt, proxy.crt and proxy.key "
-                        "from this directory (see `controlplane cert issue`)")
+                        "from this directory (see `controlplane cert issue`); Envoy accepts "
+                        "only a server certificate naming spiffe://controlplane/server")
     p.set_defaults(handler=run_bootstrap)
 
 

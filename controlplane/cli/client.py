@@ -9,6 +9,7 @@ import grpc
 
 from controlplane.api import admin_pb2_grpc
 from controlplane.errors import FieldError, InvalidInputError
+from controlplane.spiffe import SERVER_NAME
 
 DEFAULT_PORT = 18001
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
@@ -42,7 +43,11 @@ class Connection:
                 private_key=_read(self.tls_dir, "client.key"),
                 certificate_chain=_read(self.tls_dir, "client.crt"),
             )
-            return grpc.secure_channel(self.server, creds)
+            # Our CA signs proxies' and users' certificates too: a chain to it is not
+            # enough, the server must carry the name only its own certificate has
+            # (`diagnose.server_identity` explains a refusal).
+            return grpc.secure_channel(self.server, creds, options=(
+                ("grpc.ssl_target_name_override", SERVER_NAME),))
         return grpc.insecure_channel(self.server)
 
     def stub(self) -> admin_pb2_grpc.AdminStub:

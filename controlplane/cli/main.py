@@ -47,7 +47,8 @@ def _client_options() -> _Parser:
     )
     parent.add_argument("--token", help="bearer token (env CONTROLPLANE_TOKEN)")
     parent.add_argument("--tls-dir", dest="client_tls_dir",
-                        help="dir with ca.crt, client.crt/.key (env CONTROLPLANE_TLS_DIR)")
+                        help="dir with ca.crt, client.crt/.key (env CONTROLPLANE_TLS_DIR); "
+                             "the server must hold the control plane's own certificate")
     return parent
 
 
@@ -199,6 +200,13 @@ def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
               f"--metrics-addr?), so not the admin API (default {DEFAULT_SERVER}; "
               "serve --admin-addr)")
         return EXIT_USAGE
+    if code == grpc.StatusCode.UNAVAILABLE and _conn(args).tls_dir:
+        from controlplane.cli.diagnose import server_identity
+
+        impostor = server_identity(_conn(args))
+        if impostor is not None:
+            error(str(impostor))
+            return EXIT_FAILED
     if code == grpc.StatusCode.UNAVAILABLE:
         error(f"cannot reach the control plane at {_server(args)}: {details} (is "
               "`controlplane serve` running? set --server or CONTROLPLANE_SERVER)")

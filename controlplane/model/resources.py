@@ -10,7 +10,15 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from controlplane.model.duration import Duration
@@ -63,9 +71,42 @@ def _check_endpoint(value: str) -> str:
 # ---- Listener -------------------------------------------------------------------------------
 
 
+_SAN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _check_san(value: str) -> str:
+    # Envoy compares it with certificate names byte for byte; what no name holds is a typo.
+    if not _SAN.match(value):
+        raise ValueError(f"{value[:64]!r} is not a DNS name or URI: 1-255 printable ASCII "
+                         "characters, no spaces or control characters (CR, LF, NUL)")
+    return value
+
+
+SubjectAltName = Annotated[str, AfterValidator(_check_san)]
+
+
 class ListenerTLS(Model):
+    """A listener's TLS, e.g. `tls: {certificate: auto, mtls: true, allowedGroups: [edge]}`.
+
+    `certificate: auto` serves the group's certificate from our CA (over SDS). `mtls:
+    true` requires a client certificate from our CA; then `allowedGroups` (proxy groups:
+    their certificates' `spiffe://controlplane/group/<group>[/node/<id>]`) and
+    `allowedSubjectAltNames` (exact DNS names or URIs) narrow it to the certificates
+    that name one of them. Without either, any certificate our CA signed is accepted.
+    """
+
     certificate: str = "auto"
     mtls: bool = False
+    allowed_groups: list[Name] = Field(default_factory=list, max_length=256)
+    allowed_subject_alt_names: list[SubjectAltName] = Field(default_factory=list,
+                                                            max_length=256)
+
+    @model_validator(mode="after")
+    def _allowed_needs_mtls(self) -> ListenerTLS:
+        if (self.allowed_groups or self.allowed_subject_alt_names) and not self.mtls:
+            raise ValueError("allowedGroups and allowedSubjectAltNames name which client "
+                             "certificates to accept: set mtls: true too")
+        return self
 
 
 class ListenerSpec(Model):

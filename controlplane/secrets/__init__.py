@@ -1,7 +1,9 @@
 """secrets: our CA, group certificates, upstream credential values, sealed in etcd.
 
     crypto.py   SealingKey: encrypts key material before it reaches etcd (Fernet)
-    ca.py       CertificateAuthority: creates the CA, issues a group's serving certificate
+    ca.py       CertificateAuthority: creates the CA, issues a group's serving certificate,
+                client-only identities (proxies, users) and the server's own
+    server_trust.py  the xDS and admin ports' TLS: their key pair, the CAs trusted
     records.py  what is stored under {prefix}/vault/ (sealed JSON) and its plain form
     vault.py    Vault: reads, creates and rotates those records with compare-and-swap
                 (CA rotation too); `Material` is what translate needs (PEMs and values,

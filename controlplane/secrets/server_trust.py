@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from controlplane.spiffe import SERVER_ID
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
@@ -29,6 +34,27 @@ def pem_bundle(*bundles: str | bytes) -> bytes:
             if block not in seen:
                 seen.append(block)
     return b"".join(seen)
+
+
+def server_certificate(cert_pem: bytes, ca_bundle: str | bytes
+                       ) -> Literal["pinned", "unpinned", "foreign"]:
+    """Whether a server certificate names `spiffe://controlplane/server` ("pinned"), or
+    else was signed by a CA of `ca_bundle` ("unpinned": ours, from before identities were
+    pinned) or not ("foreign": someone else's, or unreadable)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if SERVER_ID in sans.get_values_for_type(x509.UniformResourceIdentifier):
+            return "pinned"
+    except (ValueError, x509.ExtensionNotFound):
+        return "foreign"
+    for block in _PEM.findall(pem_bundle(ca_bundle)):
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(block))
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return "unpinned"
+    return "foreign"
 
 
 class ServerTrust:

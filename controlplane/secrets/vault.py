@@ -45,6 +45,7 @@ from controlplane.secrets.records import (
     encode_previous_ca,
     source_digest,
 )
+from controlplane.spiffe import SERVER_ID
 
 log = logging.getLogger(__name__)
 
@@ -366,12 +367,29 @@ class Vault:
         }))
         return generation
 
-    async def identity(self, group: str, *, actor: str,
-                       uri: str | None = None) -> tuple[str, IssuedCertificate]:
-        """A fresh certificate naming `group` (SPIFFE URI SAN) for a proxy's or the xDS
-        server's own connection, and the CA that signs it (created if missing). With
-        `uri`, the certificate names that instead (an admin API user). Not stored;
-        audited. Returns (CA certificate PEM, the certificate and key)."""
+    async def identity(self, name: str, *, actor: str, uri: str) -> tuple[str, IssuedCertificate]:
+        """A fresh client-only certificate for `uri` (a proxy's xDS identity or an admin
+        user; `name` is its common name) and the CA that signs it (created if missing).
+        Not stored; audited. Returns (CA certificate PEM, the certificate and key)."""
+        return await self._issue_identity(
+            name, actor=actor, details={"uri": uri},
+            sign=lambda ca, now: ca.issue_client(name, uri=uri, now=now,
+                                                 lifetime_s=self.cert_lifetime_s))
+
+    async def server_identity(self, *, hosts: Sequence[str],
+                              actor: str) -> tuple[str, IssuedCertificate]:
+        """A fresh serving certificate for the control plane itself (`spiffe://controlplane/
+        server`, serverAuth only, naming `hosts` beside loopback) and the CA that signs
+        it. Not stored; audited."""
+        return await self._issue_identity(
+            "controlplane", actor=actor, details={"uri": SERVER_ID, "hosts": list(hosts)},
+            sign=lambda ca, now: ca.issue_server(hosts=hosts, now=now,
+                                                 lifetime_s=self.cert_lifetime_s))
+
+    async def _issue_identity(
+        self, name: str, *, actor: str, details: dict[str, object],
+        sign: Callable[[CertificateAuthority, float], IssuedCertificate],
+    ) -> tuple[str, IssuedCertificate]:
         for _ in range(5):
             read = await self._read()
             now = self._clock()
@@ -384,10 +402,10 @@ class Vault:
                 puts[self._keys.secret_ca] = encode_ca(ca.cert_pem, ca.key_pem, self._sealing)
                 expect[self._keys.secret_ca] = 0
                 notes.append(AuditNote(SYSTEM_ACTOR, "ca/create", "CertificateAuthority", "ca"))
-            issued = ca.issue(group, now=now, lifetime_s=self.cert_lifetime_s, uri=uri)
-            notes.append(AuditNote(actor, "cert/issue-identity", "Certificate", group, "",
+            issued = sign(ca, now)
+            notes.append(AuditNote(actor, "cert/issue-identity", "Certificate", name, "",
                                    {"serial": issued.serial, "notAfter": issued.not_after,
-                                    **({"uri": uri} if uri else {})}))
+                                    **details}))
             if await self._commit(puts, expect, [], notes):
                 return ca.cert_pem, issued
         raise ConflictError("the CA kept changing while issuing; try again")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from controlplane.spiffe import SERVER_ID
+
 XDS_CLUSTER = "xds_cluster"
 XDS_CONNECT_TIMEOUT = "1s"
 XDS_RETRY_BASE_INTERVAL = "0.1s"
@@ -153,7 +155,9 @@ def _xds_cluster(host: str, port: int, tls_dir: str | None = None) -> dict[str, 
 
 def _xds_mtls(tls_dir: str) -> dict[str, Any]:
     """mTLS to the control plane with the files `controlplane cert issue` writes: the
-    proxy's identity is its certificate, not the node it claims."""
+    proxy's identity is its certificate, not the node it claims; the server's is the
+    SPIFFE ID only its certificate carries (our CA also signs proxies' and groups'
+    certificates: a chain to it alone would let one of those pose as the control plane)."""
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -165,7 +169,11 @@ def _xds_mtls(tls_dir: str) -> dict[str, Any]:
                     "certificate_chain": {"filename": f"{tls_dir}/proxy.crt"},
                     "private_key": {"filename": f"{tls_dir}/proxy.key"},
                 }],
-                "validation_context": {"trusted_ca": {"filename": f"{tls_dir}/ca.crt"}},
+                "validation_context": {
+                    "trusted_ca": {"filename": f"{tls_dir}/ca.crt"},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": SERVER_ID}}],
+                },
             },
         },
     }

@@ -50,6 +50,7 @@ from pydantic import SecretBytes, SecretStr
 
 from controlplane.model import Credential, DesiredState
 from controlplane.model.resources import ListenerTLS, UpstreamTLS
+from controlplane.spiffe import NODE_PART, group_id
 from controlplane.translate.common import ads, pack
 
 CA_SECRET = "controlplane-ca"
@@ -107,15 +108,47 @@ def sds(name: str) -> SdsSecretConfig:
 
 def downstream_tls(group: str, tls: ListenerTLS) -> TransportSocket:
     """The listener's TLS: the group certificate over SDS; with mtls, client certificates
-    must chain to our CA (validation context over SDS too)."""
+    must chain to our CA (validation context over SDS too) and, with `allowedGroups` or
+    `allowedSubjectAltNames`, name one of them."""
     context = DownstreamTlsContext(common_tls_context=CommonTlsContext(
         tls_certificate_sds_secret_configs=[sds(certificate_secret_name(group))],
         alpn_protocols=list(ALPN),
     ))
     if tls.mtls:
-        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(sds(CA_SECRET))
+        common = context.common_tls_context
+        matchers = allowed_peer_matchers(tls.allowed_groups, tls.allowed_subject_alt_names)
+        if matchers:
+            # Names inline, CA over SDS: Envoy merges the two.
+            combined = common.combined_validation_context
+            combined.default_validation_context.match_typed_subject_alt_names.extend(matchers)
+            combined.validation_context_sds_secret_config.CopyFrom(sds(CA_SECRET))
+        else:
+            common.validation_context_sds_secret_config.CopyFrom(sds(CA_SECRET))
         context.require_client_certificate.CopyFrom(BoolValue(value=True))
     return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
+def allowed_peer_matchers(groups: Iterable[str], names: Iterable[str]
+                          ) -> list[SubjectAltNameMatcher]:
+    """A peer certificate passes if it matches any of these: a group's SPIFFE ID exactly,
+    or one of its nodes' (`.../group/<g>/node/<id>`; the prefix ends in `/node/`, so group
+    `g` never admits group `g2`), or one of `names` exactly (a URI if it has a scheme,
+    else a DNS name)."""
+    matchers: list[SubjectAltNameMatcher] = []
+    for group in groups:
+        matchers += [
+            SubjectAltNameMatcher(san_type=SubjectAltNameMatcher.URI,
+                                  matcher=StringMatcher(exact=group_id(group))),
+            SubjectAltNameMatcher(san_type=SubjectAltNameMatcher.URI,
+                                  matcher=StringMatcher(prefix=group_id(group) + NODE_PART)),
+        ]
+    matchers += [
+        SubjectAltNameMatcher(
+            san_type=SubjectAltNameMatcher.URI if "://" in name else SubjectAltNameMatcher.DNS,
+            matcher=StringMatcher(exact=name))
+        for name in names
+    ]
+    return matchers
 
 
 def upstream_tls(group: str, tls: UpstreamTLS) -> TransportSocket:

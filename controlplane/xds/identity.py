@@ -19,11 +19,10 @@ from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.errors import AuthenticationError
+from controlplane.spiffe import GROUP_PREFIX as SPIFFE_PREFIX
+from controlplane.spiffe import NODE_PART
 
 log = logging.getLogger(__name__)
-
-SPIFFE_PREFIX = "spiffe://controlplane/group/"
-NODE_PART = "/node/"
 
 
 def group_of_certificate(pem: bytes, prefix: str = SPIFFE_PREFIX) -> str | None:

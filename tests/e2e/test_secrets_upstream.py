@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.secrets import CertificateAuthority
-from controlplane.secrets.ca import spiffe_id
+from controlplane.spiffe import group_id as spiffe_id
 from controlplane.store import EmbeddedEtcd
 from tests.e2e.test_secrets import FIRST_CONFIG_S, etcd, our_ca  # noqa: F401 (fixture)
 from tests.support.controlplane import ServeProcess, cli

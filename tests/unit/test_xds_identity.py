@@ -6,7 +6,8 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.errors import AuthenticationError
-from controlplane.secrets.ca import CertificateAuthority, spiffe_id
+from controlplane.secrets.ca import CertificateAuthority
+from controlplane.spiffe import group_id as spiffe_id
 from controlplane.xds.identity import (
     certificate_identity,
     group_of_certificate,
