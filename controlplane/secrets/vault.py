@@ -12,8 +12,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -25,10 +24,11 @@ from controlplane.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from controlplane.model import Credential, DesiredState
+from controlplane.model import DesiredState
 from controlplane.secrets.ca import CertificateAuthority, IssuedCertificate
 from controlplane.secrets.credentials import CredentialRotation, check_new_value
 from controlplane.secrets.crypto import SealingKey
+from controlplane.secrets.files import CredentialFiles
 from controlplane.secrets.records import (
     CertRecord,
     CredentialRecord,
@@ -41,6 +41,7 @@ from controlplane.secrets.records import (
     encode_cert,
     encode_credential,
     encode_previous_ca,
+    legacy_source_digest,
     source_digest,
 )
 
@@ -144,29 +145,6 @@ def needs_ca(state: DesiredState) -> bool:
         for ups in state.upstreams.values() for v in ups.spec.versions.values())
 
 
-def read_credential_file(path: str) -> SecretStr:
-    """A credential value from a file (server side), trailing newline stripped.
-
-    Errors:
-        InvalidInputError: the file cannot be read or is empty.
-    """
-    try:
-        value = Path(path).read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read credential file {path}: {exc.strerror}") from None
-    if not value:
-        raise InvalidInputError(f"credential file {path} is empty")
-    return SecretStr(value)
-
-
-def _resolve(credential: Credential) -> SecretStr:
-    spec = credential.spec
-    if spec.value is not None:
-        return spec.value
-    assert spec.value_from is not None
-    return read_credential_file(spec.value_from.file)
-
-
 @dataclass
 class _Read:
     revision: int
@@ -188,16 +166,19 @@ class Vault:
         sealing: seals key material and values before they are written.
         commit: writes with compare-and-swap and audit (see `Committer`).
         cert_lifetime_s: lifetime of group certificates (rotated at about half of it).
+        files: where credential files may be read from (default: nowhere).
     """
 
     def __init__(
         self, kv: SecretKV, keys: SecretKeys, sealing: SealingKey, commit: Committer, *,
         cert_lifetime_s: float = DEFAULT_CERT_LIFETIME_S,
         clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+        files: CredentialFiles | None = None,
     ) -> None:
         self._kv = kv
         self._keys = keys
         self._sealing = sealing
+        self.files = files or CredentialFiles()
         self._commit = commit
         self.cert_lifetime_s = cert_lifetime_s
         self._clock = clock
@@ -302,12 +283,12 @@ class Vault:
                            action="cert/issue" if old is None else "cert/rotate",
                            reason="" if old is None else "half of its lifetime passed")
         for name, credential in state.credentials.items():
-            source = source_digest(credential)
+            source = source_digest(credential, self._sealing)
             old_cred = read.credentials.get(name)
             if old_cred is not None and old_cred.source == source:
                 continue
             try:
-                value = _resolve(credential)
+                value = self.files.read(credential)
             except InvalidInputError as exc:
                 log.error("Credential/%s has no value yet: %s", name, exc)
                 continue
@@ -328,6 +309,33 @@ class Vault:
             log.info("another replica wrote secrets first; re-reading")
             return []
         return [f"{n.action} {n.name}" for n in notes] + [f"delete {k.decode()}" for k in deletes]
+
+    async def migrate_sources(self, state: DesiredState) -> list[str]:
+        """Rewrite credential records whose source fingerprint is an unsalted SHA-256
+        (written before keyed ones) with the keyed HMAC: same value, same generation, so
+        nothing is re-read or rotated. Audited (`credential/migrate`). Returns the names
+        rewritten ([] also when another replica won the race: it did the same).
+        """
+        read = await self._read()
+        puts: dict[bytes, bytes] = {}
+        expect: dict[bytes, int] = {}
+        notes: list[AuditNote] = []
+        for name, record in sorted(read.credentials.items()):
+            credential = state.credentials.get(name)
+            if credential is None or record.source != legacy_source_digest(credential):
+                continue
+            key = self._keys.secret_credential(name)
+            puts[key] = encode_credential(
+                replace(record, source=source_digest(credential, self._sealing)),
+                self._sealing)
+            expect[key] = read.mods[key]
+            notes.append(AuditNote(
+                SYSTEM_ACTOR, "credential/migrate", "Credential", name,
+                "its source fingerprint is now a keyed HMAC, not an unsalted SHA-256",
+                {"generation": record.generation}))
+        if not puts or not await self._commit(puts, expect, [], notes):
+            return []
+        return [n.name for n in notes]
 
     def _put_cert(self, read: _Read, ca: CertificateAuthority, group: str, now: float,
                   puts: dict[bytes, bytes], expect: dict[bytes, int], notes: list[AuditNote],
@@ -516,7 +524,7 @@ class Vault:
         if credential is None:
             raise NotFoundError(f"Credential/{name} not found; `controlplane get credentials` "
                                 "lists what exists")
-        new_value = value if value is not None else _resolve(credential)
+        new_value = value if value is not None else self.files.read(credential)
         for _ in range(CAS_ATTEMPTS):
             read = await self._read()
             old = read.credentials.get(name)
@@ -529,8 +537,8 @@ class Vault:
             # Only a value that was sent and is now replaced can be revoked.
             revoked = old if emergency else None
             generation = self._put_credential(
-                read, name, new_value, source_digest(credential), self._clock(), puts, expect,
-                notes, actor=actor,
+                read, name, new_value, source_digest(credential, self._sealing), self._clock(),
+                puts, expect, notes, actor=actor,
                 action="credential/revoke" if revoked else "credential/rotate",
                 reason=(f"emergency: generation {revoked.generation} revoked" if revoked
                         else "operator request"),

@@ -335,6 +335,11 @@ class EtcdKV:
         """Drop the history before `revision` (watches from before it get Compacted)."""
         await self._call("compaction", lambda c: c.compact(revision, physical=True))
 
+    async def defragment(self) -> None:
+        """Rewrite the connected member's db file: what compaction freed is gone from it
+        (freed pages otherwise keep their old bytes)."""
+        await self._call("defragment", lambda c: c.defragment())
+
     # ---- leases -------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
