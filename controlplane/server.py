@@ -166,6 +166,8 @@ class ControlPlane:
         from controlplane.secrets.vault import SYSTEM_ACTOR
 
         sealing = SealingKey.load(tls_dir=self.config.tls_dir, data_dir=self.config.data_dir)
+        # SDS versions reach etcd (fleet reports): keyed, so they reveal nothing.
+        self.stage.attach_secret_key(sealing.derive(b"sds-versions"))
         self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes,
                                          sealer=sealing)
         self.store.kv.on_error = self.telemetry.etcd_error

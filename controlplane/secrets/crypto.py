@@ -61,6 +61,11 @@ class SealingKey:
         equal data, useless to whoever lacks the key."""
         return hmac.new(self._mac_key, data, hashlib.sha256).hexdigest()
 
+    def derive(self, label: bytes) -> bytes:
+        """A key for another use (`label` names it), derived from this one: the same on
+        every replica that shares this key."""
+        return hmac.new(self._mac_key, b"derive:" + label, hashlib.sha256).digest()
+
     def unseal(self, token: str) -> bytes:
         """Errors:
         ControlPlaneError: sealed with another key, or corrupted.

@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane.errors import ControlPlaneError, InvalidInputError
 from controlplane.model import Credential, parse_yaml, to_stored
@@ -15,11 +18,13 @@ from controlplane.secrets import SealingKey
 from controlplane.secrets.files import CredentialFiles
 from controlplane.secrets.records import legacy_source_digest, source_digest
 from controlplane.store.sealed import SEALED, is_clear, open_stored, seal_stored
+from controlplane.xds.resources import CLUSTER, SECRET
+from controlplane.xds.snapshot import Snapshot
 
-SECRET = "hunter2-inline"
+VALUE = "hunter2-inline"
 
 
-def credential(value: str = SECRET) -> Credential:
+def credential(value: str = VALUE) -> Credential:
     (resource,) = parse_yaml(f"apiVersion: controlplane/v1\nkind: Credential\n"
                              f"metadata: {{name: key}}\nspec: {{header: x-api-key, "
                              f"value: {value}}}\n")
@@ -42,7 +47,7 @@ def test_a_sealed_value_is_not_in_the_stored_bytes_and_opens_to_the_original() -
     clear = to_stored(credential())
     assert is_clear(clear)
     sealed = seal_stored(clear, KEY)
-    assert SECRET.encode() not in sealed and not is_clear(sealed)
+    assert VALUE.encode() not in sealed and not is_clear(sealed)
     assert json.loads(sealed)["spec"][SEALED].startswith("gAAAA")
     assert open_stored(sealed, KEY) == clear
 
@@ -79,7 +84,7 @@ def test_a_fingerprint_is_a_keyed_hmac_not_an_unsalted_hash() -> None:
 def test_a_credentials_source_digest_cannot_be_checked_against_a_guess() -> None:
     digest = source_digest(credential(), KEY)
     assert digest == source_digest(credential(), KEY) != source_digest(credential("b"), KEY)
-    guessed = hashlib.sha256(f"value:{SECRET}".encode()).hexdigest()
+    guessed = hashlib.sha256(f"value:{VALUE}".encode()).hexdigest()
     assert guessed[:16] == legacy_source_digest(credential())  # what records used to hold
     assert guessed[:16] not in digest and guessed[:32] not in digest
     assert source_digest(credential(), SealingKey(SealingKey.generate())) != digest
@@ -133,3 +138,19 @@ def test_without_credentials_dirs_every_file_is_refused(dirs: tuple[Path, Path, 
     with pytest.raises(InvalidInputError, match=r"reads no credential files.*--credentials-dir"):
         CredentialFiles().check([file_credential(dirs[0] / "key")])
     CredentialFiles().check([credential()])  # inline values need no file
+
+
+def test_sds_versions_are_keyed_so_a_reported_version_reveals_no_value() -> None:
+    secret = secret_pb2.Secret(name="credential-key", generic_secret=secret_pb2.GenericSecret(
+        secret=base_pb2.DataSource(inline_string=VALUE)))
+    cluster = cluster_pb2.Cluster(name="payments|v1")
+    resources = {SECRET: [secret], CLUSTER: [cluster]}
+    plain = Snapshot.build(resources)
+    keyed = Snapshot.build(resources, secret_key=KEY.derive(b"sds-versions"))
+    guessed = hashlib.sha256(secret.SerializeToString(deterministic=True)).hexdigest()[:16]
+    assert plain.resources(SECRET)["credential-key"].version == guessed  # unkeyed: testable
+    assert keyed.resources(SECRET)["credential-key"].version != guessed
+    assert keyed.version(SECRET) != plain.version(SECRET)
+    again = Snapshot.build(resources, secret_key=KEY.derive(b"sds-versions"))
+    assert again.version(SECRET) == keyed.version(SECRET), "the same on every replica"
+    assert keyed.version(CLUSTER) == plain.version(CLUSTER), "other types: content hashes"
