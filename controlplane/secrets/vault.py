@@ -285,6 +285,19 @@ class Vault:
         for name, credential in state.credentials.items():
             source = source_digest(credential, self._sealing)
             old_cred = read.credentials.get(name)
+            refused = (self.files.refusal(credential.spec.value_from.file)
+                       if credential.spec.value_from is not None else None)
+            if refused is not None:
+                # Applied before the file was off limits (or the limits changed): what
+                # it read is never sent again.
+                log.error("Credential/%s: spec.valueFrom.file: %s", name, refused)
+                if old_cred is not None:
+                    key = self._keys.secret_credential(name)
+                    deletes.append(key)
+                    expect[key] = read.mods[key]
+                    notes.append(AuditNote(SYSTEM_ACTOR, "credential/refuse", "Credential",
+                                           name, f"spec.valueFrom.file: {refused}"))
+                continue
             if old_cred is not None and old_cred.source == source:
                 continue
             try:

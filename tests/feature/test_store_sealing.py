@@ -12,6 +12,7 @@ import pytest
 
 from controlplane.model import Credential, DesiredState, parse_yaml, to_stored
 from controlplane.secrets import SealingKey, Vault
+from controlplane.secrets.files import CredentialFiles
 from controlplane.secrets.records import (
     SOURCE_HMAC,
     decode_credential,
@@ -50,14 +51,14 @@ async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
         await s.close()
 
 
-def vault_of(store: Store) -> Vault:
+def vault_of(store: Store, files: CredentialFiles | None = None) -> Vault:
     async def commit(puts: Mapping[bytes, bytes], expect: Mapping[bytes, int],
                      deletes: Sequence[bytes], notes: Sequence[AuditNote]) -> bool:
         records = [AuditRecord(actor=n.actor, action=n.action, kind=n.kind, name=n.name,
                                reason=n.reason, after=n.after) for n in notes]
         return await store.commit(puts=puts, expect=expect, deletes=deletes,
                                   audit=records) is not None
-    return Vault(store.kv, store.keys, KEY, commit)
+    return Vault(store.kv, store.keys, KEY, commit, files=files)
 
 
 async def test_a_reapply_of_the_same_sealed_value_is_unchanged(store: Store) -> None:
@@ -119,3 +120,27 @@ async def test_an_unsalted_fingerprint_is_rewritten_keyed_without_a_new_generati
     assert (migrated.generation, migrated.value) == (record.generation, record.value)
     assert await vault.ensure(state) == [], "the keyed source matches: nothing re-read"
     assert [e.action for e in await store.audit()][-1] == "credential/migrate"
+
+
+async def test_a_value_read_from_a_file_now_off_limits_is_never_sent_again(
+    store: Store, tmp_path: Path,
+) -> None:
+    # As if applied before --credentials-dir existed, naming the data dir's sealing key.
+    data = tmp_path / "data"
+    stolen = data / "secrets.key"
+    stolen.write_text("the-sealing-key\n")
+    state = DesiredState.of(parse_yaml(
+        "apiVersion: controlplane/v1\nkind: Credential\nmetadata: {name: stolen}\n"
+        f'spec: {{header: x-api-key, valueFrom: {{file: "{stolen}"}}}}\n'))
+    assert await vault_of(store, CredentialFiles.of([tmp_path])).ensure(state) == [
+        "credential/load stolen"]
+    guarded = vault_of(store, CredentialFiles.of([tmp_path],
+                                                 forbidden=[("the data dir", data)]))
+    done = await guarded.ensure(state)
+    assert done[0] == "credential/refuse stolen", done
+    material, _ = await guarded.load()
+    assert "stolen" not in material.credentials
+    assert await guarded.ensure(state) == [], "refused once; nothing to delete after"
+    (entry,) = [e for e in await store.audit() if e.action == "credential/refuse"]
+    assert entry.reason.startswith("spec.valueFrom.file: ") and "inside the data dir" in (
+        entry.reason)
