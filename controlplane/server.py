@@ -171,7 +171,8 @@ class ControlPlane:
         self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes,
                                          sealer=sealing)
         self.store.kv.on_error = self.telemetry.etcd_error
-        forbidden = [("the data dir", self.config.data_dir)]
+        # /proc: /proc/self/environ holds CONTROLPLANE_SECRETS_KEY when it is set.
+        forbidden = [("the data dir", self.config.data_dir), ("procfs", Path("/proc"))]
         if self.config.tls_dir is not None:
             forbidden.append(("the TLS dir", self.config.tls_dir))
         vault = Vault(self.store.kv, self.store.keys, sealing, self._commit_secrets,
@@ -283,7 +284,7 @@ class ControlPlane:
         revision = await self.store.compact_history()
         log.warning("sealed the inline values of Credential(s) %s and re-keyed the "
                     "fingerprints of %s; etcd's history before revision %d is compacted "
-                    "(an external etcd's WAL may keep old values until it is rotated)",
+                    "(its WAL keeps them until etcd rotates the files: README, Sealed at rest)",
                     ", ".join(sealed) or "(none)", ", ".join(migrated) or "(none)", revision)
 
     async def _follow(self, watch: AsyncIterator[tuple[object, int]]) -> None:

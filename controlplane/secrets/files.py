@@ -56,8 +56,8 @@ class CredentialFiles:
         for what, directory in self.forbidden:
             if _inside(real, directory) or _inside(directory, real):
                 return (f"{shown} is inside {what} {directory}, which holds the server's "
-                        "own keys and is never read for a credential; move the value to a "
-                        "file in --credentials-dir")
+                        "own keys or environment and is never read for a credential; move "
+                        "the value to a file in --credentials-dir")
         if not any(_inside(real, directory) for directory in self.allowed):
             return (f"{shown} is not inside a --credentials-dir "
                     f"({', '.join(str(d) for d in self.allowed)}); move it there")

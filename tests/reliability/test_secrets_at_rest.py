@@ -101,20 +101,25 @@ def test_clear_values_an_older_version_stored_are_sealed_at_start_and_compacted_
 
 
 def test_valuefrom_naming_the_sealing_key_is_refused_with_exit_2(tmp_path: Path) -> None:
-    # The data dir is inside the credentials dir: it stays refused all the same.
+    # The data dir (and /proc) inside the credentials dirs: refused all the same.
     serve = ServeProcess(tmp_path / "cp",
-                         extra_args=("--credentials-dir", str(tmp_path))).start()
+                         extra_args=("--credentials-dir", f"{tmp_path},/proc")).start()
     try:
         sealing_key = tmp_path / "cp" / "secrets.key"
         assert sealing_key.exists()
         link = tmp_path / "innocent"
         link.symlink_to(sealing_key)
-        for path in (sealing_key, link, tmp_path / "cp" / ".." / "cp" / "secrets.key"):
+        for path, why in [
+            (sealing_key, "inside the data dir"),
+            (link, "inside the data dir"),
+            (tmp_path / "cp" / ".." / "cp" / "secrets.key", "inside the data dir"),
+            (Path("/proc/self/environ"), "inside procfs"),  # CONTROLPLANE_SECRETS_KEY
+        ]:
             result = cli(["apply", "-f", "-"], server=serve.admin,
                          stdin=from_file("stolen", path))
             assert result.code == 2, (path, result)
             assert "Credential/stolen: spec.valueFrom.file" in result.err, result.err
-            assert "inside the data dir" in result.err, result.err
+            assert why in result.err, result.err
         listed = cli(["get", "credentials", "-o", "json"], server=serve.admin)
         assert listed.code == 0 and "stolen" not in listed.out, "nothing written"
         audit = cli(["audit", "-o", "json"], server=serve.admin)
