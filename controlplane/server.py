@@ -95,6 +95,8 @@ class ServeConfig:
     tls_dir: Path | None = None
     leader_ttl: int = 10
     cert_lifetime_s: float = 24 * 3600.0
+    credentials_dirs: tuple[Path, ...] = ()
+    """Where `valueFrom.file` may point (none: nowhere); never inside data_dir or tls_dir."""
 
 
 class ControlPlane:
@@ -156,23 +158,35 @@ class ControlPlane:
             max_request_bytes = MAX_REQUEST_BYTES
             log.info("embedded etcd %s (pid %d) under %s",
                      self.etcd.endpoint, self.etcd.pid, self.config.data_dir)
-        self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes)
+        # Secrets: sealed CA, group certificates and credential values in etcd (inline
+        # Credential values too: the store seals them). Imported here: cryptography adds
+        # ~90 ms to every CLI command, which imports this module.
+        from controlplane.secrets import SealingKey, Vault
+        from controlplane.secrets.files import CredentialFiles
+        from controlplane.secrets.sync import SecretSync
+        from controlplane.secrets.vault import SYSTEM_ACTOR
+
+        sealing = SealingKey.load(tls_dir=self.config.tls_dir, data_dir=self.config.data_dir)
+        # SDS versions reach etcd (fleet reports): keyed, so they reveal nothing.
+        self.stage.attach_secret_key(sealing.derive(b"sds-versions"))
+        self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes,
+                                         sealer=sealing)
         self.store.kv.on_error = self.telemetry.etcd_error
+        # /proc: /proc/self/environ holds CONTROLPLANE_SECRETS_KEY when it is set.
+        forbidden = [("the data dir", self.config.data_dir), ("procfs", Path("/proc"))]
+        if self.config.tls_dir is not None:
+            forbidden.append(("the TLS dir", self.config.tls_dir))
+        vault = Vault(self.store.kv, self.store.keys, sealing, self._commit_secrets,
+                      cert_lifetime_s=self.config.cert_lifetime_s,
+                      files=CredentialFiles.of(self.config.credentials_dirs,
+                                               forbidden=forbidden))
+        await self._seal_at_rest(vault, actor=SYSTEM_ACTOR)
         watch = self.store.watch_state()
         state, revision = await anext(watch)
         self.telemetry.observe_state(state)
         self.routed.update(state)
-        # Secrets: sealed CA, group certificates and credential values in etcd. The sync
-        # issues and rotates them and hands the material to the publisher, primed before
-        # the first publish so TLS groups are whole from their first snapshot. Imported
-        # here: cryptography adds ~90 ms to every CLI command, which imports this module.
-        from controlplane.secrets import SealingKey, Vault
-        from controlplane.secrets.sync import SecretSync
-
-        vault = Vault(self.store.kv, self.store.keys,
-                      SealingKey.load(tls_dir=self.config.tls_dir,
-                                      data_dir=self.config.data_dir),
-                      self._commit_secrets, cert_lifetime_s=self.config.cert_lifetime_s)
+        # The sync issues and rotates secrets and hands the material to the publisher,
+        # primed before the first publish so TLS groups are whole from their first snapshot.
         # A CA rotation keeps the previous CA trusted until the fleet ACKed the new certs.
         self.secret_sync = SecretSync(vault, self._on_material,
                                       fleet_acked=self._fleet_acked_secrets)
@@ -258,6 +272,22 @@ class ControlPlane:
         self.lock.describe(**bound)  # for the error a second serve on this data dir prints
         log.info("state at etcd revision %d: %d resources; groups %s",
                  revision, len(state.resources()), ", ".join(state.groups()) or "(none)")
+
+    async def _seal_at_rest(self, vault: Vault, *, actor: str) -> None:
+        """What versions before sealing left in etcd: inline Credential values in clear,
+        credential records fingerprinted with an unsalted SHA-256. Rewritten (audited),
+        then etcd's history before them compacted, so no old revision holds them."""
+        assert self.store is not None
+        sealed = await self.store.seal_clear_values(actor=actor)
+        state, _ = await self.store.load()
+        migrated = await vault.migrate_sources(state)
+        if not sealed and not migrated:
+            return
+        revision = await self.store.compact_history()
+        log.warning("sealed the inline values of Credential(s) %s and re-keyed the "
+                    "fingerprints of %s; etcd's history before revision %d is compacted "
+                    "(its WAL keeps them until etcd rotates the files: README, Sealed at rest)",
+                    ", ".join(sealed) or "(none)", ", ".join(migrated) or "(none)", revision)
 
     async def _follow(self, watch: AsyncIterator[tuple[object, int]]) -> None:
         async for state, revision in watch:
@@ -530,6 +560,10 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--admin-addr", default=DEFAULT_ADMIN_ADDR)
     p.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR)
     p.add_argument("--tls-dir", help="CA and server certificates: xDS and admin require mTLS")
+    p.add_argument("--credentials-dir", action="append", default=[], metavar="DIR",
+                   help="a directory Credentials' valueFrom.file may name (repeatable or "
+                        "DIR,DIR); default none: valueFrom.file is refused. Never the data "
+                        "dir or the TLS dir")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=list(FORMATS),
                    help="json: one JSON object per line (ts, level, logger, msg, fields)")
@@ -557,6 +591,8 @@ def serve_command(args: argparse.Namespace) -> int:
         admin_addr=args.admin_addr,
         metrics_addr=args.metrics_addr or None,
         tls_dir=Path(args.tls_dir) if args.tls_dir else None,
+        credentials_dirs=tuple(Path(d) for arg in args.credentials_dir
+                               for d in arg.split(",") if d),
     )
     return asyncio.run(_serve(config, json_logs=args.log_format == "json"))
 

@@ -46,12 +46,22 @@ class RenderStage:
     """Each group's snapshot of a state, rendered once per distinct input."""
 
     def __init__(self) -> None:
+        self._secret_key: bytes | None = None
         self._memo: OrderedDict[_Key, tuple[Snapshot | ControlPlaneError, object]] = (
             OrderedDict())
         self._states: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.renders = 0
         """Translations made (memo misses): what tests and benchmarks compare."""
+
+    def attach_secret_key(self, key: bytes) -> None:
+        """Version SDS resources with an HMAC under `key` (`Snapshot.build`); the same on
+        every replica, so their versions agree. Call before the first render: renders
+        made before are dropped."""
+        with self._lock:
+            self._secret_key = key
+            self._memo.clear()
+            self._states.clear()
 
     def snapshot(self, state: DesiredState, group: str,
                  secrets: SecretMaterial | None = None) -> Snapshot:
@@ -70,7 +80,8 @@ class RenderStage:
                 return _raise_or(known[0])
         try:
             built: Snapshot | ControlPlaneError = Snapshot.build(
-                resources_of(state, group, secrets).by_type_url())
+                resources_of(state, group, secrets).by_type_url(),
+                secret_key=self._secret_key)
         except ControlPlaneError as exc:
             built = exc
         with self._lock:

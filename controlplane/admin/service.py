@@ -29,6 +29,8 @@ class AdminService(
         async def run(actor: str) -> admin_pb2.ApplyResponse:
             docs = [_json(text, i) for i, text in enumerate(request.documents)]
             resources = validate_documents(docs)
+            if self._vault is not None:  # files only the server reads: only it can check
+                self._vault.files.check(resources)
             result = await self._store.apply(resources, actor=actor, dry_run=request.dry_run)
             response = admin_pb2.ApplyResponse(
                 changes=[

@@ -153,7 +153,8 @@ class World:
                 upstreams[version] = await app.start()
                 stack.push_async_callback(app.stop)
             config = ServeConfig(data_dir=workdir / "data", xds_addr="127.0.0.1:0",
-                                 admin_addr="127.0.0.1:0", metrics_addr=None)
+                                 admin_addr="127.0.0.1:0", metrics_addr=None,
+                                 credentials_dirs=(keys,))
             cp = await stack.enter_async_context(ControlPlane.running(config))
             admin = AdminClient(f"127.0.0.1:{cp.admin_port}")
             stack.push_async_callback(admin.close)

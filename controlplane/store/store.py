@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from controlplane.errors import (
     ConflictError,
+    ControlPlaneError,
     FieldError,
     InvalidInputError,
     NotFoundError,
@@ -43,6 +44,7 @@ from controlplane.store.audit import (
 )
 from controlplane.store.keys import Keys
 from controlplane.store.kv import KV, EtcdKV, TxnResult
+from controlplane.store.sealed import Sealer, is_clear, open_stored, seal_stored
 from controlplane.store.watch import watch_state
 
 log = logging.getLogger(__name__)
@@ -88,24 +90,28 @@ class Store:
 
     Safe to share between tasks. `kv` and `keys` are for the control plane's own
     collaborators (leases, fleet reports); they bypass validation and the audit log.
+    `sealer` seals inline Credential values before they are written (`store.sealed`);
+    without one such values are refused.
     """
 
-    def __init__(self, kv: EtcdKV, keys: Keys) -> None:
+    def __init__(self, kv: EtcdKV, keys: Keys, *, sealer: Sealer | None = None) -> None:
         self._kv = kv
         self.keys = keys
+        self._sealer = sealer
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], *, prefix: str = "/controlplane",
-                      max_request_bytes: int | None = None) -> Store:
+                      max_request_bytes: int | None = None,
+                      sealer: Sealer | None = None) -> Store:
         """Connect to etcd (`host:port` or `http://host:port`, tried in turn).
         `max_request_bytes`: etcd's --max-request-bytes, when known (writes over it are
-        refused before they are sent).
+        refused before they are sent). `sealer`: see the class.
 
         Errors:
             StoreUnavailableError: no endpoint answers.
         """
         kv = EtcdKV(endpoints, max_request_bytes=max_request_bytes)
-        store = cls(kv, Keys(prefix.rstrip("/")))
+        store = cls(kv, Keys(prefix.rstrip("/")), sealer=sealer)
         try:
             await kv.get(store.keys.audit_head)  # fail fast with a clear error
         except BaseException:
@@ -133,8 +139,9 @@ class Store:
                     if kind == "Rollout":
                         statuses[name] = RolloutStatus.from_json(kv.value)
                 elif kv.key.startswith(self.keys.resources):
-                    resources.append(from_stored(kv.value))
-            except (ValueError, TypeError) as exc:  # written by hand, or by a newer version
+                    resources.append(from_stored(open_stored(kv.value, self._sealer)))
+            # Written by hand, by a newer version, or sealed with another key.
+            except (ValueError, TypeError, ControlPlaneError) as exc:
                 log.error("ignoring unreadable %s: %s", kv.key.decode(errors="replace"), exc)
         digest = hashlib.sha256()
         for kv in got.kvs:  # in key order: etcd returns a range sorted
@@ -162,7 +169,7 @@ class Store:
             raise NotFoundError(f"{kind}/{name} not found; `controlplane get "
                                 f"{kind.lower()}s` lists what exists")
         try:
-            return from_stored(got.value)
+            return from_stored(open_stored(got.value, self._sealer))
         except ValueError as exc:
             raise InvalidInputError([FieldError(
                 f"{kind}/{name}", f"the stored value is unreadable ({exc}); apply it again"
@@ -178,8 +185,8 @@ class Store:
         out: builtins.list[Resource] = []
         for kv in got.kvs:
             try:
-                out.append(from_stored(kv.value))
-            except ValueError as exc:
+                out.append(from_stored(open_stored(kv.value, self._sealer)))
+            except (ValueError, ControlPlaneError) as exc:
                 log.error("ignoring unreadable %s: %s", kv.key.decode(errors="replace"), exc)
         return out
 
@@ -213,7 +220,8 @@ class Store:
             for resource in resources:
                 key = self.keys.resource(resource.kind, resource.name)
                 old = snap.kvs.get(key)
-                new = to_stored(resource)
+                new = seal_stored(to_stored(resource), self._sealer,
+                                  previous=None if old is None else old.value)
                 if old is not None and old.value == new:
                     changes.append(Change(resource.kind, resource.name, "unchanged"))
                     continue
@@ -293,6 +301,47 @@ class Store:
                 return Change(kind, name, "deleted")
             await _pause(attempt)
         raise ConflictError(f"{kind}/{name} kept changing; delete again")
+
+    async def seal_clear_values(self, *, actor: str) -> builtins.list[str]:
+        """Rewrite, sealed, every Credential whose inline value is stored in clear (by a
+        version before values were sealed); one transaction, audited `store/seal`.
+        Returns the names rewritten. Their clear revisions stay in etcd's history until
+        `compact_history`.
+
+        Errors:
+            ControlPlaneError: there are such values and this store has no sealer.
+            ConflictError: other writers kept winning.
+        """
+        for attempt in range(CAS_ATTEMPTS):
+            got = await self._kv.range(self.keys.kind_prefix("Credential"))
+            puts: dict[bytes, bytes] = {}
+            expect: dict[bytes, int] = {}
+            records: builtins.list[AuditRecord] = []
+            for kv in got.kvs:
+                if not is_clear(kv.value):
+                    continue
+                puts[kv.key] = seal_stored(kv.value, self._sealer)
+                expect[kv.key] = kv.mod_revision
+                records.append(AuditRecord(
+                    actor=actor, action="store/seal", kind="Credential",
+                    name=self.keys.parse_resource(kv.key)[1],
+                    reason="its inline value was stored in clear; now sealed"))
+            if not puts:
+                return []
+            if await self.commit(puts=puts, expect=expect, audit=records) is not None:
+                return [r.name for r in records]
+            await _pause(attempt)
+        raise ConflictError("Credentials kept changing while sealing their values; restart")
+
+    async def compact_history(self) -> int:
+        """Drop etcd's history before now and defragment the connected member, so that
+        values overwritten (e.g. by `seal_clear_values`) are gone from old revisions and
+        from its db file. Watches resume by re-listing (see `watch_state`). Returns the
+        revision compacted at."""
+        revision = (await self._kv.range(self.keys.audit_head)).revision
+        await self._kv.compact(revision)
+        await self._kv.defragment()
+        return revision
 
     async def commit(
         self,

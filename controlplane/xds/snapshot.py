@@ -14,6 +14,7 @@ cluster) is in the snapshot; it reports every problem at once.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,7 +26,13 @@ from google.protobuf.message import Message
 from controlplane.errors import InconsistentSnapshotError
 from controlplane.xds import wire
 from controlplane.xds.references import Reference, references_of
-from controlplane.xds.resources import PUSH_ORDER, matches_type, resource_name, short_kind
+from controlplane.xds.resources import (
+    PUSH_ORDER,
+    SECRET,
+    matches_type,
+    resource_name,
+    short_kind,
+)
 
 _HASH_CHARS = 16
 _MEMO_NAMES_SLACK = 1024
@@ -35,7 +42,9 @@ proxies share a few subscriptions, while a hostile one naming 100k missing resou
 must not be held for the snapshot's life."""
 
 
-def _digest(data: bytes) -> str:
+def _digest(data: bytes, key: bytes | None = None) -> str:
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()[:_HASH_CHARS]
     return hashlib.sha256(data).hexdigest()[:_HASH_CHARS]
 
 
@@ -108,11 +117,15 @@ class Snapshot:
         """(type URL, an older version of it) → what changed since (`note_predecessor`)."""
 
     @classmethod
-    def build(cls, resources: Mapping[str, Sequence[Message]]) -> Snapshot:
+    def build(cls, resources: Mapping[str, Sequence[Message]], *,
+              secret_key: bytes | None = None) -> Snapshot:
         """Serialize, wrap and version `resources` ({type URL: messages}).
 
         Every one of the five served type URLs gets an entry (empty when absent).
-        Duplicate or empty names are consistency problems (see `check`).
+        Duplicate or empty names are consistency problems (see `check`). With
+        `secret_key`, SDS versions are HMACs under it rather than plain hashes of the key
+        material and credential values they carry: versions are reported to etcd and
+        logged, where a plain hash would let a reader test guesses of a weak value.
 
         Errors:
             InconsistentSnapshotError: a type URL we do not serve, or a message
@@ -140,7 +153,8 @@ class Snapshot:
                 if not name:
                     problems.append(f"a {short_kind(type_url)} has no name")
                     continue
-                built.append(_entry(type_url, name, message))
+                built.append(_entry(type_url, name, message,
+                                    secret_key if type_url == SECRET else None))
                 references.extend(references_of(type_url, name, message))
             by_name: dict[str, Entry] = {}
             for entry in sorted(built, key=lambda e: e.name):
@@ -257,9 +271,9 @@ class Snapshot:
         return f"Snapshot({parts})"
 
 
-def _entry(type_url: str, name: str, message: Message) -> Entry:
+def _entry(type_url: str, name: str, message: Message, key: bytes | None = None) -> Entry:
     data = message.SerializeToString(deterministic=True)
-    version = _digest(data)
+    version = _digest(data, key)
     packed = any_pb2.Any(type_url=type_url, value=data)
     resource = discovery_pb2.Resource(name=name, version=version, resource=packed)
     return Entry(name=name, version=version, packed=packed, resource=resource)

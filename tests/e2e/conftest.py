@@ -31,7 +31,9 @@ def etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServeProcess]:
-    proc = ServeProcess(tmp_path / "cp").start()
+    # Tests write Credential files under tmp_path (the data dir below it stays refused).
+    proc = ServeProcess(tmp_path / "cp", extra_args=("--credentials-dir", str(tmp_path))
+                        ).start()
     try:
         yield proc
     finally:

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from controlplane.errors import ConflictError, InvalidInputError
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.secrets import Material, SealingKey, Vault
+from controlplane.secrets.files import CredentialFiles
 from controlplane.secrets.sync import SecretSync
 from controlplane.secrets.vault import AuditNote
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
@@ -50,14 +51,16 @@ class Clock:
         return self.now
 
 
-def make_vault(store: Store, sealing: SealingKey, clock: Clock) -> Vault:
+def make_vault(store: Store, sealing: SealingKey, clock: Clock,
+               files: CredentialFiles | None = None) -> Vault:
     async def commit(puts: Mapping[bytes, bytes], expect: Mapping[bytes, int],
                      deletes: Sequence[bytes], notes: Sequence[AuditNote]) -> bool:
         records = [AuditRecord(actor=n.actor, action=n.action, kind=n.kind, name=n.name,
                                reason=n.reason, after=n.after) for n in notes]
         return await store.commit(puts=puts, expect=expect, deletes=deletes,
                                   audit=records) is not None
-    return Vault(store.kv, store.keys, sealing, commit, cert_lifetime_s=3600, clock=clock)
+    return Vault(store.kv, store.keys, sealing, commit, cert_lifetime_s=3600, clock=clock,
+                 files=files)
 
 
 async def test_issue_rotate_race_and_audit(store: Store) -> None:
@@ -174,7 +177,8 @@ async def test_a_rotation_that_changes_nothing_is_refused_and_writes_nothing(
     secret = tmp_path / "key"
     secret.write_text("file-value-1\n")
     state = DesiredState.of(parse_yaml(STATE + "---" + FILE_CREDENTIAL.format(path=secret)))
-    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock())
+    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock(),
+                       CredentialFiles.of([tmp_path]))
     await vault.ensure(state)
     before = (await store.kv.range(store.keys.prefix.encode())).revision
 

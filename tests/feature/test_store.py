@@ -17,6 +17,7 @@ from controlplane.errors import (
     StoreUnavailableError,
 )
 from controlplane.model import Credential, DesiredState, parse_yaml, to_document
+from controlplane.secrets import SealingKey
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
 from controlplane.store.kv import EtcdKV
 from tests.support.wait import wait_for
@@ -48,6 +49,8 @@ spec: {header: x-api-key, value: top-secret-value}
 """
 
 SECRET = b"top-secret-value"
+SEALER = SealingKey(SealingKey.generate())
+"""Every store of a test shares etcd, so they share the key that seals its values."""
 
 
 def upstream(name: str, port: int = 9001) -> str:
@@ -70,7 +73,7 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
 
 @pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = await Store.connect([etcd.endpoint])
+    s = await Store.connect([etcd.endpoint], sealer=SEALER)
     try:
         yield s
     finally:
@@ -165,7 +168,7 @@ async def test_delete_refuses_to_break_references(store: Store) -> None:
 
 
 async def test_concurrent_writers_never_lose_an_update(etcd: EmbeddedEtcd) -> None:
-    stores = [await Store.connect([etcd.endpoint]) for _ in range(2)]
+    stores = [await Store.connect([etcd.endpoint], sealer=SEALER) for _ in range(2)]
     try:
         await stores[0].apply(parse_yaml(BASE), actor="setup")
 
@@ -192,7 +195,7 @@ async def test_concurrent_writers_never_lose_an_update(etcd: EmbeddedEtcd) -> No
 
 
 async def test_writers_of_different_keys_only_share_the_audit_head(etcd: EmbeddedEtcd) -> None:
-    stores = [await Store.connect([etcd.endpoint]) for _ in range(2)]
+    stores = [await Store.connect([etcd.endpoint], sealer=SEALER) for _ in range(2)]
     try:
         await asyncio.gather(*(
             stores[i % 2].apply(parse_yaml(upstream(f"u{i}", 9000 + i)), actor=f"w{i}")
@@ -240,7 +243,7 @@ async def test_watch_yields_after_apply_and_delete(store: Store) -> None:
 
 
 async def test_watch_survives_an_etcd_restart(tmp_path: Path, etcd: EmbeddedEtcd) -> None:
-    store = await Store.connect([etcd.endpoint])
+    store = await Store.connect([etcd.endpoint], sealer=SEALER)
     states: list[DesiredState] = []
 
     async def follow() -> None:
@@ -260,7 +263,7 @@ async def test_watch_survives_an_etcd_restart(tmp_path: Path, etcd: EmbeddedEtcd
             await store.apply(parse_yaml(upstream("while-down")), actor="alice")
         restarted = await EmbeddedEtcd.start(tmp_path / "data")
         assert restarted.endpoint == etcd.endpoint  # the same member, the same data
-        writer = await Store.connect([restarted.endpoint])
+        writer = await Store.connect([restarted.endpoint], sealer=SEALER)
         await writer.delete("Route", "payments", actor="bob")
         await writer.close()
         await wait_for(lambda: "payments" not in states[-1].routes, timeout=10,
@@ -291,14 +294,14 @@ async def test_watch_relists_after_compaction(store: Store, etcd: EmbeddedEtcd) 
 
 
 async def test_connect_tries_every_endpoint(etcd: EmbeddedEtcd) -> None:
-    store = await Store.connect(["127.0.0.1:1", f"http://{etcd.endpoint}"])
+    store = await Store.connect(["127.0.0.1:1", f"http://{etcd.endpoint}"], sealer=SEALER)
     try:
         await store.apply(parse_yaml(upstream("u")), actor="a")
         assert [r.name for r in await store.list("Upstream")] == ["u"]
     finally:
         await store.close()
     with pytest.raises(StoreUnavailableError, match=re.escape("127.0.0.1:1")):
-        await Store.connect(["127.0.0.1:1"])
+        await Store.connect(["127.0.0.1:1"], sealer=SEALER)
 
 
 async def test_audit_chain_detects_edits_and_deletions(store: Store) -> None:
@@ -321,12 +324,11 @@ async def test_audit_chain_detects_edits_and_deletions(store: Store) -> None:
     assert any("entry 3 missing" in p for p in await store.verify_audit())
 
 
-async def test_secrets_are_stored_but_never_shown_or_audited(store: Store) -> None:
+async def test_secrets_are_stored_sealed_and_never_shown_or_audited(store: Store) -> None:
     await store.apply(parse_yaml(BASE), actor="alice")
     stored = await dump(store)
-    assert SECRET in stored[store.keys.resource("Credential", "key-2026")]
-    assert not any(SECRET in v for k, v in stored.items()
-                   if k.startswith((store.keys.audit, store.keys.audit_head)))
+    assert b'"valueSealed":"gAAAA' in stored[store.keys.resource("Credential", "key-2026")]
+    assert not any(SECRET in v for v in stored.values())
     credential = await store.get("Credential", "key-2026")
     assert isinstance(credential, Credential) and credential.spec.value is not None
     assert credential.spec.value.get_secret_value() == SECRET.decode()

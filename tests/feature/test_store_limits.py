@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.errors import RequestTooLargeError
 from controlplane.model import parse_yaml
+from controlplane.secrets import SealingKey
 from controlplane.store import EmbeddedEtcd, Store
 from controlplane.store.embedded import MAX_REQUEST_BYTES
 
@@ -37,7 +38,8 @@ def credential(name: str, size: int) -> str:
 async def test_etcds_refusal_is_a_too_large_error_naming_the_resource(
     etcd: EmbeddedEtcd, size: int,
 ) -> None:
-    store = await Store.connect([etcd.endpoint])  # limit unknown: etcd is asked
+    store = await Store.connect([etcd.endpoint],  # limit unknown: etcd is asked
+                                sealer=SealingKey(SealingKey.generate()))
     try:
         with pytest.raises(RequestTooLargeError) as caught:
             await store.apply(parse_yaml(credential("big", size)), actor="test")
@@ -51,7 +53,8 @@ async def test_etcds_refusal_is_a_too_large_error_naming_the_resource(
 
 
 async def test_a_known_limit_is_checked_before_etcd_is_asked(etcd: EmbeddedEtcd) -> None:
-    store = await Store.connect([etcd.endpoint], max_request_bytes=MAX_REQUEST_BYTES)
+    store = await Store.connect([etcd.endpoint], max_request_bytes=MAX_REQUEST_BYTES,
+                                sealer=SealingKey(SealingKey.generate()))
     try:
         revision = (await store.kv.range(b"/")).revision
         with pytest.raises(RequestTooLargeError, match=r"too large: \d+ bytes, limit 1572864"):
