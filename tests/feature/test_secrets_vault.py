@@ -232,7 +232,8 @@ async def test_a_credential_value_http_cannot_send_is_never_loaded_or_rotated_to
     secret = tmp_path / "key"
     secret.write_text("v1\r\nX-Evil: 1\n")
     state = DesiredState.of(parse_yaml(STATE + "---" + FILE_CREDENTIAL.format(path=secret)))
-    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock())
+    vault = make_vault(store, SealingKey(SealingKey.generate()), Clock(),
+                       CredentialFiles.of([tmp_path]))
     await vault.ensure(state)
     material, _ = await vault.load()
     assert "from-file" not in material.credentials and "key" in material.credentials
