@@ -47,6 +47,7 @@ from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.stage import RenderStage
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
+from controlplane.store.audit_anchor import ANCHOR_FILE, AUDIT_KEY_PURPOSE, AuditAnchor
 from controlplane.store.datadir import DataDirLock
 from controlplane.store.embedded import MAX_REQUEST_BYTES
 from controlplane.store.leader import LeaderElection
@@ -168,9 +169,12 @@ class ControlPlane:
         from controlplane.secrets import SealingKey, Vault
         from controlplane.secrets.sync import SecretSync
 
-        vault = Vault(self.store.kv, self.store.keys,
-                      SealingKey.load(tls_dir=self.config.tls_dir,
-                                      data_dir=self.config.data_dir),
+        sealing = SealingKey.load(tls_dir=self.config.tls_dir, data_dir=self.config.data_dir)
+        # The audit chain's HMAC key: derived from the sealing key, so etcd never holds
+        # it; the anchor (outside etcd) is what shows a truncated or wiped log.
+        await self.store.key_audit(sealing.derive(AUDIT_KEY_PURPOSE),
+                                   AuditAnchor(self.config.data_dir / ANCHOR_FILE))
+        vault = Vault(self.store.kv, self.store.keys, sealing,
                       self._commit_secrets, cert_lifetime_s=self.config.cert_lifetime_s)
         # A CA rotation keeps the previous CA trusted until the fleet ACKed the new certs.
         self.secret_sync = SecretSync(vault, self._on_material,

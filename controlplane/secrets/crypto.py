@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from controlplane.errors import ControlPlaneError, InvalidInputError
 
@@ -30,6 +32,7 @@ class SealingKey:
     def __init__(self, key: bytes) -> None:
         try:
             self._fernet = Fernet(key)
+            self._key = key
         except ValueError as exc:
             raise InvalidInputError(
                 f"the secrets key is not a Fernet key (32 url-safe base64 bytes): {exc}"
@@ -37,6 +40,12 @@ class SealingKey:
 
     def __repr__(self) -> str:
         return "SealingKey([redacted])"
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key for one `purpose` (e.g. the audit chain's HMAC), derived with
+        HKDF-SHA256: it reveals nothing of this key nor of any other purpose's."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"controlplane/" + purpose).derive(self._key)
 
     @staticmethod
     def generate() -> bytes:
