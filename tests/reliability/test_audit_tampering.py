@@ -217,3 +217,14 @@ def test_an_export_of_a_truncated_log_carries_the_anchor_that_shows_it(
     report = json.loads(offline.out)
     assert report["intact"] is False and report["entries"] == 3
     assert any("the log ends at 3 but this replica saw 4" in p for p in report["problems"])
+
+    anchor = serve.data_dir / "audit.anchor"  # as another replica's anchor would be given
+    doc = json.loads(copy.read_text())
+    doc["anchor"] = None
+    copy.write_text(json.dumps(doc))
+    against = cli(["audit", "--verify", "--file", str(copy), "--key-file",
+                   str(serve.data_dir / "secrets.key"), "--anchor", str(anchor)])
+    assert against.code == 1
+    assert f"this replica saw 4 (anchored in {anchor}): truncated" in against.out
+    bad = cli(["audit", "--verify", "--file", str(copy), "--anchor", str(copy)])
+    assert bad.code == 2 and "--anchor" in bad.err
