@@ -178,19 +178,10 @@ def verify_chain(entries: Sequence[AuditEntry], head: AuditHead, *, key: bytes |
             missing = (f"entry {expected_seq}" if entry.seq == expected_seq + 1
                        else f"entries {expected_seq}..{entry.seq - 1}")
             problems.append(f"{missing} missing (deleted?)")
-        if entry.alg not in (PLAIN, KEYED):
-            problems.append(f"entry {entry.seq} names an unknown chain algorithm "
-                            f"{entry.alg!r}")
-        elif entry.keyed and key is None:
-            unkeyable = True
-        elif not entry.keyed and keyed_seen:
-            problems.append(f"entry {entry.seq} is chained with plain SHA-256 after keyed "
-                            "entries: written without the audit key (forged)")
-        elif entry.expected_hash(key) != entry.hash:
-            problems.append(f"entry {entry.seq} was modified: "
-                            + ("HMAC mismatch (its content does not match its HMAC under "
-                               "this control plane's audit key)" if entry.keyed
-                               else "its hash does not match its content"))
+        unkeyable = unkeyable or (entry.keyed and key is None)
+        broken = _broken(entry, key, keyed_seen=keyed_seen)
+        if broken:
+            problems.append(broken)
         elif entry.prev_hash != prev_hash and entry.seq == expected_seq:
             problems.append(f"entry {entry.seq} does not chain to entry {entry.seq - 1}")
         keyed_seen = keyed_seen or entry.keyed
@@ -210,6 +201,23 @@ def verify_chain(entries: Sequence[AuditEntry], head: AuditHead, *, key: bytes |
     if anchor is not None:
         problems += anchor_problems(entries, anchor, anchored_in)
     return problems
+
+
+def _broken(entry: AuditEntry, key: bytes | None, *, keyed_seen: bool) -> str:
+    """What is wrong with `entry` by itself (its algorithm, its hash); empty when nothing
+    is, or when it is keyed and there is no key to check it with."""
+    if entry.alg not in (PLAIN, KEYED):
+        return f"entry {entry.seq} names an unknown chain algorithm {entry.alg!r}"
+    if entry.keyed and key is None:
+        return ""
+    if not entry.keyed and keyed_seen:
+        return (f"entry {entry.seq} is chained with plain SHA-256 after keyed entries: "
+                "written without the audit key (forged)")
+    if entry.expected_hash(key) != entry.hash:
+        return f"entry {entry.seq} was modified: " + (
+            "HMAC mismatch (its content does not match its HMAC under this control "
+            "plane's audit key)" if entry.keyed else "its hash does not match its content")
+    return ""
 
 
 def anchor_problems(entries: Sequence[AuditEntry], anchor: AuditHead,

@@ -122,23 +122,33 @@ class Store:
         never hold) and keep `anchor`, this replica's memory of the log, up to date.
 
         A log that ends with a plain SHA-256 entry (written before the keyed chain) is
-        sealed at once by a keyed entry chained onto it. A log that contradicts the
-        anchor is logged as an error (and reported by `verify_audit`).
+        sealed at once by a keyed entry chained onto it, unless this replica anchored a
+        keyed log before (then the plain end is forged: logged, left for `verify_audit`).
+        A log that contradicts the anchor, or whose head is unreadable, is logged as an
+        error; serve starts all the same (writes are refused while the head is unreadable).
 
         Errors:
-            ConflictError: the audit head is unreadable, or kept moving.
+            ConflictError: the audit head kept moving.
             StoreUnavailableError: etcd is down.
         """
         self._audit_key, self._anchor = key, anchor
         head_kv = await self._kv.get(self.keys.audit_head)
-        head = _head(head_kv)
-        if head.seq and not await _ends_keyed(self._kv, self.keys.audit_entry(head.seq)):
+        try:
+            head = _head(head_kv)
+        except ConflictError as exc:
+            log.error("%s", exc)
+            return
+        if not head.seq or await _ends_keyed(self._kv, self.keys.audit_entry(head.seq)):
+            await anchor.follow(self._kv, self.keys, head)
+        elif anchor.head.seq:
+            log.error("the audit log ends with entry %d, chained with plain SHA-256, after "
+                      "this replica anchored keyed entries (%s): forged? `controlplane audit "
+                      "--verify` reports it", head.seq, anchor.path)
+        else:
             await self.commit(puts={}, expect={}, audit=[AuditRecord(
                 actor="controlplane", action="audit/keyed", kind="AuditLog", name="chain",
                 reason=f"entries after {head.seq} are chained with HMAC-SHA256 under the "
                        "audit key; this one seals the plain SHA-256 entries before it")])
-        elif head.seq:
-            await anchor.follow(self._kv, self.keys, head)
 
     @property
     def kv(self) -> EtcdKV:

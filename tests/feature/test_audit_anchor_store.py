@@ -13,7 +13,7 @@ import pytest
 
 from controlplane.model import parse_yaml
 from controlplane.store import EmbeddedEtcd, Store
-from controlplane.store.audit import AuditHead
+from controlplane.store.audit import AuditEntry, AuditHead, AuditRecord
 from controlplane.store.audit_anchor import AuditAnchor
 
 KEY = b"a" * 32
@@ -106,3 +106,34 @@ async def test_writes_after_a_truncation_do_not_move_the_anchor(
     assert problems == [f"entry 3 is not the one this replica saw (anchored in "
                         f"{anchor.path}): the log was rewritten at or before entry 3"]
     assert AuditAnchor(anchor.path).head == seen  # nor did verify move it
+
+
+async def test_a_plain_end_after_an_anchored_keyed_log_is_not_sealed_over(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    anchor = AuditAnchor(tmp_path / "audit.anchor")
+    await store.key_audit(KEY, anchor)
+    await store.apply(parse_yaml(upstream("a")), actor="alice")
+    # Someone without the key appends a plain entry and moves the head to it.
+    forged = AuditEntry.chain(AuditRecord(actor="mallory", action="delete", kind="Upstream",
+                                          name="a"),
+                              seq=2, time=1.0, prev_hash=anchor.head.hash)
+    await store.kv.put(store.keys.audit_entry(2), forged.to_json())
+    await store.kv.put(store.keys.audit_head, AuditHead(2, forged.hash).to_json())
+
+    with caplog.at_level(logging.ERROR):
+        await store.key_audit(KEY, AuditAnchor(anchor.path))  # a restart
+    assert "chained with plain SHA-256" in caplog.text
+    assert [e.action for e in await store.audit()] == ["apply/created", "delete"]
+    assert any("entry 2 is chained with plain SHA-256 after keyed entries" in p
+               for p in await store.verify_audit())
+
+
+async def test_an_unreadable_head_does_not_stop_the_start(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.kv.put(store.keys.audit_head, b"garbage")
+    with caplog.at_level(logging.ERROR):
+        await store.key_audit(KEY, AuditAnchor(tmp_path / "audit.anchor"))
+    assert "unreadable" in caplog.text
+    assert any("audit-head is unreadable" in p for p in await store.verify_audit())
