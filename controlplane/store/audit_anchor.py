@@ -56,19 +56,25 @@ class AuditAnchor:
             return AuditHead()
 
     def advance(self, head: AuditHead) -> None:
-        """Anchor at `head` when it is further on (the caller checked it descends)."""
+        """Anchor at `head` when it is further on (the caller checked it descends). A
+        file that cannot be written is logged and the anchor stays where it was."""
         if self.problem or head.seq <= self._head.seq:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(head.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)  # atomic: a crash leaves the old anchor or the new
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(head.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)  # atomic: a crash leaves the old anchor or the new
+        except OSError as exc:
+            log.error("cannot write the audit anchor %s (%s): it stays at entry %d",
+                      self.path, exc, self._head.seq)
+            return
         self._head = head
 
     async def follow(self, kv: EtcdKV, keys: Keys, head: AuditHead, *,

@@ -22,6 +22,7 @@ from controlplane.errors import (
     InvalidInputError,
     NotFoundError,
     RequestTooLargeError,
+    StoreUnavailableError,
 )
 from controlplane.model import (
     KINDS,
@@ -383,13 +384,21 @@ class Store:
             )
             if result:
                 if audit and self._anchor is not None:
-                    await self._anchor.follow(self._kv, self.keys, new_head, via=head,
-                                              behind_ok=True)
+                    await self._follow_anchor(self._anchor, new_head, via=head)
                 return result.revision
             if result.lease_expired or not _only_head_moved(result, expect,
                                                             expect_values or {}):
                 return None
         raise ConflictError("the audit log kept moving under this write; retry")
+
+    async def _follow_anchor(self, anchor: AuditAnchor, head: AuditHead, *,
+                             via: AuditHead) -> None:
+        # The write has landed: whatever happens to the anchor, commit reports success.
+        try:
+            await anchor.follow(self._kv, self.keys, head, via=via, behind_ok=True)
+        except StoreUnavailableError as exc:
+            log.warning("the audit anchor stays at entry %d for now (%s); the next write "
+                        "or verify moves it", anchor.head.seq, exc)
 
     # ---- audit ----------------------------------------------------------------------------
 

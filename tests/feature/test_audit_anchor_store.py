@@ -68,6 +68,7 @@ async def test_concurrent_writes_anchor_the_last_head_and_contradict_nothing(
 ) -> None:
     anchor = AuditAnchor(tmp_path / "audit.anchor")
     await store.key_audit(KEY, anchor)
+    caplog.set_level(logging.ERROR)
     await asyncio.gather(*(store.apply(parse_yaml(upstream(f"u{i}")), actor="alice")
                            for i in range(8)))
     entries = await store.audit()
@@ -137,3 +138,27 @@ async def test_an_unreadable_head_does_not_stop_the_start(
         await store.key_audit(KEY, AuditAnchor(tmp_path / "audit.anchor"))
     assert "unreadable" in caplog.text
     assert any("audit-head is unreadable" in p for p in await store.verify_audit())
+
+
+async def test_a_replica_that_only_verifies_anchors_too_and_then_sees_truncation(
+    etcd: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    writer, reader = [await Store.connect([etcd.endpoint]) for _ in range(2)]
+    try:
+        await writer.key_audit(KEY, AuditAnchor(tmp_path / "a" / "audit.anchor"))
+        anchor = AuditAnchor(tmp_path / "b" / "audit.anchor")
+        await reader.key_audit(KEY, anchor)
+        for name in ("a", "b", "c"):
+            await writer.apply(parse_yaml(upstream(name)), actor="alice")
+        assert anchor.head == AuditHead()  # the other replica wrote them
+        assert await reader.verify_audit() == []
+        assert anchor.head.seq == 3  # verified: anchored
+        await writer.kv.delete(writer.keys.audit_entry(3))
+        await writer.kv.put(writer.keys.audit_head,
+                            AuditHead(2, (await writer.audit())[1].hash).to_json())
+        assert await reader.verify_audit() == [
+            f"entry 3 missing: the log ends at 2 but this replica saw 3 (anchored in "
+            f"{anchor.path}): truncated"]
+    finally:
+        for s in (writer, reader):
+            await s.close()

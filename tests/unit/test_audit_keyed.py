@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import stat
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,17 @@ def test_an_unreadable_anchor_is_reported_and_kept(tmp_path: Path) -> None:
     assert "unreadable" in anchor.problem and "remove the file" in anchor.problem
     anchor.advance(AuditHead(9, "ef"))
     assert path.read_text() == "garbage"
+
+
+def test_an_anchor_that_cannot_be_written_stays_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    anchor = AuditAnchor(tmp_path / "gone" / "audit.anchor")
+    (tmp_path / "gone").write_text("")  # its directory cannot be made now
+    with caplog.at_level(logging.ERROR):
+        anchor.advance(AuditHead(2, "ab"))  # no exception: the write it follows landed
+    assert anchor.head == AuditHead()
+    assert "cannot write the audit anchor" in caplog.text
 
 
 def test_the_audit_key_is_derived_per_purpose_and_stable() -> None:
