@@ -47,7 +47,7 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
                    help="with --verify: check an --export FILE offline (no server)")
     p.add_argument("--key-file", metavar="KEY",
                    help="with --file: the sealing key file (secrets.key) the audit key "
-                        "derives from")
+                        "derives from (default: $CONTROLPLANE_SECRETS_KEY)")
     p.add_argument("--anchor", metavar="FILE",
                    help="with --file: a replica's DATA_DIR/audit.anchor to compare against")
     p.set_defaults(handler=run)
@@ -123,7 +123,7 @@ def verify_file(path: Path, *, key_file: str | None, anchor_file: str | None,
     except (OSError, ValueError) as exc:
         raise InvalidInputError([FieldError("--file", f"cannot read {path}: {exc}")]
                                 ) from exc
-    key = None if key_file is None else _audit_key(Path(key_file), AUDIT_KEY_PURPOSE)
+    key = _audit_key(key_file, AUDIT_KEY_PURPOSE)
     anchor = None
     if anchor_file is not None:
         try:
@@ -139,14 +139,19 @@ def verify_file(path: Path, *, key_file: str | None, anchor_file: str | None,
     return _report(problems, len(doc["entries"]), fmt=fmt)
 
 
-def _audit_key(path: Path, purpose: bytes) -> bytes:
-    from controlplane.secrets.crypto import SealingKey
+def _audit_key(key_file: str | None, purpose: bytes) -> bytes | None:
+    """The audit key, derived from the sealing key in `key_file`, or else in the
+    environment (as serve reads it); None when neither is given."""
+    from controlplane.secrets.crypto import ENV_VAR, SealingKey
 
+    if key_file is None:
+        env = os.environ.get(ENV_VAR)
+        return SealingKey(env.encode()).derive(purpose) if env else None
     try:
-        return SealingKey(path.read_bytes().strip()).derive(purpose)
+        return SealingKey(Path(key_file).read_bytes().strip()).derive(purpose)
     except (OSError, InvalidInputError) as exc:
         raise InvalidInputError([FieldError(
-            "--key-file", f"{path} is not a sealing key file (secrets.key): {exc}")]
+            "--key-file", f"{key_file} is not a sealing key file (secrets.key): {exc}")]
         ) from exc
 
 

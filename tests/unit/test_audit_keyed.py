@@ -187,3 +187,53 @@ def test_an_export_verifies_offline_and_keeps_its_anchor() -> None:
                          anchored_in="mine") == []
     with pytest.raises(ValueError, match="not an audit export"):
         verify_export({"entries": []}, key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        pytest.param(["--file", "x.json"], "--file", id="file-without-verify"),
+        pytest.param(["--verify", "--key-file", "k"], "--key-file", id="key-without-file"),
+        pytest.param(["--verify", "--anchor", "a"], "--anchor", id="anchor-without-file"),
+        pytest.param(["--export", "x.json", "--verify"], "--export", id="export-and-verify"),
+        pytest.param(["--verify", "--file", "/nonexistent.json"], "--file", id="no-such-file"),
+    ],
+)
+def test_audit_flags_that_do_not_go_together_are_usage_errors(argv: list[str],
+                                                              field: str) -> None:
+    from controlplane.cli.main import build_parser
+    from controlplane.errors import InvalidInputError
+    from controlplane.main import _server_commands
+
+    args = build_parser(_server_commands).parse_args(["audit", *argv])
+    with pytest.raises(InvalidInputError) as info:
+        args.handler(args)  # before any server is called: none listens here
+    assert [e.location for e in info.value.errors] == [field]
+
+
+def test_a_bad_anchor_file_is_a_usage_error(tmp_path: Path) -> None:
+    from controlplane.cli.audit_cmd import verify_file
+    from controlplane.errors import InvalidInputError
+
+    export = tmp_path / "audit.json"
+    export.write_text(json.dumps(export_doc([], AuditHead())))
+    (tmp_path / "anchor").write_text("[1, 2]")
+    with pytest.raises(InvalidInputError, match="--anchor"):
+        verify_file(export, key_file=None, anchor_file=str(tmp_path / "anchor"), fmt=None)
+    assert verify_file(export, key_file=None, anchor_file=None, fmt=None) == 0
+
+
+def test_offline_verify_takes_the_key_from_the_environment_as_serve_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controlplane.cli.audit_cmd import verify_file
+
+    raw = SealingKey.generate()
+    key = SealingKey(raw).derive(AUDIT_KEY_PURPOSE)
+    entries, head = chain_entries(records(2), head=AuditHead(), time=1.0, key=key)
+    export = tmp_path / "audit.json"
+    export.write_text(json.dumps(export_doc(entries, head)))
+    assert verify_file(export, key_file=None, anchor_file=None, fmt=None) == 1
+    monkeypatch.setenv("CONTROLPLANE_SECRETS_KEY", raw.decode())
+    assert verify_file(export, key_file=None, anchor_file=None, fmt=None) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "audit log intact: 2 entries"
