@@ -145,8 +145,9 @@ class Store:
             log.error("the audit log ends with entry %d, chained with plain SHA-256, after "
                       "this replica anchored keyed entries (%s): forged? `controlplane audit "
                       "--verify` reports it", head.seq, anchor.path)
-        else:
-            await self.commit(puts={}, expect={}, audit=[AuditRecord(
+        else:  # once, whichever replica starts first: the guard is the next entry's key
+            await self.commit(puts={}, expect={self.keys.audit_entry(head.seq + 1): 0},
+                              audit=[AuditRecord(
                 actor="controlplane", action="audit/keyed", kind="AuditLog", name="chain",
                 reason=f"entries after {head.seq} are chained with HMAC-SHA256 under the "
                        "audit key; this one seals the plain SHA-256 entries before it")])

@@ -63,6 +63,22 @@ async def test_an_old_plain_log_is_sealed_by_a_keyed_entry_when_the_key_arrives(
     assert len(await store.audit()) == 3
 
 
+async def test_replicas_starting_together_seal_an_old_log_once(
+    etcd: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    stores = [await Store.connect([etcd.endpoint]) for _ in range(3)]
+    try:
+        await stores[0].apply(parse_yaml(upstream("a")), actor="alice")
+        await asyncio.gather(*(s.key_audit(KEY, AuditAnchor(tmp_path / str(i) / "anchor"))
+                               for i, s in enumerate(stores)))
+        assert [e.action for e in await stores[0].audit()] == ["apply/created",
+                                                               "audit/keyed"]
+        assert await stores[1].verify_audit() == []
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_concurrent_writes_anchor_the_last_head_and_contradict_nothing(
     store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
