@@ -47,6 +47,7 @@ from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.stage import RenderStage
 from controlplane.store import AuditRecord, EmbeddedEtcd, Store
+from controlplane.store.audit_anchor import ANCHOR_FILE, AUDIT_KEY_PURPOSE, AuditAnchor
 from controlplane.store.datadir import DataDirLock
 from controlplane.store.embedded import MAX_REQUEST_BYTES
 from controlplane.store.leader import LeaderElection
@@ -172,6 +173,10 @@ class ControlPlane:
         self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes,
                                          sealer=sealing)
         self.store.kv.on_error = self.telemetry.etcd_error
+        # The audit chain's HMAC key: derived from the sealing key, so etcd never holds
+        # it; the anchor (outside etcd) is what shows a truncated or wiped log.
+        await self.store.key_audit(sealing.derive(AUDIT_KEY_PURPOSE),
+                                   AuditAnchor(self.config.data_dir / ANCHOR_FILE))
         # /proc: /proc/self/environ holds CONTROLPLANE_SECRETS_KEY when it is set.
         forbidden = [("the data dir", self.config.data_dir), ("procfs", Path("/proc"))]
         if self.config.tls_dir is not None:

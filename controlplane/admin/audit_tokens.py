@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from controlplane.admin.auth import CertificateAuthenticator, Role, TokenAuthenticator
@@ -38,6 +40,15 @@ class AuditTokenMethods(AdminBase):
             return admin_pb2.VerifyAuditResponse(problems=problems, entries=count)
 
         return await self._guard(context, Role.VIEWER, "audit --verify", run)
+
+    async def ExportAudit(
+        self, request: admin_pb2.ExportAuditRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ExportAuditResponse:
+        async def run(actor: str) -> admin_pb2.ExportAuditResponse:
+            document = await self._store.export_audit()
+            return admin_pb2.ExportAuditResponse(document=json.dumps(document))
+
+        return await self._guard(context, Role.VIEWER, "audit --export", run)
 
     async def CreateToken(
         self, request: admin_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext

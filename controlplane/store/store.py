@@ -23,6 +23,7 @@ from controlplane.errors import (
     InvalidInputError,
     NotFoundError,
     RequestTooLargeError,
+    StoreUnavailableError,
 )
 from controlplane.model import (
     KINDS,
@@ -39,9 +40,11 @@ from controlplane.store.audit import (
     AuditHead,
     AuditRecord,
     chain_entries,
+    export_audit,
     read_audit,
     verify_audit,
 )
+from controlplane.store.audit_anchor import AuditAnchor
 from controlplane.store.keys import Keys
 from controlplane.store.kv import KV, EtcdKV, TxnResult
 from controlplane.store.sealed import Sealer, is_clear, open_stored, seal_stored
@@ -98,6 +101,8 @@ class Store:
         self._kv = kv
         self.keys = keys
         self._sealer = sealer
+        self._audit_key: bytes | None = None  # None: plain SHA-256 (tests, tools)
+        self._anchor: AuditAnchor | None = None
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], *, prefix: str = "/controlplane",
@@ -118,6 +123,40 @@ class Store:
             await kv.close()
             raise
         return store
+
+    async def key_audit(self, key: bytes, anchor: AuditAnchor) -> None:
+        """From now on chain audit entries with HMAC-SHA256 under `key` (which etcd must
+        never hold) and keep `anchor`, this replica's memory of the log, up to date.
+
+        A log that ends with a plain SHA-256 entry (written before the keyed chain) is
+        sealed at once by a keyed entry chained onto it, unless this replica anchored a
+        keyed log before (then the plain end is forged: logged, left for `verify_audit`).
+        A log that contradicts the anchor, or whose head is unreadable, is logged as an
+        error; serve starts all the same (writes are refused while the head is unreadable).
+
+        Errors:
+            ConflictError: the audit head kept moving.
+            StoreUnavailableError: etcd is down.
+        """
+        self._audit_key, self._anchor = key, anchor
+        head_kv = await self._kv.get(self.keys.audit_head)
+        try:
+            head = _head(head_kv)
+        except ConflictError as exc:
+            log.error("%s", exc)
+            return
+        if not head.seq or await _ends_keyed(self._kv, self.keys.audit_entry(head.seq)):
+            await anchor.follow(self._kv, self.keys, head)
+        elif anchor.head.seq:
+            log.error("the audit log ends with entry %d, chained with plain SHA-256, after "
+                      "this replica anchored keyed entries (%s): forged? `controlplane audit "
+                      "--verify` reports it", head.seq, anchor.path)
+        else:  # once, whichever replica starts first: the guard is the next entry's key
+            await self.commit(puts={}, expect={self.keys.audit_entry(head.seq + 1): 0},
+                              audit=[AuditRecord(
+                actor="controlplane", action="audit/keyed", kind="AuditLog", name="chain",
+                reason=f"entries after {head.seq} are chained with HMAC-SHA256 under the "
+                       "audit key; this one seals the plain SHA-256 entries before it")])
 
     @property
     def kv(self) -> EtcdKV:
@@ -380,7 +419,8 @@ class Store:
             if audit:
                 head_kv = await self._kv.get(self.keys.audit_head)
                 head = _head(head_kv)
-                entries, new_head = chain_entries(audit, head=head, time=time.time())
+                entries, new_head = chain_entries(audit, head=head, time=time.time(),
+                                                  key=self._audit_key)
                 for entry in entries:
                     all_puts[self.keys.audit_entry(entry.seq)] = entry.to_json()
                 all_puts[self.keys.audit_head] = new_head.to_json()
@@ -393,11 +433,22 @@ class Store:
                 expect_values=expect_values,
             )
             if result:
+                if audit and self._anchor is not None:
+                    await self._follow_anchor(self._anchor, new_head, via=head)
                 return result.revision
             if result.lease_expired or not _only_head_moved(result, expect,
                                                             expect_values or {}):
                 return None
         raise ConflictError("the audit log kept moving under this write; retry")
+
+    async def _follow_anchor(self, anchor: AuditAnchor, head: AuditHead, *,
+                             via: AuditHead) -> None:
+        # The write has landed: whatever happens to the anchor, commit reports success.
+        try:
+            await anchor.follow(self._kv, self.keys, head, via=via, behind_ok=True)
+        except StoreUnavailableError as exc:
+            log.warning("the audit anchor stays at entry %d for now (%s); the next write "
+                        "or verify moves it", anchor.head.seq, exc)
 
     # ---- audit ----------------------------------------------------------------------------
 
@@ -407,9 +458,27 @@ class Store:
         return await read_audit(self._kv, self.keys, since=since)
 
     async def verify_audit(self) -> builtins.list[str]:
-        """Problems in the hash chain (edited, deleted or unreadable entries, a head that
-        disagrees); empty when intact."""
-        return await verify_audit(self._kv, self.keys)
+        """Problems in the chain (edited, deleted, forged or unreadable entries, a head that
+        disagrees, a log truncated or wiped behind this replica's anchor); empty when
+        intact, and then the anchor moves up to the head."""
+        anchor = self._anchor
+        problems, head = await verify_audit(
+            self._kv, self.keys, key=self._audit_key,
+            anchor=None if anchor is None else anchor.head,
+            anchored_in="" if anchor is None else str(anchor.path))
+        if anchor is not None and anchor.problem:
+            problems.append(anchor.problem)
+        if anchor is not None and not problems:
+            anchor.advance(head)
+        return problems
+
+    async def export_audit(self) -> dict[str, object]:
+        """The whole log as one document to verify offline (`audit --verify --file`):
+        every entry, the head and this replica's anchor."""
+        anchor = self._anchor
+        return await export_audit(self._kv, self.keys,
+                                  anchor=None if anchor is None else anchor.head,
+                                  anchored_in="" if anchor is None else str(anchor.path))
 
     # ---- watch ----------------------------------------------------------------------------
 
@@ -488,6 +557,16 @@ def _head(head_kv: KV | None) -> AuditHead:
             f"the audit head {head_kv.key.decode()} is unreadable ({exc}): writes are "
             "refused until it is repaired; `controlplane audit --verify` shows the chain"
         ) from exc
+
+
+async def _ends_keyed(kv: EtcdKV, last_key: bytes) -> bool:
+    """Whether the log's last entry is keyed (an unreadable or missing one counts as
+    keyed: not ours to seal over; `verify_audit` reports it)."""
+    got = await kv.get(last_key)
+    try:
+        return got is None or AuditEntry.from_json(got.value).keyed
+    except (ValueError, TypeError):
+        return True
 
 
 def _only_head_moved(
