@@ -248,9 +248,18 @@ def test_every_envoy_pod_gets_its_node_bound_certificate_from_an_init_step() -> 
                              if p["name"] == "admin"}
         issuer = next(v for v in template["spec"]["volumes"]
                       if v["name"] == mounts(init)[args.client_tls_dir])
+        secret = issuer["secret"]["secretName"]
         published = pod_templates()["Deployment/controlplane"]["spec"]["containers"]
         publisher = next(c for c in published if c["name"] == "publisher")
-        assert f"secret generic {issuer['secret']['secretName']}" in publisher["args"][0]
+        assert f"secret generic {secret}" in publisher["args"][0]
+        # ...which its Role lets it write (and no other Secret but by creating it).
+        role = objects["Role/controlplane-issuer"]
+        assert any(secret in rule.get("resourceNames", []) and "patch" in rule["verbs"]
+                   for rule in role["rules"])
+        assert all(rule.get("resourceNames") or rule["verbs"] == ["create"]
+                   for rule in role["rules"])
+        # A proxy gets no Kubernetes API token.
+        assert template["spec"]["automountServiceAccountToken"] is False, name
 
 
 def test_the_kubernetes_bootstrap_passes_envoy_validation(tmp_path: Path) -> None:
