@@ -62,7 +62,7 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
                "controlplane bootstrap --node-id edge-1 --group edge --tls-dir /etc/envoy/tls"
                "\n  controlplane cert issue --group edge --node-id edge-1 --out /etc/envoy/tls"
                "\n  controlplane cert issue --user alice --role operator --out ~/.controlplane"
-               " && controlplane --tls-dir ~/.controlplane get rollouts",
+               " && controlplane get rollouts --tls-dir ~/.controlplane",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     who = c.add_mutually_exclusive_group(required=True)

@@ -92,3 +92,29 @@ def test_a_token_value_is_never_read_as_an_option() -> None:
     token = TOKEN_PREFIX + "-leading-dash-inside"
     args = PARSER.parse_args(["get", "upstreams", "--token", token])
     assert args.token == token
+
+
+def _examples(help_text: str) -> list[list[str]]:
+    """The `controlplane ...` command lines of a help text's examples, as argv."""
+    import re
+    import shlex
+
+    found = []
+    for match in re.finditer(r"(?:^\s*|&&\s*|\$\()controlplane ([^|>)&\n]*)", help_text,
+                             re.M):
+        found.append(shlex.split(match.group(1), comments=True))
+    return found
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "controlplane")
+def test_every_example_in_help_parses(path: tuple[str, ...],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An example a user copies must be accepted as written (flags after the command)."""
+    parser = dict(completion.walk(PARSER))[path]
+    for argv in _examples(parser.format_help()):
+        try:
+            build_parser(_server_commands).parse_args(argv)
+        except SystemExit as exc:
+            pytest.fail(f"`controlplane {' '.join(argv)}` (in `controlplane "
+                        f"{' '.join(path)} --help`) does not parse: exit {exc.code}, "
+                        f"{capsys.readouterr().err.strip()[-300:]}")
