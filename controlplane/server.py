@@ -112,7 +112,8 @@ class ControlPlane:
         # compared with the fleet's ACKs by the rollout engine.
         self.stage = RenderStage()
         self.publisher = Publisher(self.cache, stage=self.stage,
-                                   on_published=self.telemetry.published)
+                                   on_published=self.telemetry.published,
+                                   on_forgotten=self.telemetry.forget_groups)
         self.etcd: EmbeddedEtcd | None = None
         self.store: Store | None = None
         self.xds_port = 0

@@ -25,6 +25,7 @@ from controlplane.errors import (
     ControlPlaneError,
     InvalidInputError,
     PermissionDeniedError,
+    ResourceExhaustedError,
 )
 from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
@@ -167,6 +168,7 @@ class Stream(Generic[Req]):
         self._end_reason = ""
         self._end_code = grpc.StatusCode.UNAUTHENTICATED
         self._queue: _Inbox[Any] | None = None
+        self._wanted = False  # counted in the cache's streams of `group`: release at end
 
     def next_nonce(self) -> str:
         """A nonce unique within this stream."""
@@ -252,6 +254,9 @@ class Stream(Generic[Req]):
             # it waits for its helpers below, and the registry must not leak.
             if unsubscribe is not None:
                 unsubscribe()
+            if self._wanted:
+                self._wanted = False
+                self.deps.cache.release(self.group)
             self._queue = None  # no cycle stream -> handle -> stream outlives the stream
             if self.handle is not None:
                 self.handle.on_end = None
@@ -271,6 +276,10 @@ class Stream(Generic[Req]):
         try:
             _check_identity(node)
             self.group = self.deps.group_of(node, self.context)
+            # Counted before anything is kept for the group: a name past the cap costs
+            # nothing (the cache would hold its snapshot, telemetry its labels).
+            self.deps.cache.want(self.group)
+            self._wanted = True
             self.handle = self.deps.registry.connect(
                 node_id=node.id,
                 group=self.group,
@@ -283,10 +292,12 @@ class Stream(Generic[Req]):
                 # A certificate issued for this node id: the identity's own proof.
                 node_bound=bool(node.id) and peer_node(self.context) == node.id,
             )
-        except (AuthenticationError, PermissionDeniedError, InvalidInputError) as exc:
+        except (AuthenticationError, PermissionDeniedError, InvalidInputError,
+                ResourceExhaustedError) as exc:
             code = {
                 AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
                 PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+                ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
             }.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
             log.warning("refusing xDS stream from %s: %s", self.context.peer(), exc)
             await self.context.abort(code, str(exc))
@@ -297,7 +308,6 @@ class Stream(Generic[Req]):
         self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
                  self.handle.stream_id, node.id, self.group, self.handle.peer)
-        self.deps.cache.want(self.group)
         await self.deps.cache.wait_ready()
         self.snapshot = self.deps.cache.get(self.group)
 

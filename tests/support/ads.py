@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
 from controlplane.xds.budget import PushBudget
-from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.cache import MAX_UNCONFIGURED_GROUPS, SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import MAX_STREAMS, AggregatedDiscoveryServer
 from controlplane.xds.stream import GroupOf, node_cluster
@@ -38,9 +38,10 @@ class XdsHarness:
 async def xds_server(
     *, ready: bool = True, group_of: GroupOf = node_cluster, host: str = "127.0.0.1", port: int = 0,
     max_streams: int = MAX_STREAMS, budget: PushBudget | None = None,
+    max_unconfigured_groups: int = MAX_UNCONFIGURED_GROUPS,
 ) -> AsyncIterator[XdsHarness]:
     """Start ADS + SDS on `host:port` (0: any free port); `ready=False` leaves the cache unready."""
-    cache = SnapshotCache()
+    cache = SnapshotCache(max_unconfigured_groups=max_unconfigured_groups)
     if ready:
         cache.mark_ready()
     registry = ProxyRegistry()
