@@ -28,7 +28,7 @@ from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import SECRET
 from controlplane.xds.sotw import SotwStream
-from controlplane.xds.stream import GroupOf, StreamDeps, node_cluster
+from controlplane.xds.stream import MAX_SECRET_NAMES, GroupOf, StreamDeps, node_cluster
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class AggregatedDiscoveryServer:
                                 observer=observer, budget=budget or PushBudget())
         self._max_streams = max_streams
         self._streams = 0
+        # One for every FetchSecrets call: what it remembers and logs is bounded across
+        # calls, where a fresh one per call would log every name of every call.
+        self._fetch_denials = SecretDenials()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register ADS and SDS on a grpc.aio server (before it starts).
@@ -136,13 +139,20 @@ class AggregatedDiscoveryServer:
         except ControlPlaneError as exc:
             log.warning("refusing FetchSecrets from %s: %s", context.peer(), exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        if len(request.resource_names) > MAX_SECRET_NAMES:
+            # Not abort(): its exception, kept by gRPC, would hold the request (MBs of
+            # names) in a reference cycle until a full GC.
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(f"{len(request.resource_names)} secret names requested: "
+                                f"at most {MAX_SECRET_NAMES}")
+            return discovery_pb2.DiscoveryResponse()
         await self._deps.cache.wait_ready()
         response = self._fetch(group, request.resource_names)
         snapshot = self._deps.cache.get(group)  # the one _fetch read: no await between
         if snapshot is not None:
-            SecretDenials().check(node_id=request.node.id, group=group, type_url=SECRET,
-                                  requested=request.resource_names,
-                                  available=snapshot.resources(SECRET))
+            self._fetch_denials.check(node_id=request.node.id, group=group, type_url=SECRET,
+                                      requested=request.resource_names,
+                                      available=snapshot.resources(SECRET))
         if response is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
         return response

@@ -30,8 +30,10 @@ from controlplane.errors import (
 from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.identity import peer_node, peer_serial
+from controlplane.xds.loglimit import LogLimiter, clip
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
+from controlplane.xds.resources import SECRET
 from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,16 @@ MAX_NAMES_PER_TYPE = 100_000
 """More resource names than this in one type's subscription ends the stream with
 RESOURCE_EXHAUSTED: what a stream keeps per name is held for as long as it lives, so
 without a bound one client could make the server hold any amount of memory."""
+
+MAX_SECRET_NAMES = 1_000
+"""`MAX_NAMES_PER_TYPE` for SDS: a group's proxies name a few secrets each (its
+certificate, the CA, its credentials), and each name a group lacks is logged."""
+
+MAX_NEW_NAMES_FACTOR = 10
+"""A stream may subscribe, over its life, at most this many times its type's name limit
+in names it did not subscribe before (counted as they come, not remembered): a client
+naming fresh names every round ends with RESOURCE_EXHAUSTED, a proxy whose config
+changes now and then never comes near."""
 
 MAX_QUEUED_REQUESTS = 64
 """Requests read ahead of the stream's task at most. Past this the reader stops reading
@@ -169,6 +181,11 @@ class Stream(Generic[Req]):
         self._end_code = grpc.StatusCode.UNAUTHENTICATED
         self._queue: _Inbox[Any] | None = None
         self._wanted = False  # counted in the cache's streams of `group`: release at end
+        self._new_names: dict[str, int] = {}  # type URL -> names newly subscribed, ever
+        self.nack_log = LogLimiter()
+        """Lines about NACKs: their text is the client's."""
+        self.input_log = LogLimiter()
+        """Lines about other client input (unserved types)."""
 
     def next_nonce(self) -> str:
         """A nonce unique within this stream."""
@@ -190,15 +207,30 @@ class Stream(Generic[Req]):
         del request
         return False
 
-    async def check_names(self, type_url: str, count: int) -> None:
-        """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many."""
-        if count > MAX_NAMES_PER_TYPE:
+    async def check_names(self, type_url: str, count: int, added: int = 0) -> None:
+        """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many, or
+        if with `added` names it did not subscribe before, the stream has subscribed too
+        many new names of the type over its life."""
+        limit = max_names(type_url)
+        if count > limit:
             log.warning("refusing xDS stream from %s: %d resource names for %s (at most %d)",
-                        self.context.peer(), count, type_url, MAX_NAMES_PER_TYPE)
+                        self.context.peer(), count, clip(type_url), limit)
             await self.context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{count} resource names subscribed for {type_url}: at most "
-                f"{MAX_NAMES_PER_TYPE} per type")
+                f"{count} resource names subscribed for {clip(type_url)}: at most "
+                f"{limit} per type")
+        if not added:
+            return
+        new = self._new_names[type_url] = self._new_names.get(type_url, 0) + added
+        if new > limit * MAX_NEW_NAMES_FACTOR:
+            log.warning("ending xDS stream from %s: %d new resource names subscribed for %s "
+                        "over its life (at most %d)", self.context.peer(), new,
+                        clip(type_url), limit * MAX_NEW_NAMES_FACTOR)
+            await self.context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{new} different resource names subscribed for {clip(type_url)} on this "
+                f"stream: at most {limit * MAX_NEW_NAMES_FACTOR} over a stream's life; "
+                "reconnect if the config really changed that much")
 
     async def write(self, parts: Sequence[bytes], type_url: str, version: str) -> None:
         """Send one serialized response (`parts` joined, see `wire`) of `version` of a
@@ -334,6 +366,11 @@ class Stream(Generic[Req]):
             queue.put_nowait(_Event.MALFORMED)
         finally:
             queue.put_nowait(_Event.END)
+
+
+def max_names(type_url: str) -> int:
+    """The most resource names of `type_url` one subscription may hold."""
+    return MAX_SECRET_NAMES if type_url == SECRET else MAX_NAMES_PER_TYPE
 
 
 def _check_identity(node: base_pb2.Node) -> None:

@@ -104,3 +104,100 @@ async def test_groups_named_by_clients_are_forgotten(
     figures(groups=GROUP_ROUNDS * GROUP_BATCH, refused=refused, rss_baseline_mb=baseline_mb,
             rss_after_mb=after_mb, metrics_baseline=baseline_metrics,
             metrics_after=after_metrics)
+
+
+FAKE_NAMES = 99_000
+FLOODS = 10
+LOG_SLACK = 64 * 1024  # bytes of log the whole abuse may add (one flood logged: MBs)
+
+
+def fake_names(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i:06d}-{'s' * 16}" for i in range(count)]
+
+
+async def sds_flood(cp: ServeProcess, i: int) -> tuple[grpc.StatusCode, grpc.StatusCode]:
+    """One SotW SDS stream and one FetchSecrets, each naming FAKE_NAMES secrets; returns
+    the status each ended with."""
+    from envoy.service.discovery.v3 import discovery_pb2
+    from envoy.service.secret.v3 import sds_pb2_grpc
+
+    from controlplane.xds.resources import SECRET
+
+    names = fake_names(f"flood{i}", FAKE_NAMES)
+    async with grpc.aio.insecure_channel(cp.xds, options=[
+            ("grpc.max_send_message_length", 16 * 1024 * 1024)]) as channel:
+        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        call = stub.StreamSecrets()
+        await call.write(discovery_pb2.DiscoveryRequest(
+            node=node(f"flood-{i}"), type_url=SECRET, resource_names=names))
+        streamed = await asyncio.wait_for(call.code(), 30)
+        try:
+            await stub.FetchSecrets(discovery_pb2.DiscoveryRequest(
+                node=node(f"flood-{i}"), type_url=SECRET, resource_names=names), timeout=30)
+            fetched = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            fetched = exc.code()
+        # Under the cap: answered (empty), and the names logged once, briefly.
+        await stub.FetchSecrets(discovery_pb2.DiscoveryRequest(
+            node=node(f"flood-{i}"), type_url=SECRET,
+            resource_names=fake_names(f"small{i}", 900)), timeout=30)
+    return streamed, fetched
+
+
+async def test_sds_requests_for_99k_fake_names(
+        serve: ServeProcess, upstream_factory: Callable[..., Upstream],
+        envoy_factory: Callable[..., Envoy], figures: Figures) -> None:
+    async with edge_envoy(serve, upstream_factory, envoy_factory) as switch:
+        await sds_flood(serve, 0)  # warm-up
+        baseline_mb, baseline_log = rss_mb(serve), log_bytes(serve)
+        switching = asyncio.create_task(asyncio.to_thread(switch, "v2"))
+        codes = [await sds_flood(serve, i) for i in range(1, FLOODS + 1)]
+        await switching
+        assert all(c == (grpc.StatusCode.RESOURCE_EXHAUSTED,) * 2 for c in codes), codes
+        added_log = log_bytes(serve) - baseline_log
+        assert added_log <= LOG_SLACK, added_log
+        after_mb = rss_mb(serve)
+        assert after_mb <= baseline_mb * RSS_SLACK + RSS_SLACK_MB, (baseline_mb, after_mb)
+        await asyncio.to_thread(switch, "v1")
+    figures(floods=FLOODS, names=FAKE_NAMES, log_added_bytes=added_log,
+            rss_baseline_mb=baseline_mb, rss_after_mb=after_mb)
+
+
+ROUND_NAMES, MAX_ROUNDS = 900, 40
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_fresh_secret_names_every_round(
+        serve: ServeProcess, upstream_factory: Callable[..., Upstream],
+        envoy_factory: Callable[..., Envoy], delta: bool, figures: Figures) -> None:
+    """One stream naming ROUND_NAMES new secrets each round, for ever: it ends with
+    RESOURCE_EXHAUSTED, having logged a few lines, not one per name."""
+    from controlplane.xds.resources import SECRET
+
+    async with edge_envoy(serve, upstream_factory, envoy_factory) as switch:
+        baseline_mb, baseline_log = rss_mb(serve), log_bytes(serve)
+        switching = asyncio.create_task(asyncio.to_thread(switch, "v2"))
+        rounds, previous = 0, list[str]()
+        async with AdsClient(serve.xds, delta=delta) as client:
+            while client.error is None and rounds < MAX_ROUNDS:
+                names = fake_names(f"round{rounds}", ROUND_NAMES)
+                first = node("churner") if rounds == 0 else None
+                if delta:  # the last round's names dropped: the subscription stays small
+                    await client.delta_request(SECRET, subscribe=names, node=first,
+                                               unsubscribe=previous)
+                else:
+                    await client.request(SECRET, names, node=first)
+                rounds, previous = rounds + 1, names
+                await wait_for(lambda: client.error or client._responses.qsize(),
+                               timeout=30, message=f"round {rounds} answered or refused")
+                while client._responses.qsize():
+                    await client.recv()
+            assert client.error is not None, f"still served after {rounds} rounds"
+            assert client.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, client.error
+        await switching
+        added_log = log_bytes(serve) - baseline_log
+        assert added_log <= LOG_SLACK, added_log
+        after_mb = rss_mb(serve)
+        assert after_mb <= baseline_mb * RSS_SLACK + RSS_SLACK_MB, (baseline_mb, after_mb)
+    figures(rounds=rounds, names_per_round=ROUND_NAMES, log_added_bytes=added_log,
+            rss_baseline_mb=baseline_mb, rss_after_mb=after_mb)
