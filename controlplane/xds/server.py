@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc
@@ -24,7 +24,9 @@ from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.denials import SecretDenials
+from controlplane.xds.loglimit import LogLimiter
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
+from controlplane.xds.peers import MAX_STREAMS_PER_PEER, peer_key
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import SECRET
 from controlplane.xds.sotw import SotwStream
@@ -55,6 +57,10 @@ class AggregatedDiscoveryServer:
             whatever clients open, identified or not).
         budget: bytes of responses written at once across streams (`PushBudget`);
             default 256 MiB.
+        max_streams_per_peer: streams one peer (`peer_of`) holds at once; one more from
+            it is refused with RESOURCE_EXHAUSTED while other peers are served.
+        peer_of: the peer a stream counts against, None for none (`peers.peer_key`:
+            the client certificate, else the source address; plaintext loopback exempt).
     """
 
     def __init__(
@@ -66,11 +72,17 @@ class AggregatedDiscoveryServer:
         observer: XdsObserver = NO_OBSERVER,
         max_streams: int = MAX_STREAMS,
         budget: PushBudget | None = None,
+        max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+        peer_of: Callable[[Context], str | None] = peer_key,
     ) -> None:
         self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of,
                                 observer=observer, budget=budget or PushBudget())
         self._max_streams = max_streams
         self._streams = 0
+        self._max_per_peer = max_streams_per_peer
+        self._peer_of = peer_of
+        self._by_peer: dict[str, int] = {}  # only peers with a stream open
+        self._refusal_log = LogLimiter()  # a refused client may retry in a tight loop
         # One for every FetchSecrets call: what it remembers and logs is bounded across
         # calls, where a fresh one per call would log every name of every call.
         self._fetch_denials = SecretDenials()
@@ -166,7 +178,20 @@ class AggregatedDiscoveryServer:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this control plane serves at most {self._max_streams} "
                                 "xDS streams at once; retry later or use another replica")
+        peer = self._peer_of(context)
+        if peer is not None and self._by_peer.get(peer, 0) >= self._max_per_peer:
+            if (note := self._refusal_log.allow()) is not None:
+                log.warning("refusing xDS stream from %s: it has %d streams open (at most "
+                            "%d per peer)%s", context.peer(), self._by_peer[peer],
+                            self._max_per_peer, note)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"this client (its certificate, or its address without TLS) "
+                                f"has {self._max_per_peer} xDS streams open, the most one "
+                                "client may hold; close some, or give each proxy its own "
+                                "certificate")
         self._streams += 1
+        if peer is not None:
+            self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         try:
             await stream.run(requests)
         except BaseException as exc:
@@ -177,6 +202,12 @@ class AggregatedDiscoveryServer:
             raise
         finally:
             self._streams -= 1
+            if peer is not None:
+                left = self._by_peer[peer] - 1
+                if left:
+                    self._by_peer[peer] = left
+                else:
+                    del self._by_peer[peer]
 
     def _fetch(
         self, group: str, names: Iterable[str]

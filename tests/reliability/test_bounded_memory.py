@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from controlplane.xds.resources import LISTENER
 from tests.e2e.test_backbone import apply, edge_yaml, version_behind
 from tests.reliability.conftest import Figures
 from tests.reliability.test_xds_hostile import RSS_SLACK, RSS_SLACK_MB, rss_mb
 from tests.support.ads import AdsClient, node
-from tests.support.controlplane import ServeProcess
-from tests.support.envoy import Envoy
+from tests.support.controlplane import ServeProcess, cli
+from tests.support.envoy import Envoy, start_envoy
 from tests.support.http import get_sync
 from tests.support.ports import free_port
 from tests.support.upstream import Upstream
@@ -201,3 +203,79 @@ async def test_fresh_secret_names_every_round(
         assert after_mb <= baseline_mb * RSS_SLACK + RSS_SLACK_MB, (baseline_mb, after_mb)
     figures(rounds=rounds, names_per_round=ROUND_NAMES, log_added_bytes=added_log,
             rss_baseline_mb=baseline_mb, rss_after_mb=after_mb)
+
+
+PEER_CAP, GREEDY_TRIES = 5, 30
+
+
+async def refusal(client: AdsClient, node_id: str) -> grpc.StatusCode:
+    """The status a stream ends with: the server may refuse it before reading a request,
+    so the request's write can fail on the client's side first."""
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await client.request(LISTENER, node=node(node_id))
+    code: grpc.StatusCode = await asyncio.wait_for(client._call.code(), 15)
+    return code
+
+
+def _credentials(tls: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=(tls / "ca.crt").read_bytes(),
+        private_key=(tls / "proxy.key").read_bytes(),
+        certificate_chain=(tls / "proxy.crt").read_bytes())
+
+
+async def test_one_peer_cannot_take_every_stream(
+        tmp_path: Path, upstream_factory: Callable[..., Upstream], figures: Figures) -> None:
+    """Under mTLS a peer is a client certificate: one past its cap is refused, while a
+    real Envoy with its own certificate keeps getting its updates."""
+    cp = ServeProcess(tmp_path / "cp", extra_args=(
+        "--tls-dir", str(tmp_path / "server-tls"),
+        "--max-streams-per-peer", str(PEER_CAP))).start()
+    envoy: Envoy | None = None
+    greedy: list[AdsClient] = []
+    try:
+        v1, v2 = upstream_factory("v1"), upstream_factory("v2")
+        port = free_port()
+        apply(cp, edge_yaml(port=port, v1=v1.port, v2=v2.port))
+        tls = {}
+        for who in ("envoy", "greedy"):
+            tls[who] = tmp_path / f"{who}-tls"
+            issued = cli(["cert", "issue", "--group", "edge", "--out", str(tls[who])],
+                         server=cp.admin)
+            assert issued.code == 0, issued.err
+        boot = cli(["bootstrap", "--node-id", "edge-1", "--group", "edge",
+                    "--admin-port", str(free_port()), "--xds-addr", cp.xds,
+                    "--tls-dir", str(tls["envoy"])])
+        assert boot.code == 0, boot.err
+        envoy = start_envoy(yaml.safe_load(boot.out), tmp_path / "envoy")
+        lands = version_behind(port, timeout=30)
+        await asyncio.to_thread(lands, "v1")
+        log_before = log_bytes(cp)
+
+        for i in range(PEER_CAP):  # the greedy certificate's whole share, held
+            client = AdsClient(cp.xds, credentials=_credentials(tls["greedy"]))
+            greedy.append(client)
+            await client.__aenter__()
+            await client.request(LISTENER, node=node(f"greedy-{i}"))
+            await client.recv(timeout=15)
+        refused = 0
+        for i in range(GREEDY_TRIES):  # one more, again and again: refused each time
+            async with AdsClient(cp.xds, credentials=_credentials(tls["greedy"])) as extra:
+                code = await refusal(extra, f"greedy-extra-{i}")
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, code
+                refused += 1
+        # The other certificate's Envoy is still served: a change reaches it.
+        apply(cp, edge_yaml(port=port, v1=v1.port, v2=v2.port, active="v2"))
+        await asyncio.to_thread(lands, "v2")
+        refusal_lines = cp.log().count("per peer)")
+        assert 1 <= refusal_lines <= 2, refusal_lines  # rate-limited, not one per try
+        added_log = log_bytes(cp) - log_before
+        assert added_log <= LOG_SLACK, added_log
+    finally:
+        for client in greedy:
+            await client.close()
+        if envoy is not None:
+            envoy.stop()
+        cp.stop()
+    figures(cap=PEER_CAP, refused=refused, refusal_log_lines=refusal_lines,
+            log_added_bytes=added_log)
