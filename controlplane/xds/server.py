@@ -24,7 +24,6 @@ from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.denials import SecretDenials
-from controlplane.xds.loglimit import LogLimiter
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.peers import MAX_STREAMS_PER_PEER, peer_key
 from controlplane.xds.proxies import ProxyRegistry
@@ -82,7 +81,6 @@ class AggregatedDiscoveryServer:
         self._max_per_peer = max_streams_per_peer
         self._peer_of = peer_of
         self._by_peer: dict[str, int] = {}  # only peers with a stream open
-        self._refusal_log = LogLimiter()  # a refused client may retry in a tight loop
         # One for every FetchSecrets call: what it remembers and logs is bounded across
         # calls, where a fresh one per call would log every name of every call.
         self._fetch_denials = SecretDenials()
@@ -173,14 +171,15 @@ class AggregatedDiscoveryServer:
                      context: Context) -> None:
         """Serve a stream in one of `max_streams` slots, or refuse it."""
         if self._streams >= self._max_streams:
-            log.warning("refusing xDS stream from %s: %d streams open (at most %d)",
-                        context.peer(), self._streams, self._max_streams)
+            if (note := self._deps.refusals.allow()) is not None:
+                log.warning("refusing xDS stream from %s: %d streams open (at most %d)%s",
+                            context.peer(), self._streams, self._max_streams, note)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this control plane serves at most {self._max_streams} "
                                 "xDS streams at once; retry later or use another replica")
         peer = self._peer_of(context)
         if peer is not None and self._by_peer.get(peer, 0) >= self._max_per_peer:
-            if (note := self._refusal_log.allow()) is not None:
+            if (note := self._deps.refusals.allow()) is not None:
                 log.warning("refusing xDS stream from %s: it has %d streams open (at most "
                             "%d per peer)%s", context.peer(), self._by_peer[peer],
                             self._max_per_peer, note)

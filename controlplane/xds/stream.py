@@ -67,6 +67,8 @@ class StreamDeps:
     group_of: GroupOf = node_cluster
     observer: XdsObserver = NO_OBSERVER
     budget: PushBudget = field(default_factory=PushBudget)
+    refusals: LogLimiter = field(default_factory=LogLimiter)
+    """Lines about refused streams, across streams: a refused client may retry at once."""
 
 
 class _Event(enum.Enum):
@@ -331,7 +333,9 @@ class Stream(Generic[Req]):
                 PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
                 ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
             }.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
-            log.warning("refusing xDS stream from %s: %s", self.context.peer(), exc)
+            if (note := self.deps.refusals.allow()) is not None:
+                log.warning("refusing xDS stream from %s: %s%s", self.context.peer(),
+                            clip(str(exc), 1024), note)
             await self.context.abort(code, str(exc))
         except ControlPlaneError as exc:
             await self.context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
