@@ -9,7 +9,8 @@
     ├── AuthenticationError    no or bad credentials
     ├── PermissionDeniedError  the principal's role does not allow the call
     ├── TranslationError       desired state cannot be turned into xDS
-    └── InconsistentSnapshotError  a snapshot names resources it does not carry
+    ├── InconsistentSnapshotError  a snapshot names resources it does not carry
+    └── ResourceExhaustedError  a client asks for more than its share (groups, streams)
 
 The admin API maps these to gRPC status codes at its edge; the CLI maps those
 to exit codes (2 for invalid input, 1 for everything else).
@@ -88,3 +89,8 @@ class InconsistentSnapshotError(ControlPlaneError):
 
 class AnalysisProviderError(ControlPlaneError):
     """A metrics provider (Prometheus) could not answer; the check is inconclusive."""
+
+
+class ResourceExhaustedError(ControlPlaneError):
+    """A client asked for more than the server holds for it (e.g. proxy groups without
+    config); nothing was kept for the request. Retry later, or configure what it names."""

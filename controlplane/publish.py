@@ -44,8 +44,11 @@ class Publisher:
     """Keeps the snapshot cache in step with the latest desired state.
 
     Args:
-        cache: where snapshots go; its `on_new_group` hook is set to publish that group.
+        cache: where snapshots go; its `on_new_group` hook is set to publish that group,
+            its `on_idle_group` to forget it at the next publish (unless configured).
         on_published: called after each publish with {group: snapshot} (metrics, tests).
+        on_forgotten: called with the groups forgotten (no stream, no config) before a
+            publish, so whatever else keeps a group name (metric labels) lets it go.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Publisher:
         *,
         stage: RenderStage | None = None,
         on_published: Callable[[Mapping[str, Snapshot]], None] | None = None,
+        on_forgotten: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._cache = cache
         self._stage = stage if stage is not None else RenderStage()
@@ -65,12 +69,15 @@ class Publisher:
         self._again = False  # a change came while `_running` ran: publish once more
         self._last_publish = float("-inf")  # loop time
         self._on_published = on_published
+        self._on_forgotten = on_forgotten
         self.published = asyncio.Event()
         cache.on_new_group = self._new_group
+        cache.on_idle_group = self._idle_group
 
     def update(self, state: DesiredState) -> None:
         """Take a new state (rollout weights included); it is published after the hold-off."""
         self._state = state
+        self._cache.configured = frozenset(state.groups())
         self._arm()
 
     def update_secrets(self, material: Material) -> None:
@@ -90,6 +97,23 @@ class Publisher:
         self._extra_groups.add(group)
         if self._state is not None:
             self._arm()
+
+    def _idle_group(self, group: str) -> None:
+        del group  # forgotten at the next publish: a reconnect in between keeps it
+        if self._state is not None:
+            self._arm()
+
+    def _forget(self) -> None:
+        """Drop every group with no stream and no config from the cache, the renders
+        and (`on_forgotten`) whatever else keeps group names."""
+        assert self._state is not None
+        self._extra_groups = {g for g in self._extra_groups if self._cache.held(g)}
+        gone = self._cache.forget_idle({*self._state.groups(), *self._extra_groups})
+        if gone:
+            self._stage.forget(gone)
+            log.debug("forgot %d groups without streams or config", len(gone))
+            if self._on_forgotten is not None:
+                self._on_forgotten(gone)
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -111,11 +135,13 @@ class Publisher:
             return
         with contextlib.suppress(RuntimeError):  # no loop: a synchronous first publish
             self._last_publish = asyncio.get_running_loop().time()
+        self._forget()
         self._install(_build(*self._inputs()))
 
     async def _offloaded(self) -> None:
         try:
             self._last_publish = asyncio.get_running_loop().time()
+            self._forget()
             self._install(await asyncio.to_thread(_build, *self._inputs()))
         finally:
             self._running = None

@@ -61,6 +61,7 @@ from controlplane.xds.identity import (
     peer_serial,
     refusing_revoked,
 )
+from controlplane.xds.peers import MAX_STREAMS_PER_PEER
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import AggregatedDiscoveryServer
 from controlplane.xds.stream import node_cluster
@@ -98,6 +99,7 @@ class ServeConfig:
     cert_lifetime_s: float = 24 * 3600.0
     credentials_dirs: tuple[Path, ...] = ()
     """Where `valueFrom.file` may point (none: nowhere); never inside data_dir or tls_dir."""
+    max_streams_per_peer: int = MAX_STREAMS_PER_PEER
 
 
 class ControlPlane:
@@ -115,7 +117,8 @@ class ControlPlane:
         # compared with the fleet's ACKs by the rollout engine.
         self.stage = RenderStage()
         self.publisher = Publisher(self.cache, stage=self.stage,
-                                   on_published=self.telemetry.published)
+                                   on_published=self.telemetry.published,
+                                   on_forgotten=self.telemetry.forget_groups)
         self.etcd: EmbeddedEtcd | None = None
         self.store: Store | None = None
         self.xds_port = 0
@@ -223,8 +226,9 @@ class ControlPlane:
         # With --tls-dir a proxy's group is the one its client certificate names.
         group_of = (refusing_revoked(peer_certificate_group, self.revoked)
                     if self.config.tls_dir else node_cluster)
-        AggregatedDiscoveryServer(self.cache, self.registry, group_of=group_of,
-                                  observer=self.telemetry).add_to_server(xds)
+        AggregatedDiscoveryServer(
+            self.cache, self.registry, group_of=group_of, observer=self.telemetry,
+            max_streams_per_peer=self.config.max_streams_per_peer).add_to_server(xds)
         # Envoy's stats sink: it reaches us over the xDS cluster.
         metrics_receiver(self.window, self.health, group_of=group_of, registry=self.registry,
                          routed=self.routed, revoked=self.revoked,
@@ -569,6 +573,10 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="a directory Credentials' valueFrom.file may name (repeatable or "
                         "DIR,DIR); default none: valueFrom.file is refused. Never the data "
                         "dir or the TLS dir")
+    p.add_argument("--max-streams-per-peer", type=_positive, default=MAX_STREAMS_PER_PEER,
+                   help="xDS streams one client (its certificate, or its address without "
+                        "TLS; plaintext loopback is not capped) may hold open at once "
+                        f"(default {MAX_STREAMS_PER_PEER})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=list(FORMATS),
                    help="json: one JSON object per line (ts, level, logger, msg, fields)")
@@ -586,6 +594,17 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 GC_YOUNG_THRESHOLD = 50_000
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse exits 2 naming the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def serve_command(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -598,6 +617,7 @@ def serve_command(args: argparse.Namespace) -> int:
         tls_dir=Path(args.tls_dir) if args.tls_dir else None,
         credentials_dirs=tuple(Path(d) for arg in args.credentials_dir
                                for d in arg.split(",") if d),
+        max_streams_per_peer=args.max_streams_per_peer,
     )
     return asyncio.run(_serve(config, json_logs=args.log_format == "json"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
@@ -101,6 +101,13 @@ class RenderStage:
                     if fingerprint == state.fingerprint and g == group:
                         return _raise_or(built).versions
         return self.snapshot(state, group).versions
+
+    def forget(self, groups: Collection[str]) -> None:
+        """Drop the renders of `groups` (forgotten: no stream, no config)."""
+        gone = set(groups)
+        with self._lock:
+            for stale in [k for k in self._memo if k[1] in gone]:
+                del self._memo[stale]
 
     def _remember(self, key: _Key, value: tuple[Snapshot | ControlPlaneError, object]) -> None:
         self._memo[key] = value

@@ -150,6 +150,15 @@ class Telemetry:
                 if seen is None or seen[0] != version:
                     self._published[(group, type_url)] = (version, now)
 
+    def forget_groups(self, groups: list[str]) -> None:
+        """The publisher's `on_forgotten`: these groups have no stream and no config; their
+        labels go, or /metrics would grow with every group name a client ever claimed."""
+        gone = set(groups)
+        for group in gone:
+            self.proxies.remove(group)
+        for key in [k for k in self._published if k[0] in gone]:
+            del self._published[key]
+
     def observe_state(self, state: DesiredState) -> None:
         """Rollout gauges from a state read from etcd; new analysis checks are counted
         (those already there when the first state arrives are not)."""

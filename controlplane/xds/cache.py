@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
+from controlplane.errors import ResourceExhaustedError
 from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+MAX_UNCONFIGURED_GROUPS = 1_000
+"""Default cap on groups held that the desired state does not configure: a group name is
+the client's claim, and each one held costs a snapshot, metric labels and renders."""
 
 
 class SnapshotSource(Protocol):
@@ -27,7 +32,15 @@ class SnapshotSource(Protocol):
         """Return once the first full state is loaded."""
 
     def want(self, group: str) -> None:
-        """A stream serves `group`: make sure a snapshot for it will come."""
+        """A stream serves `group`: make sure a snapshot for it will come. Pair each call
+        with one `release` when the stream ends.
+
+        Errors:
+            ResourceExhaustedError: too many groups without config are held already.
+        """
+
+    def release(self, group: str) -> None:
+        """A stream that called `want(group)` ended."""
 
     def get(self, group: str) -> Snapshot | None:
         """The current snapshot of `group`, or None when it has none yet."""
@@ -47,10 +60,23 @@ class SnapshotCache:
         on_new_group: called (synchronously, once per group) the first time a
             stream asks for a group that has no snapshot; the wiring uses it
             to translate that group. It must not block.
+        on_idle_group: called (synchronously) when the last stream of a group ends;
+            the wiring then forgets the group unless it is configured (`forget_idle`).
+        configured: the groups the desired state configures (set by the publisher):
+            these do not count against `max_unconfigured_groups`.
+        max_unconfigured_groups: groups held at once that are not `configured` (with a
+            stream, or not yet forgotten); a stream for one more is refused.
     """
 
-    def __init__(self, *, on_new_group: Callable[[str], None] | None = None) -> None:
+    def __init__(self, *, on_new_group: Callable[[str], None] | None = None,
+                 on_idle_group: Callable[[str], None] | None = None,
+                 max_unconfigured_groups: int = MAX_UNCONFIGURED_GROUPS) -> None:
         self.on_new_group = on_new_group
+        self.on_idle_group = on_idle_group
+        self.configured: frozenset[str] = frozenset()
+        self.max_unconfigured_groups = max_unconfigured_groups
+        self._streams: dict[str, int] = {}  # group -> streams that want it
+        self._unconfigured: set[str] = set()  # held, not configured, not yet forgotten
         self._snapshots: dict[str, Snapshot] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._subscribers: dict[str, set[Callable[[], None]]] = {}
@@ -109,12 +135,53 @@ class SnapshotCache:
         return sorted(self._snapshots)
 
     def want(self, group: str) -> None:
-        """Call `on_new_group` the first time a stream asks for a group with no snapshot."""
+        """Count a stream of `group`; call `on_new_group` the first time a stream asks for
+        a group with no snapshot.
+
+        Errors:
+            ResourceExhaustedError: `group` is not configured and `max_unconfigured_groups`
+                such groups are held already; nothing was counted.
+        """
+        held = self._streams.get(group, 0)
+        if not held and group not in self.configured and group not in self._unconfigured:
+            if len(self._unconfigured) >= self.max_unconfigured_groups:
+                raise ResourceExhaustedError(
+                    f"group {group!r} is not configured and {len(self._unconfigured)} "
+                    f"unconfigured groups are held already (at most "
+                    f"{self.max_unconfigured_groups}); configure the group (apply a "
+                    "ProxyGroup or a Listener naming it) or retry later")
+            self._unconfigured.add(group)
+        self._streams[group] = held + 1
         if group in self._snapshots or group in self._asked:
             return
         self._asked.add(group)
         if self.on_new_group is not None:
             self.on_new_group(group)
+
+    def release(self, group: str) -> None:
+        """A stream of `group` ended; the last one calls `on_idle_group`."""
+        held = self._streams.get(group, 0) - 1
+        if held > 0:
+            self._streams[group] = held
+            return
+        self._streams.pop(group, None)
+        if self.on_idle_group is not None:
+            self.on_idle_group(group)
+
+    def held(self, group: str) -> bool:
+        """Whether a stream of `group` is open."""
+        return group in self._streams
+
+    def forget_idle(self, keep: Collection[str]) -> list[str]:
+        """Forget every group that is not in `keep` and has no stream (its snapshot and
+        what announced it); returns those groups, sorted."""
+        known = {*self._snapshots, *self._asked, *self._unconfigured}
+        gone = sorted(g for g in known if g not in keep and g not in self._streams)
+        for group in gone:
+            self.clear(group)
+        self._unconfigured.difference_update(gone)
+        self._unconfigured.difference_update(self.configured)
+        return gone
 
     async def wait_change(self, group: str, seen: Snapshot | None) -> Snapshot:
         """Return the current snapshot of `group` once it is not `seen` (identity)."""

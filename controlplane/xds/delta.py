@@ -27,6 +27,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import wire
 from controlplane.xds.denials import SecretDenials
+from controlplane.xds.loglimit import clip
 from controlplane.xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -86,15 +87,16 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         if state is None:
             if len(self._types) >= MAX_TYPES_PER_STREAM:
                 return
-            if type_url not in KNOWN_TYPES:
-                log.info("delta: node %s asked for unserved type %s: answering empty",
-                         self._node_id(), type_url)
+            if type_url not in KNOWN_TYPES and (note := self.input_log.allow()) is not None:
+                log.info("delta: node %s asked for unserved type %s: answering empty%s",
+                         clip(self._node_id()), clip(type_url), note)
             state = self._types[type_url] = self._first(request)
+            added = len(state.names)
         else:
             if request.response_nonce and request.response_nonce == state.nonce:
                 self._ack_or_nack(state, request)
-            self._resubscribe(state, request)
-        await self.check_names(type_url, len(state.names))
+            added = self._resubscribe(state, request)
+        await self.check_names(type_url, len(state.names), added)
         assert self.handle is not None
         self.handle.subscribed(type_url, None if state.wildcard else state.names)
         if (state.must_respond or request.resource_names_subscribe
@@ -150,13 +152,17 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             have=dict(request.initial_resource_versions),
         )
 
-    def _resubscribe(self, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+    def _resubscribe(self, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest
+                     ) -> int:
+        """Apply the request's (un)subscriptions; returns how many names it adds."""
         if request.resource_names_subscribe or request.resource_names_unsubscribe:
             state.synced = None
+        added = 0
         for name in request.resource_names_subscribe:
             if name == _WILDCARD:
                 state.wildcard = True
             elif name not in state.names:
+                added += 1
                 if not state.wildcard:
                     state.have.pop(name, None)  # a new interest: send it even if held before
                 state.names.add(name)
@@ -169,14 +175,18 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
                 state.told_missing.discard(name)
         for name in [n for n in state.have if not state.wants(n)]:
             del state.have[name]  # the client dropped what it no longer subscribes to
+        return added
 
     def _ack_or_nack(self, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         assert self.handle is not None and state.sent_version is not None
         state.outstanding = False
         if request.HasField("error_detail"):
             message = request.error_detail.message
-            log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
-                        self.group, short_kind(state.type_url), state.sent_version, message)
+            if (note := self.nack_log.allow()) is not None:
+                log.warning("node %s (group %s) NACKed %s version %s: %s%s",
+                            clip(self._node_id()), clip(self.group),
+                            short_kind(state.type_url), state.sent_version, clip(message, 1024),
+                            note)
             self.handle.nacked(state.type_url, state.sent_version, message)
             self.deps.observer.nacked(self.group, state.type_url)
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc
@@ -25,10 +25,11 @@ from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.denials import SecretDenials
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
+from controlplane.xds.peers import MAX_STREAMS_PER_PEER, peer_key
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import SECRET
 from controlplane.xds.sotw import SotwStream
-from controlplane.xds.stream import GroupOf, StreamDeps, node_cluster
+from controlplane.xds.stream import MAX_SECRET_NAMES, GroupOf, StreamDeps, node_cluster
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class AggregatedDiscoveryServer:
             whatever clients open, identified or not).
         budget: bytes of responses written at once across streams (`PushBudget`);
             default 256 MiB.
+        max_streams_per_peer: streams one peer (`peer_of`) holds at once; one more from
+            it is refused with RESOURCE_EXHAUSTED while other peers are served.
+        peer_of: the peer a stream counts against, None for none (`peers.peer_key`:
+            the client certificate, else the source address; plaintext loopback exempt).
     """
 
     def __init__(
@@ -66,11 +71,19 @@ class AggregatedDiscoveryServer:
         observer: XdsObserver = NO_OBSERVER,
         max_streams: int = MAX_STREAMS,
         budget: PushBudget | None = None,
+        max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+        peer_of: Callable[[Context], str | None] = peer_key,
     ) -> None:
         self._deps = StreamDeps(cache=cache, registry=registry, group_of=group_of,
                                 observer=observer, budget=budget or PushBudget())
         self._max_streams = max_streams
         self._streams = 0
+        self._max_per_peer = max_streams_per_peer
+        self._peer_of = peer_of
+        self._by_peer: dict[str, int] = {}  # only peers with a stream open
+        # One for every FetchSecrets call: what it remembers and logs is bounded across
+        # calls, where a fresh one per call would log every name of every call.
+        self._fetch_denials = SecretDenials()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register ADS and SDS on a grpc.aio server (before it starts).
@@ -136,13 +149,20 @@ class AggregatedDiscoveryServer:
         except ControlPlaneError as exc:
             log.warning("refusing FetchSecrets from %s: %s", context.peer(), exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        if len(request.resource_names) > MAX_SECRET_NAMES:
+            # Not abort(): its exception, kept by gRPC, would hold the request (MBs of
+            # names) in a reference cycle until a full GC.
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(f"{len(request.resource_names)} secret names requested: "
+                                f"at most {MAX_SECRET_NAMES}")
+            return discovery_pb2.DiscoveryResponse()
         await self._deps.cache.wait_ready()
         response = self._fetch(group, request.resource_names)
         snapshot = self._deps.cache.get(group)  # the one _fetch read: no await between
         if snapshot is not None:
-            SecretDenials().check(node_id=request.node.id, group=group, type_url=SECRET,
-                                  requested=request.resource_names,
-                                  available=snapshot.resources(SECRET))
+            self._fetch_denials.check(node_id=request.node.id, group=group, type_url=SECRET,
+                                      requested=request.resource_names,
+                                      available=snapshot.resources(SECRET))
         if response is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
         return response
@@ -151,12 +171,26 @@ class AggregatedDiscoveryServer:
                      context: Context) -> None:
         """Serve a stream in one of `max_streams` slots, or refuse it."""
         if self._streams >= self._max_streams:
-            log.warning("refusing xDS stream from %s: %d streams open (at most %d)",
-                        context.peer(), self._streams, self._max_streams)
+            if (note := self._deps.refusals.allow()) is not None:
+                log.warning("refusing xDS stream from %s: %d streams open (at most %d)%s",
+                            context.peer(), self._streams, self._max_streams, note)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this control plane serves at most {self._max_streams} "
                                 "xDS streams at once; retry later or use another replica")
+        peer = self._peer_of(context)
+        if peer is not None and self._by_peer.get(peer, 0) >= self._max_per_peer:
+            if (note := self._deps.refusals.allow()) is not None:
+                log.warning("refusing xDS stream from %s: it has %d streams open (at most "
+                            "%d per peer)%s", context.peer(), self._by_peer[peer],
+                            self._max_per_peer, note)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"this client (its certificate, or its address without TLS) "
+                                f"has {self._max_per_peer} xDS streams open, the most one "
+                                "client may hold; close some, or give each proxy its own "
+                                "certificate")
         self._streams += 1
+        if peer is not None:
+            self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         try:
             await stream.run(requests)
         except BaseException as exc:
@@ -167,6 +201,12 @@ class AggregatedDiscoveryServer:
             raise
         finally:
             self._streams -= 1
+            if peer is not None:
+                left = self._by_peer[peer] - 1
+                if left:
+                    self._by_peer[peer] = left
+                else:
+                    del self._by_peer[peer]
 
     def _fetch(
         self, group: str, names: Iterable[str]

@@ -32,6 +32,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import wire
 from controlplane.xds.denials import SecretDenials
+from controlplane.xds.loglimit import clip
 from controlplane.xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -81,9 +82,9 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         if state is None:
             if len(self._types) >= MAX_TYPES_PER_STREAM:
                 return
-            if type_url not in KNOWN_TYPES:
-                log.info("sotw: node %s asked for unserved type %s: answering empty",
-                         self._node_id(), type_url)
+            if type_url not in KNOWN_TYPES and (note := self.input_log.allow()) is not None:
+                log.info("sotw: node %s asked for unserved type %s: answering empty%s",
+                         clip(self._node_id()), clip(type_url), note)
             state = self._types[type_url] = _TypeState(type_url)
         elif not request.response_nonce:
             state.pending = True  # a re-subscription: answer it like a first request
@@ -92,7 +93,8 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             return  # stale: a newer response is on its way to the client
         elif state.sent_version is not None:
             self._ack_or_nack(state, request)
-        self._subscribe(state, request)
+        await self.check_names(type_url, len(request.resource_names),
+                               self._subscribe(state, request))
         if state.pending:
             await self._flush(state)  # a request is answered at once
         if self._held or (self.snapshot is not None
@@ -141,23 +143,30 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         state.awaiting = False
         if request.HasField("error_detail"):
             message = request.error_detail.message
-            log.warning("node %s (group %s) NACKed %s version %s: %s", self._node_id(),
-                        self.group, short_kind(state.type_url), state.sent_version, message)
+            if (note := self.nack_log.allow()) is not None:
+                log.warning("node %s (group %s) NACKed %s version %s: %s%s",
+                            clip(self._node_id()), clip(self.group),
+                            short_kind(state.type_url), state.sent_version, clip(message, 1024),
+                            note)
             self.handle.nacked(state.type_url, state.sent_version, message)
             self.deps.observer.nacked(self.group, state.type_url)
         else:
             self.handle.acked(state.type_url, state.sent_version)
             self.deps.observer.acked(self.group, state.type_url)
 
-    def _subscribe(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _subscribe(self, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> int:
+        """Take the request's subscription; returns how many names it adds."""
         names = self.deps.registry.shared(frozenset(request.resource_names))
         wildcard = state.type_url in WILDCARD_TYPES and (not names or "*" in names)
         names = frozenset() if wildcard else names
+        added = 0
         if wildcard != state.wildcard or names != state.names:
+            added = len(names - state.names)
             state.wildcard, state.names = wildcard, names
             state.pending = True
         assert self.handle is not None
         self.handle.subscribed(state.type_url, None if wildcard else names)
+        return added
 
     async def _flush(self, state: _TypeState) -> None:
         """Answer the type if a request waits or the snapshot moved past what was sent."""

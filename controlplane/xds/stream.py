@@ -25,12 +25,15 @@ from controlplane.errors import (
     ControlPlaneError,
     InvalidInputError,
     PermissionDeniedError,
+    ResourceExhaustedError,
 )
 from controlplane.xds.budget import PushBudget
 from controlplane.xds.cache import SnapshotSource
 from controlplane.xds.identity import peer_node, peer_serial
+from controlplane.xds.loglimit import LogLimiter, clip
 from controlplane.xds.observer import NO_OBSERVER, XdsObserver
 from controlplane.xds.proxies import ProxyHandle, ProxyRegistry
+from controlplane.xds.resources import SECRET
 from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class StreamDeps:
     group_of: GroupOf = node_cluster
     observer: XdsObserver = NO_OBSERVER
     budget: PushBudget = field(default_factory=PushBudget)
+    refusals: LogLimiter = field(default_factory=LogLimiter)
+    """Lines about refused streams, across streams: a refused client may retry at once."""
 
 
 class _Event(enum.Enum):
@@ -85,6 +90,16 @@ MAX_NAMES_PER_TYPE = 100_000
 """More resource names than this in one type's subscription ends the stream with
 RESOURCE_EXHAUSTED: what a stream keeps per name is held for as long as it lives, so
 without a bound one client could make the server hold any amount of memory."""
+
+MAX_SECRET_NAMES = 1_000
+"""`MAX_NAMES_PER_TYPE` for SDS: a group's proxies name a few secrets each (its
+certificate, the CA, its credentials), and each name a group lacks is logged."""
+
+MAX_NEW_NAMES_FACTOR = 10
+"""A stream may subscribe, over its life, at most this many times its type's name limit
+in names it did not subscribe before (counted as they come, not remembered): a client
+naming fresh names every round ends with RESOURCE_EXHAUSTED, a proxy whose config
+changes now and then never comes near."""
 
 MAX_QUEUED_REQUESTS = 64
 """Requests read ahead of the stream's task at most. Past this the reader stops reading
@@ -167,6 +182,12 @@ class Stream(Generic[Req]):
         self._end_reason = ""
         self._end_code = grpc.StatusCode.UNAUTHENTICATED
         self._queue: _Inbox[Any] | None = None
+        self._wanted = False  # counted in the cache's streams of `group`: release at end
+        self._new_names: dict[str, int] = {}  # type URL -> names newly subscribed, ever
+        self.nack_log = LogLimiter()
+        """Lines about NACKs: their text is the client's."""
+        self.input_log = LogLimiter()
+        """Lines about other client input (unserved types)."""
 
     def next_nonce(self) -> str:
         """A nonce unique within this stream."""
@@ -188,15 +209,30 @@ class Stream(Generic[Req]):
         del request
         return False
 
-    async def check_names(self, type_url: str, count: int) -> None:
-        """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many."""
-        if count > MAX_NAMES_PER_TYPE:
+    async def check_names(self, type_url: str, count: int, added: int = 0) -> None:
+        """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many, or
+        if with `added` names it did not subscribe before, the stream has subscribed too
+        many new names of the type over its life."""
+        limit = max_names(type_url)
+        if count > limit:
             log.warning("refusing xDS stream from %s: %d resource names for %s (at most %d)",
-                        self.context.peer(), count, type_url, MAX_NAMES_PER_TYPE)
+                        self.context.peer(), count, clip(type_url), limit)
             await self.context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{count} resource names subscribed for {type_url}: at most "
-                f"{MAX_NAMES_PER_TYPE} per type")
+                f"{count} resource names subscribed for {clip(type_url)}: at most "
+                f"{limit} per type")
+        if not added:
+            return
+        new = self._new_names[type_url] = self._new_names.get(type_url, 0) + added
+        if new > limit * MAX_NEW_NAMES_FACTOR:
+            log.warning("ending xDS stream from %s: %d new resource names subscribed for %s "
+                        "over its life (at most %d)", self.context.peer(), new,
+                        clip(type_url), limit * MAX_NEW_NAMES_FACTOR)
+            await self.context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{new} different resource names subscribed for {clip(type_url)} on this "
+                f"stream: at most {limit * MAX_NEW_NAMES_FACTOR} over a stream's life; "
+                "reconnect if the config really changed that much")
 
     async def write(self, parts: Sequence[bytes], type_url: str, version: str) -> None:
         """Send one serialized response (`parts` joined, see `wire`) of `version` of a
@@ -252,6 +288,9 @@ class Stream(Generic[Req]):
             # it waits for its helpers below, and the registry must not leak.
             if unsubscribe is not None:
                 unsubscribe()
+            if self._wanted:
+                self._wanted = False
+                self.deps.cache.release(self.group)
             self._queue = None  # no cycle stream -> handle -> stream outlives the stream
             if self.handle is not None:
                 self.handle.on_end = None
@@ -271,6 +310,10 @@ class Stream(Generic[Req]):
         try:
             _check_identity(node)
             self.group = self.deps.group_of(node, self.context)
+            # Counted before anything is kept for the group: a name past the cap costs
+            # nothing (the cache would hold its snapshot, telemetry its labels).
+            self.deps.cache.want(self.group)
+            self._wanted = True
             self.handle = self.deps.registry.connect(
                 node_id=node.id,
                 group=self.group,
@@ -283,12 +326,16 @@ class Stream(Generic[Req]):
                 # A certificate issued for this node id: the identity's own proof.
                 node_bound=bool(node.id) and peer_node(self.context) == node.id,
             )
-        except (AuthenticationError, PermissionDeniedError, InvalidInputError) as exc:
+        except (AuthenticationError, PermissionDeniedError, InvalidInputError,
+                ResourceExhaustedError) as exc:
             code = {
                 AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
                 PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+                ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
             }.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
-            log.warning("refusing xDS stream from %s: %s", self.context.peer(), exc)
+            if (note := self.deps.refusals.allow()) is not None:
+                log.warning("refusing xDS stream from %s: %s%s", self.context.peer(),
+                            clip(str(exc), 1024), note)
             await self.context.abort(code, str(exc))
         except ControlPlaneError as exc:
             await self.context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -297,7 +344,6 @@ class Stream(Generic[Req]):
         self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
                  self.handle.stream_id, node.id, self.group, self.handle.peer)
-        self.deps.cache.want(self.group)
         await self.deps.cache.wait_ready()
         self.snapshot = self.deps.cache.get(self.group)
 
@@ -324,6 +370,11 @@ class Stream(Generic[Req]):
             queue.put_nowait(_Event.MALFORMED)
         finally:
             queue.put_nowait(_Event.END)
+
+
+def max_names(type_url: str) -> int:
+    """The most resource names of `type_url` one subscription may hold."""
+    return MAX_SECRET_NAMES if type_url == SECRET else MAX_NAMES_PER_TYPE
 
 
 def _check_identity(node: base_pb2.Node) -> None:

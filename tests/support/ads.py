@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
 from controlplane.xds.budget import PushBudget
-from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.cache import MAX_UNCONFIGURED_GROUPS, SnapshotCache
+from controlplane.xds.peers import MAX_STREAMS_PER_PEER, peer_key
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.server import MAX_STREAMS, AggregatedDiscoveryServer
 from controlplane.xds.stream import GroupOf, node_cluster
@@ -38,15 +39,19 @@ class XdsHarness:
 async def xds_server(
     *, ready: bool = True, group_of: GroupOf = node_cluster, host: str = "127.0.0.1", port: int = 0,
     max_streams: int = MAX_STREAMS, budget: PushBudget | None = None,
+    max_unconfigured_groups: int = MAX_UNCONFIGURED_GROUPS,
+    max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+    peer_of: Callable[[Any], str | None] = peer_key,
 ) -> AsyncIterator[XdsHarness]:
     """Start ADS + SDS on `host:port` (0: any free port); `ready=False` leaves the cache unready."""
-    cache = SnapshotCache()
+    cache = SnapshotCache(max_unconfigured_groups=max_unconfigured_groups)
     if ready:
         cache.mark_ready()
     registry = ProxyRegistry()
     server = grpc.aio.server()
     AggregatedDiscoveryServer(cache, registry, group_of=group_of, max_streams=max_streams,
-                              budget=budget).add_to_server(server)
+                              budget=budget, max_streams_per_peer=max_streams_per_peer,
+                              peer_of=peer_of).add_to_server(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     try:
