@@ -53,6 +53,7 @@ from controlplane.store.embedded import MAX_REQUEST_BYTES
 from controlplane.store.leader import LeaderElection
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
 from controlplane.store.revocations import RevocationStore, RevokedSerials
+from controlplane.store.tokens import TOKEN_KEY_PURPOSE, TokenStore
 from controlplane.translate.trace import trace_nack
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.identity import (
@@ -180,6 +181,10 @@ class ControlPlane:
         # it; the anchor (outside etcd) is what shows a truncated or wiped log.
         await self.store.key_audit(sealing.derive(AUDIT_KEY_PURPOSE),
                                    AuditAnchor(self.config.data_dir / ANCHOR_FILE))
+        # Token records carry an HMAC under this key: one put into etcd behind the
+        # API's back mints nothing. Records from before are signed once, here.
+        self.store.token_key = sealing.derive(TOKEN_KEY_PURPOSE)
+        await TokenStore(self.store).sign_unsigned(actor=SYSTEM_ACTOR)
         # /proc: /proc/self/environ holds CONTROLPLANE_SECRETS_KEY when it is set.
         forbidden = [("the data dir", self.config.data_dir), ("procfs", Path("/proc"))]
         if self.config.tls_dir is not None:

@@ -102,6 +102,9 @@ class Store:
         self.keys = keys
         self._sealer = sealer
         self._audit_key: bytes | None = None  # None: plain SHA-256 (tests, tools)
+        self.token_key: bytes | None = None
+        """Signs token records (`store.tokens`); None: unsigned (tests, tools). Set by
+        the server from the sealing key, which etcd never holds."""
         self._anchor: AuditAnchor | None = None
 
     @classmethod

@@ -112,7 +112,7 @@ async def test_the_token_is_stored_only_as_its_hash_and_its_creation_audited(a: 
     assert not any(token.encode() in k or token.encode() in v for k, v in everything.items())
     sha = hashlib.sha256(token.encode()).hexdigest()
     stored = json.loads(everything[f"/controlplane/tokens/{sha}".encode()])
-    assert stored.keys() == {"name", "role", "created"}
+    assert stored.keys() == {"name", "role", "created"}  # unkeyed store: no mac
     assert (stored["name"], stored["role"]) == ("root", "admin")
 
     (entry,) = await a.store.audit()
