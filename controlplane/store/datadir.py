@@ -19,6 +19,13 @@ from controlplane.errors import FieldError, InvalidInputError
 LOCK_FILE = "serve.lock"
 
 
+def guard_data_dir(data_dir: Path) -> None:
+    """Make the data dir private to this user (0700): it holds the sealing key, the audit
+    anchor and the embedded etcd's client key. Also an existing one made by hand."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+
+
 class DataDirLock:
     """The exclusive lock on a data directory. `acquire` it, `describe` the holder's
     addresses once bound, `release` at the end."""
@@ -31,9 +38,10 @@ class DataDirLock:
         """Errors:
             InvalidInputError: another process holds it (its pid and addresses named).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        guard_data_dir(self.path.parent)
         # Not truncated on open: the holder's record must survive our failed attempt.
-        handle = open(self.path, "a+")  # held open as long as the lock
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        handle = os.fdopen(fd, "a+")  # held open as long as the lock
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

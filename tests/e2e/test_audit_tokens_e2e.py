@@ -14,6 +14,7 @@ from controlplane.store import AuditEntry, AuditRecord, Keys
 from controlplane.store.kv import EtcdKV
 from tests.e2e.test_backbone import edge_yaml
 from tests.support.controlplane import CliResult, ServeProcess, cli
+from tests.support.etcd_access import serve_kv
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -23,8 +24,7 @@ KEYS = Keys()
 
 def etcd_of(serve: ServeProcess) -> EtcdKV:
     """A direct line to the serve process's embedded etcd, to do what no user may."""
-    ports = json.loads((serve.data_dir / "etcd-ports.json").read_text())
-    return EtcdKV([f"127.0.0.1:{ports['client']}"])
+    return serve_kv(serve.data_dir)
 
 
 def in_etcd(serve: ServeProcess, work: Any) -> Any:

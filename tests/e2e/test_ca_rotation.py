@@ -133,7 +133,7 @@ class Laggard(threading.Thread):
 
 def fleet_has_acked_secrets(server: EmbeddedEtcd, node_id: str) -> bool:
     async def read() -> bool:
-        kv = EtcdKV([server.endpoint])
+        kv = EtcdKV([server.endpoint], tls=server.tls)
         try:
             got = await kv.range(Keys().fleet)
             return any(r.node_id == node_id and SECRET in r.acked
@@ -153,7 +153,7 @@ def test_old_ca_clients_are_accepted_until_every_proxy_acked_the_new_certificate
     tmp_path: Path, etcd: EmbeddedEtcd,  # noqa: F811 (fixture)
     upstream_factory: Callable[..., Upstream], envoy_factory: Callable[..., Envoy],
 ) -> None:
-    serve = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint).start()
+    serve = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     laggard = Laggard(serve.xds)
     try:
         upstream = upstream_factory("v1")

@@ -110,9 +110,9 @@ async def _stream(channel: grpc.aio.Channel) -> Any:
 def test_another_replica_ends_the_stream_of_a_revoked_certificate(
         tmp_path: Path, etcd: EmbeddedEtcd) -> None:
     tls = tmp_path / "tls"
-    a = ServeProcess(tmp_path / "a", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    a = ServeProcess(tmp_path / "a", etcd=etcd, extra_args=("--tls-dir", str(tls)))
     a.start()
-    b = ServeProcess(tmp_path / "b", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    b = ServeProcess(tmp_path / "b", etcd=etcd, extra_args=("--tls-dir", str(tls)))
     try:
         # The replicas share etcd, the --tls-dir files and the key that seals the vault.
         shutil.copy(tmp_path / "a" / "secrets.key", tls / "secrets.key")

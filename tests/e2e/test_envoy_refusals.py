@@ -18,11 +18,11 @@ import pytest
 from controlplane.model import Upstream
 from controlplane.model.documents import load_yaml_documents, to_stored
 from controlplane.store.keys import Keys
-from controlplane.store.kv import EtcdKV
 from tests.e2e.test_backbone import FIRST_CONFIG_S, apply, edge_yaml, version_behind
 from tests.e2e.test_rollout import rollout_yaml, status
 from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy
+from tests.support.etcd_access import serve_kv
 from tests.support.http import get_sync
 from tests.support.ports import free_port
 from tests.support.upstream import Upstream as EchoUpstream
@@ -37,10 +37,8 @@ def put_behind_api(cp: ServeProcess, text: str) -> None:
     """Store the Upstream in `text` as the store would, without apply's checks."""
     [doc] = load_yaml_documents(text)[2:]
     upstream = Upstream.model_validate(doc)
-    port = json.loads(Path(cp.data_dir, "etcd-ports.json").read_text())["client"]
-
     async def put() -> None:
-        kv = EtcdKV([f"127.0.0.1:{port}"])
+        kv = serve_kv(cp.data_dir)
         try:
             await kv.put(Keys().resource("Upstream", upstream.name), to_stored(upstream))
         finally:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 def leader_pid(etcd: EmbeddedEtcd) -> int | None:
     async def read() -> bytes | None:
-        kv = EtcdKV([etcd.endpoint])
+        kv = EtcdKV([etcd.endpoint], tls=etcd.tls)
         try:
             got = await kv.get(b"/controlplane/leader")
             return None if got is None else got.value
@@ -40,8 +40,8 @@ def test_leader_killed_mid_rollout_the_other_replica_finishes_it(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy],
 ) -> None:
-    a = ServeProcess(tmp_path / "a", etcd=etcd.endpoint).start()
-    b = ServeProcess(tmp_path / "b", etcd=etcd.endpoint).start()
+    a = ServeProcess(tmp_path / "a", etcd=etcd).start()
+    b = ServeProcess(tmp_path / "b", etcd=etcd).start()
     try:
         wait_for_sync(lambda: leader_pid(etcd) == a.proc.pid, timeout=10,  # type: ignore[union-attr]
                       message="the first replica leads")

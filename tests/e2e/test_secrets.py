@@ -314,7 +314,7 @@ def our_ca(etcd: EmbeddedEtcd, data_dir: Path, *, suffix: bytes = b"") -> Certif
     stands in for an operator issuing a client certificate. `suffix=b"-next"`: the new
     CA of a rotation in its first step (trusted, not issuing yet)."""
     async def read() -> bytes:
-        kv = EtcdKV([etcd.endpoint])
+        kv = EtcdKV([etcd.endpoint], tls=etcd.tls)
         try:
             got = await kv.get(Keys().secret_ca + suffix)
             assert got is not None, "no CA in etcd"
@@ -330,7 +330,7 @@ def test_mtls_listener_requires_a_client_certificate_from_our_ca(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy],
 ) -> None:
-    serve = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint).start()
+    serve = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     try:
         upstream = upstream_factory("v1")
         port = free_port()

@@ -90,7 +90,7 @@ def test_envoy_presents_its_group_certificate_to_an_mtls_upstream(
     tmp_path: Path, etcd: EmbeddedEtcd,  # noqa: F811 (fixture)
     envoy_factory: Callable[..., Envoy],
 ) -> None:
-    serve = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint).start()
+    serve = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     upstream: Upstream | None = None
     try:
         port, upstream_port = free_port(), free_port()

@@ -31,7 +31,7 @@ def test_serve_replaces_the_unpinned_server_certificate_it_issued_before(
     tmp_path: Path, etcd: EmbeddedEtcd,
 ) -> None:
     tls = tmp_path / "server-tls"
-    cp = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint, extra_args=("--tls-dir", str(tls)))
+    cp = ServeProcess(tmp_path / "cp", etcd=etcd, extra_args=("--tls-dir", str(tls)))
     try:
         cp.start()
         assert _uris(tls / "server.crt") == [SERVER_ID]

@@ -39,7 +39,7 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
 
 @pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = await Store.connect([etcd.endpoint])
+    s = await Store.connect([etcd.endpoint], tls=etcd.tls)
     try:
         yield s
     finally:
@@ -66,7 +66,7 @@ async def test_an_old_plain_log_is_sealed_by_a_keyed_entry_when_the_key_arrives(
 async def test_replicas_starting_together_seal_an_old_log_once(
     etcd: EmbeddedEtcd, tmp_path: Path
 ) -> None:
-    stores = [await Store.connect([etcd.endpoint]) for _ in range(3)]
+    stores = [await Store.connect([etcd.endpoint], tls=etcd.tls) for _ in range(3)]
     try:
         await stores[0].apply(parse_yaml(upstream("a")), actor="alice")
         await asyncio.gather(*(s.key_audit(KEY, AuditAnchor(tmp_path / str(i) / "anchor"))
@@ -159,7 +159,7 @@ async def test_an_unreadable_head_does_not_stop_the_start(
 async def test_a_replica_that_only_verifies_anchors_too_and_then_sees_truncation(
     etcd: EmbeddedEtcd, tmp_path: Path
 ) -> None:
-    writer, reader = [await Store.connect([etcd.endpoint]) for _ in range(2)]
+    writer, reader = [await Store.connect([etcd.endpoint], tls=etcd.tls) for _ in range(2)]
     try:
         await writer.key_audit(KEY, AuditAnchor(tmp_path / "a" / "audit.anchor"))
         anchor = AuditAnchor(tmp_path / "b" / "audit.anchor")

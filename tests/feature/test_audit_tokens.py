@@ -62,7 +62,7 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
 
 
 async def _replica(etcd: EmbeddedEtcd, stack: list[Any]) -> Replica:
-    store = await Store.connect([etcd.endpoint])
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls)
     auth = TokenAuthenticator(store)
     server = grpc.aio.server()
     admin_pb2_grpc.add_AdminServicer_to_server(
@@ -276,7 +276,7 @@ async def test_bootstrap_admits_loopback_callers_only(a: Replica) -> None:
 
 async def test_lookups_are_cached_briefly(etcd: EmbeddedEtcd) -> None:
     now = [0.0]
-    store = await Store.connect([etcd.endpoint])
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls)
     try:
         tokens = TokenStore(store)
         token, _ = await tokens.create(role="operator", name="bot", actor="test")

@@ -41,7 +41,7 @@ class Clock:
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     etcd = await EmbeddedEtcd.start(tmp_path / "data")
-    s = await Store.connect([etcd.endpoint])
+    s = await Store.connect([etcd.endpoint], tls=etcd.tls)
     try:
         await s.apply(parse_yaml(STATE), actor="test")
         yield s

@@ -35,7 +35,7 @@ spec: {header: x-api-key, value: "inline-value"}
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     etcd = await EmbeddedEtcd.start(tmp_path / "data")
-    s = await Store.connect([etcd.endpoint])
+    s = await Store.connect([etcd.endpoint], tls=etcd.tls)
     try:
         yield s
     finally:

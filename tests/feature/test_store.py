@@ -73,7 +73,7 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
 
 @pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = await Store.connect([etcd.endpoint], sealer=SEALER)
+    s = await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=SEALER)
     try:
         yield s
     finally:
@@ -89,7 +89,7 @@ async def dump(store: Store) -> dict[bytes, bytes]:
 async def test_embedded_etcd_runs_under_the_data_dir(tmp_path: Path, etcd: EmbeddedEtcd) -> None:
     assert (tmp_path / "data" / "etcd" / "member").is_dir()
     assert (tmp_path / "data" / "etcd.log").stat().st_size > 0
-    assert etcd.endpoint.startswith("127.0.0.1:") and etcd.pid == etcd.proc.pid
+    assert etcd.endpoint.startswith("https://127.0.0.1:") and etcd.pid == etcd.proc.pid
     assert await etcd.healthy()
 
 
@@ -168,7 +168,8 @@ async def test_delete_refuses_to_break_references(store: Store) -> None:
 
 
 async def test_concurrent_writers_never_lose_an_update(etcd: EmbeddedEtcd) -> None:
-    stores = [await Store.connect([etcd.endpoint], sealer=SEALER) for _ in range(2)]
+    stores = [await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=SEALER)
+              for _ in range(2)]
     try:
         await stores[0].apply(parse_yaml(BASE), actor="setup")
 
@@ -195,7 +196,8 @@ async def test_concurrent_writers_never_lose_an_update(etcd: EmbeddedEtcd) -> No
 
 
 async def test_writers_of_different_keys_only_share_the_audit_head(etcd: EmbeddedEtcd) -> None:
-    stores = [await Store.connect([etcd.endpoint], sealer=SEALER) for _ in range(2)]
+    stores = [await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=SEALER)
+              for _ in range(2)]
     try:
         await asyncio.gather(*(
             stores[i % 2].apply(parse_yaml(upstream(f"u{i}", 9000 + i)), actor=f"w{i}")
@@ -243,7 +245,7 @@ async def test_watch_yields_after_apply_and_delete(store: Store) -> None:
 
 
 async def test_watch_survives_an_etcd_restart(tmp_path: Path, etcd: EmbeddedEtcd) -> None:
-    store = await Store.connect([etcd.endpoint], sealer=SEALER)
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=SEALER)
     states: list[DesiredState] = []
 
     async def follow() -> None:
@@ -263,7 +265,7 @@ async def test_watch_survives_an_etcd_restart(tmp_path: Path, etcd: EmbeddedEtcd
             await store.apply(parse_yaml(upstream("while-down")), actor="alice")
         restarted = await EmbeddedEtcd.start(tmp_path / "data")
         assert restarted.endpoint == etcd.endpoint  # the same member, the same data
-        writer = await Store.connect([restarted.endpoint], sealer=SEALER)
+        writer = await Store.connect([restarted.endpoint], tls=restarted.tls, sealer=SEALER)
         await writer.delete("Route", "payments", actor="bob")
         await writer.close()
         await wait_for(lambda: "payments" not in states[-1].routes, timeout=10,
@@ -284,7 +286,7 @@ async def test_watch_relists_after_compaction(store: Store, etcd: EmbeddedEtcd) 
     # Changes it has not seen, then compaction past them: it cannot resume, so it re-reads.
     await store.apply(parse_yaml(BASE.replace("port: 10000", "port: 10001")), actor="a")
     await store.apply(parse_yaml(BASE.replace("port: 10000", "port: 10002")), actor="a")
-    kv = EtcdKV([etcd.endpoint])
+    kv = EtcdKV([etcd.endpoint], tls=etcd.tls)
     latest = (await kv.range(b"/")).revision
     await kv.compact(latest)
     await kv.close()
@@ -294,7 +296,8 @@ async def test_watch_relists_after_compaction(store: Store, etcd: EmbeddedEtcd) 
 
 
 async def test_connect_tries_every_endpoint(etcd: EmbeddedEtcd) -> None:
-    store = await Store.connect(["127.0.0.1:1", f"http://{etcd.endpoint}"], sealer=SEALER)
+    store = await Store.connect(["127.0.0.1:1", etcd.endpoint], tls=etcd.tls,
+                                sealer=SEALER)
     try:
         await store.apply(parse_yaml(upstream("u")), actor="a")
         assert [r.name for r in await store.list("Upstream")] == ["u"]

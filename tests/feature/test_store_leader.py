@@ -18,7 +18,7 @@ TTL = 2  # etcd's shortest lease here (it rounds shorter ones up)
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     etcd = await EmbeddedEtcd.start(tmp_path / "data")
-    s = await Store.connect([etcd.endpoint])
+    s = await Store.connect([etcd.endpoint], tls=etcd.tls)
     try:
         yield s
     finally:

@@ -38,7 +38,7 @@ def credential(name: str, size: int) -> str:
 async def test_etcds_refusal_is_a_too_large_error_naming_the_resource(
     etcd: EmbeddedEtcd, size: int,
 ) -> None:
-    store = await Store.connect([etcd.endpoint],  # limit unknown: etcd is asked
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls,  # limit unknown: etcd is asked
                                 sealer=SealingKey(SealingKey.generate()))
     try:
         with pytest.raises(RequestTooLargeError) as caught:
@@ -53,7 +53,7 @@ async def test_etcds_refusal_is_a_too_large_error_naming_the_resource(
 
 
 async def test_a_known_limit_is_checked_before_etcd_is_asked(etcd: EmbeddedEtcd) -> None:
-    store = await Store.connect([etcd.endpoint], max_request_bytes=MAX_REQUEST_BYTES,
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls, max_request_bytes=MAX_REQUEST_BYTES,
                                 sealer=SealingKey(SealingKey.generate()))
     try:
         revision = (await store.kv.range(b"/")).revision

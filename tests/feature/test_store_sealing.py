@@ -44,7 +44,7 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
 
 @pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = await Store.connect([etcd.endpoint], sealer=KEY)
+    s = await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=KEY)
     try:
         yield s
     finally:
@@ -76,7 +76,7 @@ async def test_clear_values_are_sealed_audited_and_gone_from_history_after_compa
     key = store.keys.resource("Credential", "key")
     (resource,) = parse_yaml(STATE)
     await store.kv.put(key, to_stored(resource))  # as a version before sealing wrote it
-    assert search_history(etcd.endpoint, [SECRET.encode()]).found
+    assert search_history(etcd, [SECRET.encode()]).found
 
     assert await store.seal_clear_values(actor="controlplane") == ["key"]
     assert await store.seal_clear_values(actor="controlplane") == []  # once
@@ -89,10 +89,10 @@ async def test_clear_values_are_sealed_audited_and_gone_from_history_after_compa
     assert (entry.action, entry.actor, entry.name) == ("store/seal", "controlplane", "key")
     assert SECRET not in json.dumps([e.to_json().decode() for e in await store.audit()])
 
-    before = search_history(etcd.endpoint, [SECRET.encode()])
+    before = search_history(etcd, [SECRET.encode()])
     assert before.found, "the clear revision is still in etcd's history"
     revision = await store.compact_history()
-    after = search_history(etcd.endpoint, [SECRET.encode()])
+    after = search_history(etcd, [SECRET.encode()])
     assert after.found == [], after.found
     assert after.compacted_below == revision, "older revisions are compacted"
     await store.kv.compact(revision - 1)  # another replica compacted past it: no error

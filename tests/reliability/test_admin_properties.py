@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane.api import admin_pb2, admin_pb2_grpc
-from controlplane.store.kv import EtcdKV
 from tests.support.controlplane import ServeProcess
+from tests.support.etcd_access import serve_kv
 
 pytestmark = pytest.mark.reliability
 
@@ -47,10 +46,8 @@ def stub(server: ServeProcess) -> Iterator[admin_pb2_grpc.AdminStub]:
 
 
 def etcd_dump(server: ServeProcess) -> dict[bytes, bytes]:
-    port = json.loads(Path(server.data_dir, "etcd-ports.json").read_text())["client"]
-
     async def read() -> dict[bytes, bytes]:
-        kv = EtcdKV([f"127.0.0.1:{port}"])
+        kv = serve_kv(server.data_dir)
         try:
             return {k.key: k.value for k in (await kv.range(b"/controlplane/")).kvs
                     if not k.key.startswith(b"/controlplane/fleet/")}

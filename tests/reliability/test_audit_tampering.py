@@ -24,6 +24,7 @@ from controlplane.store import EmbeddedEtcd, Keys
 from controlplane.store.kv import EtcdKV
 from tests.e2e.test_backbone import edge_yaml
 from tests.support.controlplane import CliResult, ServeProcess, cli
+from tests.support.etcd_access import serve_kv
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -31,17 +32,11 @@ pytestmark = pytest.mark.e2e
 KEYS = Keys()
 
 
-def etcd_endpoint(serve: ServeProcess) -> str:
-    if serve.etcd:
-        return serve.etcd
-    ports = json.loads((serve.data_dir / "etcd-ports.json").read_text())
-    return f"127.0.0.1:{ports['client']}"
-
-
-def attack(serve: ServeProcess, endpoint: str | None,
+def attack(serve: ServeProcess, etcd: EmbeddedEtcd | None,
            work: Callable[[EtcdKV], Awaitable[Any]]) -> Any:
     async def run() -> Any:
-        kv = EtcdKV([endpoint or etcd_endpoint(serve)])
+        kv = (serve_kv(serve.data_dir) if etcd is None
+              else EtcdKV([etcd.endpoint], tls=etcd.tls))
         try:
             return await work(kv)
         finally:
@@ -148,8 +143,7 @@ def test_a_wiped_log_is_detected_and_still_after_new_writes(serve: ServeProcess)
 def test_a_truncation_while_the_replica_was_down_is_detected_after_it_restarts(
     etcd: EmbeddedEtcd, tmp_path: Path
 ) -> None:
-    endpoint = etcd.endpoint
-    serve = ServeProcess(tmp_path / "cp", etcd=endpoint).start()
+    serve = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     try:
         four_entries(serve)
         serve.stop()
@@ -161,7 +155,7 @@ def test_a_truncation_while_the_replica_was_down_is_detected_after_it_restarts(
             await kv.put(KEYS.audit_head,
                          json.dumps({"seq": 2, "hash": second["hash"]}).encode())
 
-        attack(serve, endpoint, truncate)
+        attack(serve, etcd, truncate)
         serve.start()
         assert "entry 3 missing: the log ends at 2 but this replica saw 4" in broken(serve)
         assert "contradicts" in serve.log()  # said at start, before anyone asked

@@ -38,11 +38,11 @@ NOOP_WRITES = 500  # each re-puts every state key: ~1,500 events the frozen watc
 BATCH = 50
 
 
-async def _rewrite_and_compact(endpoint: str) -> tuple[int, int]:
+async def _rewrite_and_compact(etcd: EmbeddedEtcd) -> tuple[int, int]:
     """No-op rewrites, one real change (active: v2), then compaction; returns
     (events written, the revision compacted to)."""
     keys = Keys()
-    kv = EtcdKV([endpoint])
+    kv = EtcdKV([etcd.endpoint], tls=etcd.tls)
     try:
         start, end = keys.state_range
         current = {k.key: k.value for k in (await kv.range(start, end)).kvs}
@@ -65,7 +65,7 @@ def test_watch_relists_after_compaction_past_its_revision(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy], figures: Figures,
 ) -> None:
-    cp = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint).start()
+    cp = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     assert cp.proc is not None
     frozen = False
     try:
@@ -83,7 +83,7 @@ def test_watch_relists_after_compaction_past_its_revision(
         restarted = asyncio.run(EmbeddedEtcd.start(etcd.data_dir))
         etcd.proc = restarted.proc  # the fixture stops whichever runs now
         assert restarted.endpoint == etcd.endpoint
-        events, compacted_to = asyncio.run(_rewrite_and_compact(etcd.endpoint))
+        events, compacted_to = asyncio.run(_rewrite_and_compact(restarted))
         os.kill(cp.proc.pid, signal.SIGCONT)
         frozen = False
         resumed = time.monotonic()

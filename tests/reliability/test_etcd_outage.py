@@ -68,7 +68,7 @@ def test_etcd_outage_mid_rollout_holds_and_resumes_without_a_restart(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy], figures: Figures,
 ) -> None:
-    cp = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint).start()
+    cp = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     try:
         v1, v2, v3 = upstream_factory("v1"), upstream_factory("v2"), upstream_factory("v3")
         port = free_port()

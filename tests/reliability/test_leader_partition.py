@@ -38,8 +38,8 @@ def test_partitioned_leader_is_replaced_and_fenced(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy], figures: Figures,
 ) -> None:
-    a = ServeProcess(tmp_path / "a", etcd=etcd.endpoint).start()
-    b = ServeProcess(tmp_path / "b", etcd=etcd.endpoint).start()
+    a = ServeProcess(tmp_path / "a", etcd=etcd).start()
+    b = ServeProcess(tmp_path / "b", etcd=etcd).start()
     assert a.proc is not None and b.proc is not None
     a_pid, b_pid = a.proc.pid, b.proc.pid
     frozen = False

@@ -47,7 +47,7 @@ def test_no_credential_value_is_in_any_etcd_key_revision_db_or_wal_file(
     key_file = tmp_path / "creds" / "key"
     key_file.parent.mkdir()
     key_file.write_text(in_file + "\n")
-    serve = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint,
+    serve = ServeProcess(tmp_path / "cp", etcd=etcd,
                          extra_args=("--credentials-dir", str(key_file.parent))).start()
     try:
         apply(serve, inline("inline-key", first) + "---\n" + from_file("file-key", key_file))
@@ -59,7 +59,7 @@ def test_no_credential_value_is_in_any_etcd_key_revision_db_or_wal_file(
     finally:
         serve.stop()
     values = [v.encode() for v in (first, second, in_file)]
-    history = search_history(etcd.endpoint, values)
+    history = search_history(etcd, values)
     assert history.found == [], f"in etcd's history: {history.found}"
     assert history.compacted_below == 0 and history.revision > 10, "all history searched"
     # etcd's db file and WAL (tmp_path/etcd), serve's own data dir and logs
@@ -73,7 +73,7 @@ def test_clear_values_an_older_version_stored_are_sealed_at_start_and_compacted_
     value = f"legacy-{secrets.token_hex(12)}"
 
     async def write_as_an_older_version() -> None:
-        kv = EtcdKV([etcd.endpoint])
+        kv = EtcdKV([etcd.endpoint], tls=etcd.tls)
         try:
             (resource,) = parse_yaml(inline("legacy-key", value))
             await kv.put(Keys().resource("Credential", "legacy-key"), to_stored(resource))
@@ -81,10 +81,10 @@ def test_clear_values_an_older_version_stored_are_sealed_at_start_and_compacted_
             await kv.close()
 
     asyncio.run(write_as_an_older_version())
-    assert search_history(etcd.endpoint, [value.encode()]).found, "in clear, as before"
-    serve = ServeProcess(tmp_path / "cp", etcd=etcd.endpoint).start()
+    assert search_history(etcd, [value.encode()]).found, "in clear, as before"
+    serve = ServeProcess(tmp_path / "cp", etcd=etcd).start()
     try:
-        history = search_history(etcd.endpoint, [value.encode()])
+        history = search_history(etcd, [value.encode()])
         assert history.found == [], f"still in etcd's history: {history.found}"
         assert history.compacted_below > 1, "the revisions before the rewrite were compacted"
         db = next((tmp_path / "etcd").rglob("db"))

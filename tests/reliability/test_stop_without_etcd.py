@@ -85,7 +85,7 @@ def test_sigterm_stops_serve_within_a_deadline_after_its_etcd_was_killed(
     etcd_pid: int | None = None
     listener: socket.socket | None = None
     try:
-        found = re.search(r"embedded etcd 127\.0\.0\.1:(\d+) \(pid (\d+)\)", cp.log())
+        found = re.search(r"embedded etcd https://127\.0\.0\.1:(\d+) \(pid (\d+)\)", cp.log())
         assert found, cp.log()
         port, etcd_pid = int(found.group(1)), int(found.group(2))
         os.kill(etcd_pid, signal.SIGKILL)
@@ -122,7 +122,7 @@ async def _drain(events: AsyncGenerator[WatchEvent, None], seen: asyncio.Event) 
 
 async def test_a_task_cancelled_while_it_drops_a_connection_ends(etcd: EmbeddedEtcd) -> None:
     """A failed call drops its connection; shutdown's cancel may land just then."""
-    kv = EtcdKV([etcd.endpoint])
+    kv = EtcdKV([etcd.endpoint], tls=etcd.tls)
     seen = asyncio.Event()
     watching = asyncio.create_task(_drain(kv.watch(b"/test/", 1), seen))
     try:

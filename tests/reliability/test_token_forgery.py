@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from controlplane.store import EmbeddedEtcd, Store
-from controlplane.store.kv import EtcdKV
 from controlplane.store.tokens import TokenStore, digest
 from tests.support.controlplane import ServeProcess, cli
+from tests.support.etcd_access import serve_kv
 
 pytestmark = [pytest.mark.reliability]
 
@@ -34,10 +34,8 @@ def cp(tmp_path: Path) -> Iterator[ServeProcess]:
 
 def behind_the_api(cp: ServeProcess, edit: dict[bytes, dict[str, object]]) -> None:
     """Put records into the serve's etcd directly, as a local attacker with etcdctl."""
-    port = json.loads(Path(cp.data_dir, "etcd-ports.json").read_text())["client"]
-
     async def put() -> None:
-        kv = EtcdKV([f"127.0.0.1:{port}"])
+        kv = serve_kv(cp.data_dir)
         try:
             for key, record in edit.items():
                 await kv.put(key, json.dumps(record).encode())
@@ -82,7 +80,7 @@ def test_a_token_put_into_etcd_or_edited_there_is_refused(cp: ServeProcess) -> N
 async def test_records_from_before_signing_are_signed_once_and_audited(
         tmp_path: Path) -> None:
     etcd = await EmbeddedEtcd.start(tmp_path / "etcd")
-    store = await Store.connect([etcd.endpoint])
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls)
     try:
         tokens = TokenStore(store)
         old, _ = await tokens.create(role="operator", name="old", actor="test")

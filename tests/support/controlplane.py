@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controlplane.store import EmbeddedEtcd
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +54,8 @@ class ServeProcess:
     """`controlplane serve` on free loopback ports, stopped by PID."""
 
     data_dir: Path
-    etcd: str | None = None
+    etcd: EmbeddedEtcd | str | None = None
+    """An etcd apart from this serve (its TLS flags given too), or a plaintext endpoint."""
     xds_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -104,7 +106,9 @@ class ServeProcess:
             "--xds-addr", self.xds, "--admin-addr", self.admin,
             "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
         ]
-        if self.etcd:
+        if isinstance(self.etcd, EmbeddedEtcd):
+            args += self.etcd.serve_args()
+        elif self.etcd:
             args += ["--etcd", self.etcd]
         args += list(self.extra_args)
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ETCDCTL = Path(sys.executable).parent / "etcdctl"
+from controlplane.store import EmbeddedEtcd
+from tests.support.etcd_access import etcdctl
+
 REPLAY_TIMEOUT_S = 30.0
 
 
@@ -32,22 +33,22 @@ class History:
     revision: int
 
 
-def _ctl(endpoint: str, *args: str) -> list[str]:
-    return [str(ETCDCTL), f"--endpoints={endpoint}", *args, "-w", "json"]
+def _ctl(etcd: EmbeddedEtcd, *args: str) -> list[str]:
+    return etcdctl(etcd.endpoint, etcd.tls, *args, "-w", "json")
 
 
-def _kvs(endpoint: str, revision: int | None) -> tuple[int, list[dict[str, object]]]:
+def _kvs(etcd: EmbeddedEtcd, revision: int | None) -> tuple[int, list[dict[str, object]]]:
     args = ["get", "", "--from-key"] + ([f"--rev={revision}"] if revision else [])
-    got = subprocess.run(_ctl(endpoint, *args), capture_output=True, text=True, timeout=30,
+    got = subprocess.run(_ctl(etcd, *args), capture_output=True, text=True, timeout=30,
                          check=True)
     reply = json.loads(got.stdout)
     return int(reply["header"]["revision"]), list(reply.get("kvs", []))
 
 
-def _replay(endpoint: str, start: int, until: int) -> tuple[list[dict[str, object]], int]:
+def _replay(etcd: EmbeddedEtcd, start: int, until: int) -> tuple[list[dict[str, object]], int]:
     """Events from `start` through `until`, or ([], the compact revision) if `start` is
     compacted. The watch is stopped by its PID once `until` is reached."""
-    with subprocess.Popen(_ctl(endpoint, "watch", "--prefix", "", "--rev", str(start)),
+    with subprocess.Popen(_ctl(etcd, "watch", "--prefix", "", "--rev", str(start)),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         watchdog = threading.Timer(REPLAY_TIMEOUT_S, proc.kill)
         watchdog.start()
@@ -85,14 +86,14 @@ def _search(kvs: Iterable[dict[str, object]], needles: Sequence[bytes], at: str)
     return found
 
 
-def search_history(endpoint: str, needles: Sequence[bytes]) -> History:
+def search_history(etcd: EmbeddedEtcd, needles: Sequence[bytes]) -> History:
     """Every value etcd still holds at any revision that contains one of `needles`."""
-    revision, _ = _kvs(endpoint, None)
-    events, compacted = _replay(endpoint, 1, revision) if revision > 1 else ([], 0)
+    revision, _ = _kvs(etcd, None)
+    events, compacted = _replay(etcd, 1, revision) if revision > 1 else ([], 0)
     found = _search(events, needles, "?")
     if compacted:
-        _, live = _kvs(endpoint, compacted)  # what was written before it, as of it
-        events, again = _replay(endpoint, compacted + 1, revision) if revision > compacted \
+        _, live = _kvs(etcd, compacted)  # what was written before it, as of it
+        events, again = _replay(etcd, compacted + 1, revision) if revision > compacted \
             else ([], 0)
         assert not again, "compacted again while searching"
         found = _search(live, needles, str(compacted)) + _search(events, needles, "?")
