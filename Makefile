@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_OUT := controlplane/api
 
-.PHONY: all install protos test lint unit demo serve clean
+.PHONY: all install protos test lint unit demo serve clean docs
 
 all: test
 
@@ -35,6 +35,9 @@ unit: install
 
 test: install lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+docs: install
+	$(BIN)/python -m controlplane.model.reference docs/reference.md
 
 demo: install
 	$(BIN)/controlplane demo
