@@ -11,18 +11,22 @@ import functools
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
-from controlplane.stage import RenderStage
+from controlplane.stage import RenderStage, secret_material
 from controlplane.store import Store
 from controlplane.translate import SecretMaterial
 from controlplane.translate.trace import trace_nack
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+
+if TYPE_CHECKING:
+    from controlplane.secrets import Material
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,18 @@ def _proxies(reports: Iterable[ProxyReport]) -> dict[tuple[str, str], list[Proxy
             newest.setdefault(stream.serial, stream)
         out[identity] = list(newest.values())
     return out
+
+
+def fleet_acked_secrets(store: Store, stage: RenderStage
+                        ) -> Callable[[DesiredState, Material], Awaitable[bool]]:
+    """For a CA rotation (SecretSync): whether every connected proxy (every replica's
+    report) ACKed the secrets `material` gives its group, before a CA is retired."""
+    async def acked(state: DesiredState, material: Material) -> bool:
+        done, total = secrets_progress(state, secret_material(material),
+                                       await EtcdFleet(store).reports(), stage)
+        log.debug("CA rotation: %d of %d proxies ACKed the new certificates", done, total)
+        return done == total
+    return acked
 
 
 def secrets_progress(state: DesiredState, material: SecretMaterial,

@@ -13,13 +13,12 @@ import contextlib
 import difflib
 import logging
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
-from controlplane.stage import RenderStage, resources_of
-from controlplane.translate import GroupCertificate, ResourceSet, SecretMaterial
+from controlplane.stage import RenderStage, resources_of, secret_material
+from controlplane.translate import ResourceSet, SecretMaterial
 from controlplane.translate.render import render
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
@@ -187,18 +186,6 @@ def _build(stage: RenderStage, state: DesiredState, secrets: SecretMaterial, gro
         except ControlPlaneError as exc:
             built[group] = exc
     return built
-
-
-def secret_material(material: Material) -> SecretMaterial:
-    """The vault's material as translate's input type."""
-    return SecretMaterial(
-        ca_pem=material.ca_pem,
-        certificates=MappingProxyType({
-            group: GroupCertificate(cert.cert_pem, cert.key_pem)
-            for group, cert in material.certificates.items()
-        }),
-        credentials=material.credentials,
-    )
 
 
 def _render(resources: ResourceSet) -> str:

@@ -12,12 +12,23 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.rollout.traffic import retired_of, traffic_of
-from controlplane.translate import ResourceSet, SecretMaterial, placeholder_material, translate
+from controlplane.translate import (
+    GroupCertificate,
+    ResourceSet,
+    SecretMaterial,
+    placeholder_material,
+    translate,
+)
 from controlplane.xds.snapshot import Snapshot
+
+if TYPE_CHECKING:  # the secrets package pulls in cryptography: keep CLI starts fast
+    from controlplane.secrets import Material
 
 MEMO_STATES = 3
 """Distinct states whose renders are kept: the one served, the one being published and
@@ -42,26 +53,31 @@ def resources_of(state: DesiredState, group: str, secrets: SecretMaterial | None
                      secrets=placeholder_material(state) if secrets is None else secrets)
 
 
+def secret_material(material: Material) -> SecretMaterial:
+    """The vault's material as translate's input type."""
+    return SecretMaterial(
+        ca_pem=material.ca_pem,
+        certificates=MappingProxyType({
+            group: GroupCertificate(cert.cert_pem, cert.key_pem)
+            for group, cert in material.certificates.items()
+        }),
+        credentials=material.credentials,
+    )
+
+
 class RenderStage:
     """Each group's snapshot of a state, rendered once per distinct input."""
 
-    def __init__(self) -> None:
-        self._secret_key: bytes | None = None
+    def __init__(self, *, secret_key: bytes | None = None) -> None:
+        """`secret_key`: version SDS resources with an HMAC under it (`Snapshot.build`);
+        the same on every replica, so their versions agree."""
+        self._secret_key = secret_key
         self._memo: OrderedDict[_Key, tuple[Snapshot | ControlPlaneError, object]] = (
             OrderedDict())
         self._states: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.renders = 0
         """Translations made (memo misses): what tests and benchmarks compare."""
-
-    def attach_secret_key(self, key: bytes) -> None:
-        """Version SDS resources with an HMAC under `key` (`Snapshot.build`); the same on
-        every replica, so their versions agree. Call before the first render: renders
-        made before are dropped."""
-        with self._lock:
-            self._secret_key = key
-            self._memo.clear()
-            self._states.clear()
 
     def snapshot(self, state: DesiredState, group: str,
                  secrets: SecretMaterial | None = None) -> Snapshot:

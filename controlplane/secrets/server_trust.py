@@ -11,15 +11,22 @@ before each TLS handshake.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from controlplane.spiffe import SERVER_ID
+from controlplane.spiffe import SERVER_ID, user_id
+
+if TYPE_CHECKING:
+    from controlplane.secrets.vault import Vault
+
+log = logging.getLogger(__name__)
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
@@ -101,3 +108,47 @@ class ServerTrust:
     def _build(self) -> grpc.ServerCertificateConfiguration:
         pairs: Iterable[tuple[bytes, bytes]] = [self._pair]
         return grpc.ssl_server_certificate_configuration(pairs, root_certificates=self.trusted())
+
+
+async def load_server_trust(tls_dir: Path, vault: Vault, vault_ca_pem: str, *,
+                            hosts: Sequence[str]) -> ServerTrust:
+    """mTLS for the xDS and admin ports: ca.crt, server.crt and server.key from `tls_dir`,
+    issued by our CA (and written there) when absent, naming the server's SPIFFE ID and
+    `hosts` (those of --xds-addr and --admin-addr). Clients must present a certificate
+    from it or from a CA the vault trusts (`vault_ca_pem`; see `ServerTrust`). Also
+    writes client.crt/client.key, an `admin` user's certificate, so that
+    `controlplane --tls-dir DIR ...` works on this host from the start (like kubeadm's
+    admin.conf): keep the directory as private as the CA."""
+    paths = {name: tls_dir / name for name in ("ca.crt", "server.crt", "server.key")}
+    present = all(p.exists() for p in paths.values())
+    found = (server_certificate(paths["server.crt"].read_bytes(), vault_ca_pem)
+             if present else "pinned")
+    if found == "foreign":
+        log.warning("%s names no %s and our CA did not sign it: Envoy bootstraps and the "
+                    "CLI refuse it; add that URI SAN, or remove server.crt and server.key "
+                    "for serve to issue one", paths["server.crt"], SERVER_ID)
+    # One we issued before identities were pinned: replace it (never someone else's).
+    stale = found == "unpinned"
+    if not present or stale:
+        ca_pem, issued = await vault.server_identity(hosts=hosts, actor="controlplane")
+        tls_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        # Clients holding the old ca.crt keep verifying the server after a re-issue.
+        paths["ca.crt"].write_bytes(
+            pem_bundle(paths["ca.crt"].read_bytes(), ca_pem) if stale else ca_pem.encode())
+        _write_pair(tls_dir, "server", issued.cert_pem, issued.key_pem.get_secret_value())
+        log.info("issued the server certificate (%s) into %s%s", SERVER_ID, tls_dir,
+                 ": the one there named no server identity" if stale else "")
+    if not (tls_dir / "client.crt").exists():
+        _, user = await vault.identity("admin", actor="controlplane",
+                                       uri=user_id("admin", "admin"))
+        _write_pair(tls_dir, "client", user.cert_pem, user.key_pem.get_secret_value())
+        log.info("issued an admin user certificate into %s (client.crt, client.key)", tls_dir)
+    return ServerTrust(paths["server.key"].read_bytes(), paths["server.crt"].read_bytes(),
+                       paths["ca.crt"].read_bytes(), vault_ca_pem)
+
+
+def _write_pair(directory: Path, name: str, cert_pem: str, key_pem: bytes) -> None:
+    (directory / f"{name}.crt").write_text(cert_pem)
+    key = directory / f"{name}.key"
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)

@@ -49,6 +49,13 @@ class SecretSync:
         self._material: Material | None = None
         self._material_changed = asyncio.Event()
 
+    @property
+    def material(self) -> Material:
+        """The material last handed over (`prime` first)."""
+        if self._material is None:
+            raise RuntimeError("SecretSync.material before prime()")  # a wiring bug
+        return self._material
+
     async def prime(self, state: DesiredState) -> None:
         """Before the first publish: create what is missing, hand over the material."""
         self._state = state

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from controlplane.errors import (
     ConflictError,
@@ -86,6 +87,23 @@ class _Snapshot:
     state: DesiredState
     kvs: Mapping[bytes, KV] = field(repr=False)  # every state key, readable or not
     revision: int
+
+
+class Noted(Protocol):
+    """An audit note from a layer beside the store (the vault's AuditNote)."""
+
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def after(self) -> Mapping[str, Any] | None: ...
 
 
 class Store:
@@ -385,6 +403,15 @@ class Store:
         await self._kv.compact(revision)
         await self._kv.defragment()
         return revision
+
+    async def commit_noted(self, puts: Mapping[bytes, bytes], expect: Mapping[bytes, int],
+                           deletes: Sequence[bytes], notes: Sequence[Noted]) -> bool:
+        """The vault's writes (its `Committer`): one compare-and-swap transaction with an
+        audit entry per note; false when a guard failed."""
+        records = [AuditRecord(actor=n.actor, action=n.action, kind=n.kind, name=n.name,
+                               reason=n.reason, after=n.after) for n in notes]
+        return await self.commit(puts=puts, expect=expect, deletes=deletes,
+                                 audit=records) is not None
 
     async def commit(
         self,

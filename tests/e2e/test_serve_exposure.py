@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.server import _address, _is_loopback
+from controlplane.wiring import bound_address, is_loopback
 from tests.support.controlplane import ServeProcess
 from tests.support.wait import wait_for_sync
 
@@ -23,14 +23,14 @@ RISK = "anyone who reaches this port can claim any node and group"
      ("0.0.0.0", False), ("::", False), ("", False), ("10.1.2.3", False),
      ("proxy.example.com", False)],
 )
-def test_only_loopback_is_loopback(host: str, loopback: bool) -> None:
-    assert _is_loopback(host) is loopback
+def test_only_loopbackis_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
 
 
 def test_the_address_shown_is_the_one_bound() -> None:
-    assert _address("0.0.0.0:0", 41234) == "0.0.0.0:41234"
-    assert _address("[::1]:0", 41234) == "[::1]:41234"
-    assert _address(":0", 41234) == "[::]:41234"
+    assert bound_address("0.0.0.0:0", 41234) == "0.0.0.0:41234"
+    assert bound_address("[::1]:0", 41234) == "[::1]:41234"
+    assert bound_address(":0", 41234) == "[::]:41234"
 
 
 def test_plaintext_off_loopback_warns_and_shows_the_port_it_bound(tmp_path: Path) -> None:

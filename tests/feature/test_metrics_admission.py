@@ -19,8 +19,8 @@ from controlplane.analysis.admission import FOREIGN_CLUSTERS, NOT_CONNECTED, Rou
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.window import total
 from controlplane.model import DesiredState, parse_yaml
-from controlplane.server import metrics_receiver
 from controlplane.telemetry import Telemetry
+from controlplane.wiring import metrics_receiver
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER
