@@ -10,12 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from controlplane.store import EmbeddedEtcd
-from tests.support.controlplane import ServeProcess, cli
+from tests.support.controlplane import ServeProcess, envoy_bootstrap
 from tests.support.envoy import Envoy, start_envoy
-from tests.support.ports import free_port
 from tests.support.upstream import Upstream
 
 
@@ -60,13 +58,8 @@ def envoy_factory(tmp_path: Path) -> Iterator[Callable[..., Envoy]]:
     started: list[Envoy] = []
 
     def make(cp: ServeProcess, node_id: str, group: str, *, delta: bool = False) -> Envoy:
-        args = ["bootstrap", "--node-id", node_id, "--group", group,
-                "--admin-port", str(free_port()), "--xds-addr", cp.xds]
-        if delta:
-            args.append("--delta")
-        result = cli(args)
-        assert result.code == 0, result.err
-        envoy = start_envoy(yaml.safe_load(result.out), tmp_path / "envoy" / node_id)
+        envoy = start_envoy(envoy_bootstrap(node_id, group, cp.xds, delta=delta),
+                            tmp_path / "envoy" / node_id)
         started.append(envoy)
         return envoy
 

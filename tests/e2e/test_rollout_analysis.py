@@ -3,6 +3,7 @@ its stats to the control plane's MetricsService, real traffic, no operator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -10,8 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from controlplane.xds.resources import CLUSTER
 from tests.e2e.test_backbone import CONVERGE_S, FIRST_CONFIG_S, apply, edge_yaml, version_behind
 from tests.e2e.test_rollout import Load, rollout_yaml, status, wait_status
+from tests.support.ads import AdsClient, node
 from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy
 from tests.support.http import get_sync
@@ -26,6 +29,7 @@ ANALYSIS = ("  analysis: {minRequests: 10, successRate: 0.95, failureLimit: 2, "
             "inconclusive: pause}\n")
 STEPS = "[10, 50, 100]"
 INTERVAL = "2s"
+INTERVAL_S = 2.0
 DECIDE_S = 40.0  # three 2 s steps, each after an ACK, with a 1 s stats flush
 
 
@@ -102,9 +106,31 @@ def test_no_traffic_pauses_inconclusive_and_never_rolls_back(
     check = doc["lastCheck"]
     assert isinstance(check, dict) and check["verdict"] == "inconclusive"
     assert check["requests"] == 0
-    time.sleep(3.0)  # more than a step interval: nothing else happens by itself
-    later = status(serve)
-    assert later["phase"] == "Paused" and later["weight"] == 10.0
+    # A step interval after the pause the engine is still deciding, and decides nothing
+    # new: a proxy joining the group then is counted by its pass (a stopped engine never
+    # counts it), and that pass leaves the rollout paused, with no transition since.
+    since = float(doc["since"])  # type: ignore[arg-type]
+    wait_for_sync(lambda: time.time() >= since + INTERVAL_S, timeout=INTERVAL_S + 1,
+                  message="a step interval since the pause")
+    later = asyncio.run(_counted_with_a_late_proxy(serve))
+    assert later["phase"] == "Paused" and later["weight"] == 10.0, later
+    assert later["failedChecks"] == 0 and later["since"] == doc["since"], later
+    actions = [e["action"] for e in rollout_transitions(serve)]
+    assert actions[-1] == "rollout/Paused" and "rollout/RollingBack" not in actions, actions
+
+
+async def _counted_with_a_late_proxy(cp: ServeProcess) -> dict[str, object]:
+    """Connect one more proxy of group `edge` (a raw ADS client) and return the first
+    rollout status that counts it."""
+    def counted() -> dict[str, object]:
+        doc = status(cp)
+        proxies = doc["proxies"]
+        return doc if isinstance(proxies, dict) and proxies["total"] == 2 else {}
+
+    async with AdsClient(cp.xds) as client:
+        await client.request(CLUSTER, node=node("late-1", "edge"))
+        return await asyncio.to_thread(lambda: wait_for_sync(
+            counted, timeout=FIRST_CONFIG_S, message="the engine counted the late proxy"))
 
 
 def test_healthy_canary_is_promoted_to_full_without_an_operator(

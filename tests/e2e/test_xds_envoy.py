@@ -1,7 +1,9 @@
-"""A real Envoy 1.40 against our xDS server, SotW and Delta, with hand-built snapshots."""
+"""A real Envoy 1.40, bootstrapped by `controlplane bootstrap`, against our xDS server,
+SotW and Delta, with hand-built snapshots."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from google.protobuf import duration_pb2
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.xds.snapshot import Snapshot
 from tests.support.ads import XdsHarness, xds_server
-from tests.support.bootstrap import bootstrap
+from tests.support.controlplane import envoy_bootstrap
 from tests.support.envoy import Envoy, start_envoy_async
 from tests.support.http import get
 from tests.support.ports import free_port
@@ -57,8 +59,9 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     upstreams = {v: await Upstream(v).start() for v in ("v1", "v2")}
     try:
         async with xds_server() as xds:
-            config = bootstrap(node_id=f"envoy-{request.param}", group=GROUP,
-                               xds_port=xds.port, delta=request.param == "delta")
+            config = await asyncio.to_thread(
+                envoy_bootstrap, f"envoy-{request.param}", GROUP, xds.target,
+                delta=request.param == "delta")
             envoy = await start_envoy_async(config, tmp_path)
             try:
                 yield Stack(xds, envoy, upstreams, free_port())

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
@@ -53,24 +54,39 @@ def test_the_certificate_decides_the_group_and_no_certificate_no_stream(
         assert "ledger|v1" not in envoy.dynamic_names("clusters")
 
         ca_pem = (tls / "ca.crt").read_bytes()
-        assert asyncio.run(_ads_without_certificate(cp.xds, ca_pem)) is not None
+        proxy_pair = ((proxy_tls / "proxy.crt").read_bytes(),
+                      (proxy_tls / "proxy.key").read_bytes())
+        # No certificate: the server takes the connection and closes it in the handshake
+        # (a dead server would refuse it) ...
+        code, details = asyncio.run(_fetch_clusters(cp.xds, ca_pem))
+        assert code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in details, details
+        # ... and is alive: right after, the same call with a proxy certificate is served.
+        code, details = asyncio.run(_fetch_clusters(cp.xds, ca_pem, proxy_pair))
+        assert code == grpc.StatusCode.OK and "payments|v1" in details, details
     finally:
         for envoy in envoys:
             envoy.stop()
         cp.stop()
 
 
-async def _ads_without_certificate(addr: str, ca: bytes) -> grpc.StatusCode | None:
-    """Try to fetch clusters with a TLS client that has no certificate: the code it got."""
-    creds = grpc.ssl_channel_credentials(root_certificates=ca)
+async def _fetch_clusters(addr: str, ca: bytes, pair: tuple[bytes, bytes] | None = None
+                          ) -> tuple[grpc.StatusCode, str]:
+    """Fetch group `edge`'s clusters over TLS, with a client certificate (`pair`: its PEM
+    and key) or none: (OK, the cluster names) or (the call's code, its details)."""
+    cert, key = pair if pair is not None else (None, None)
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                         certificate_chain=cert)
     async with grpc.aio.secure_channel(addr, creds) as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         call = stub.StreamAggregatedResources()
         try:
             await call.write(discovery_pb2.DiscoveryRequest(
-                node=base_pb2.Node(id="intruder", cluster="edge"),
+                node=base_pb2.Node(id="probe-1", cluster="edge"),
                 type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"))
-            await asyncio.wait_for(call.read(), 5)
+            response = await asyncio.wait_for(call.read(), 5)
         except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return None
+            return exc.code(), exc.details() or ""
+        finally:
+            call.cancel()
+        names = sorted(cluster_pb2.Cluster.FromString(r.value).name for r in response.resources)
+        return grpc.StatusCode.OK, " ".join(names)

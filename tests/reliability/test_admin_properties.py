@@ -1,6 +1,8 @@
 """Property-based: the admin API over a real `controlplane serve` and its real etcd.
 Valid resources round-trip through `get` unchanged; invalid ones are rejected with the
-field and the reason, and nothing is written; operator verbs never fail or half-write."""
+field and the reason, and nothing is written; operator verbs in any order never fail, and
+what they and the engine write is whole: the stored status is the one its audit entries
+lead to, link by link, each a state the machine can be in."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane.api import admin_pb2, admin_pb2_grpc
+from controlplane.model import Upstream, from_stored
+from controlplane.model.status import Phase, RolloutStatus
+from controlplane.rollout.machine import VERBS
+from controlplane.store.audit import AuditEntry
+from controlplane.store.keys import Keys
 from tests.support.controlplane import ServeProcess
 from tests.support.etcd_access import serve_kv
 
@@ -129,28 +136,100 @@ def test_invalid_input_names_the_field_and_writes_nothing(
     assert etcd_dump(server) == before  # not even the valid document beside it
 
 
-@given(verbs=st.lists(st.sampled_from(["pause", "resume", "promote", "promote-full",
-                                       "abort", "rollback"]), min_size=1, max_size=8))
+VERBS_UPSTREAM = {
+    "apiVersion": "controlplane/v1", "kind": "Upstream", "metadata": {"name": "verbs"},
+    "spec": {"active": "v1", "versions": {"v1": {"endpoints": ["127.0.0.1:1"]},
+                                          "v2": {"endpoints": ["127.0.0.1:2"]}}}}
+VERBS_ROLLOUT = {
+    "apiVersion": "controlplane/v1", "kind": "Rollout", "metadata": {"name": "verbs-r"},
+    "spec": {"upstream": "verbs", "from": "v1", "to": "v2", "steps": [10, 100],
+             "stepInterval": "1h"}}
+VERBS_STEPS = [10.0, 100.0]
+PENDING = {"phase": "Pending", "step": -1, "weight": 0.0, "applied": False}
+SET_ACTIVE = {"Succeeded": "v2", "RolledBack": "v1"}
+"""Entering these phases switches the upstream's `active` in the same transaction."""
+
+
+def machine_state_problem(summary: dict[str, Any]) -> str | None:
+    """Why (phase, step, weight, applied) is no state the machine can be in with steps
+    [10, 100]; None when it is one."""
+    phase, step, weight = Phase(summary["phase"]), summary["step"], summary["weight"]
+    at_step = VERBS_STEPS[step] if 0 <= step < len(VERBS_STEPS) else None
+    last = len(VERBS_STEPS) - 1
+    ok = {
+        Phase.PENDING: step == -1 and weight == 0.0 and not summary["applied"],
+        Phase.PROGRESSING: at_step is not None and at_step < 100 and weight == at_step,
+        Phase.PAUSED: weight == (at_step if at_step is not None else 0.0) and weight < 100,
+        Phase.PROMOTING: step == last and weight == 100.0,
+        Phase.SUCCEEDED: step == last and weight == 100.0,
+        Phase.ROLLING_BACK: weight == 0.0,
+        Phase.ROLLED_BACK: weight == 0.0 and summary["applied"],
+        Phase.ABORTED: weight == 0.0 and not summary["applied"],
+    }[phase]
+    return None if ok else f"no machine state: {summary}"
+
+
+def summary_of(raw: bytes) -> dict[str, Any]:
+    status = RolloutStatus.from_json(raw)
+    return {"phase": str(status.phase), "step": status.step, "weight": status.weight,
+            "applied": status.applied}
+
+
+def check_written_whole(dump: dict[bytes, bytes], since_seq: int) -> None:
+    """The rollout's stored status and the upstream it switches are what the audit log's
+    transitions since `since_seq` lead to, link by link: no status written without its
+    entry, no `active` switched without the status that switches it, no move out of a
+    final phase, every state one the machine can be in."""
+    keys = Keys()
+    entries = sorted((AuditEntry.from_json(v) for k, v in dump.items()
+                      if k.startswith(keys.audit)), key=lambda e: e.seq)
+    entries = [e for e in entries if e.seq > since_seq]
+    rollout = [e for e in entries if e.kind == "Rollout" and e.name == "verbs-r"
+               and e.action.startswith("rollout/")]
+    stored = summary_of(dump[keys.status("Rollout", "verbs-r")])
+    assert machine_state_problem(stored) is None, machine_state_problem(stored)
+    previous = PENDING
+    for entry in rollout:
+        before, after = dict(entry.before or {}), dict(entry.after or {})
+        assert before == previous, f"entry {entry.seq} skips a link: {before} after {previous}"
+        assert before["phase"] not in ("RolledBack", "Aborted"), f"left a final phase: {entry}"
+        assert entry.action == f"rollout/{after['phase']}", entry
+        assert machine_state_problem(after) is None, machine_state_problem(after)
+        previous = after
+    assert stored == previous, f"stored status {stored} is not the audited {previous}"
+
+    by_seq = {e.seq: e for e in entries}
+    for entry in entries:
+        if entry.action != "rollout/set-active":
+            continue
+        cause = by_seq.get(entry.seq - 1)  # the same transaction, the entry before
+        assert cause is not None and cause.kind == "Rollout" and cause.after is not None, entry
+        assert (entry.after or {})["spec"]["active"] == SET_ACTIVE[cause.after["phase"]], entry
+    upstream = from_stored(dump[keys.resource("Upstream", "verbs")])
+    assert isinstance(upstream, Upstream)
+    if stored["phase"] in SET_ACTIVE:
+        assert upstream.spec.active == SET_ACTIVE[stored["phase"]], (stored, upstream.spec)
+
+
+def audit_head(dump: dict[bytes, bytes]) -> int:
+    raw = dump.get(Keys().audit_head)
+    return int(json.loads(raw)["seq"]) if raw else 0
+
+
+@given(verbs=st.lists(st.sampled_from(sorted(VERBS)), min_size=1, max_size=8))
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_operator_verbs_in_any_order_never_fail(
-    verbs: list[str], stub: admin_pb2_grpc.AdminStub
+def test_operator_verbs_in_any_order_never_fail_or_half_write(
+    verbs: list[str], server: ServeProcess, stub: admin_pb2_grpc.AdminStub
 ) -> None:
-    docs = [
-        {"apiVersion": "controlplane/v1", "kind": "Upstream", "metadata": {"name": "verbs"},
-         "spec": {"active": "v1", "versions": {"v1": {"endpoints": ["127.0.0.1:1"]},
-                                               "v2": {"endpoints": ["127.0.0.1:2"]}}}},
-    ]
-    stub.Apply(admin_pb2.ApplyRequest(documents=[json.dumps(d) for d in docs]))
-    rollout = {"apiVersion": "controlplane/v1", "kind": "Rollout",
-               "metadata": {"name": "verbs-r"},
-               "spec": {"upstream": "verbs", "from": "v1", "to": "v2", "steps": [10, 100],
-                        "stepInterval": "1h"}}
-    stub.Apply(admin_pb2.ApplyRequest(documents=[json.dumps(rollout)]))
+    stub.Apply(admin_pb2.ApplyRequest(documents=[json.dumps(VERBS_UPSTREAM)]))
+    since = audit_head(etcd_dump(server))
+    stub.Apply(admin_pb2.ApplyRequest(documents=[json.dumps(VERBS_ROLLOUT)]))
     for verb in verbs:
         response = stub.RolloutAction(admin_pb2.RolloutActionRequest(name="verbs-r", verb=verb))
-        status = json.loads(response.status)
-        assert status["phase"] in {"Pending", "Progressing", "Paused", "Promoting", "Succeeded",
-                                   "RollingBack", "RolledBack", "Aborted"}
-        assert 0 <= status["weight"] <= 100
+        shown = json.loads(response.status)
+        summary = {k: shown[k] for k in PENDING}
+        assert machine_state_problem(summary) is None, (verb, machine_state_problem(summary))
+        # etcd's one read is one revision: the engine may be mid-way, never half-way.
+        check_written_whole(etcd_dump(server), since)
     stub.Delete(admin_pb2.DeleteRequest(kind="Rollout", name="verbs-r"))

@@ -12,6 +12,7 @@ its ACK of the route configuration until the test lets it go. The mid-step case
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from tests.e2e.test_backbone import CONVERGE_S, FIRST_CONFIG_S, apply, edge_yaml
 from tests.e2e.test_rollout import LEADER_TTL_S, Load, rollout_yaml, status, verb, wait_status
 from tests.reliability.conftest import Figures
 from tests.support.ads import AdsClient, node
-from tests.support.controlplane import ServeProcess
+from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy
 from tests.support.ports import free_port
 from tests.support.upstream import Upstream
@@ -103,6 +104,7 @@ def _kill_and_restart(serve: ServeProcess, envoy: Envoy, holdout: Holdout,  # no
                       phase: str, weight: float) -> float:
     """SIGKILL in `phase`, restart, and check nothing moved."""
     routes = envoy.config_dump("dynamic_route_configs")
+    [held] = [c["version_info"] for c in routes["configs"]]  # one route configuration
     streams = holdout.streams
     serve.kill()
     started = time.monotonic()
@@ -111,8 +113,22 @@ def _kill_and_restart(serve: ServeProcess, envoy: Envoy, holdout: Holdout,  # no
     wait_for_sync(lambda: holdout.streams > streams, timeout=FIRST_CONFIG_S,
                   message="the holdout proxy reconnected")
     assert after["applied"] is False
+    # Compared only once Envoy is back on the restarted server and has ACKed its routes:
+    # before that, Envoy's config is the old server's, whatever the new one serves.
+    acked = wait_for_sync(lambda: _acked_routes(serve, "edge-1"), timeout=FIRST_CONFIG_S,
+                          message="Envoy ACKed the restarted server's routes")
+    assert acked == held, f"the restarted server serves routes {acked}, Envoy held {held}"
     assert envoy.config_dump("dynamic_route_configs") == routes, "Envoy's config moved"
     return time.monotonic() - started
+
+
+def _acked_routes(cp: ServeProcess, node_id: str) -> str:
+    """The route configuration version `node_id` ACKed to `cp` ("" if none yet: a
+    restarted server knows only the ACKs its own streams received)."""
+    result = cli(["get", "proxies", "-o", "json"], server=cp.admin)
+    assert result.code == 0, result.err
+    return next((str(p["types"].get("RDS", {}).get("ackedVersion") or "")
+                 for p in json.loads(result.out)["items"] if p["nodeId"] == node_id), "")
 
 
 @pytest.mark.parametrize(("phase", "verb_name", "weight", "final", "final_weight"), [

@@ -10,6 +10,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from controlplane.store import EmbeddedEtcd
 from tests.support.ports import free_port
@@ -43,6 +46,18 @@ def cli(args: Sequence[str], *, server: str | None = None, stdin: str | None = N
         input=stdin, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def envoy_bootstrap(node_id: str, group: str, xds: str, *, delta: bool = False
+                    ) -> dict[str, Any]:
+    """What `controlplane bootstrap` prints for one proxy of `group` whose control plane
+    is at `xds` (HOST:PORT), run as a user runs it, with a free admin port; parsed."""
+    args = ["bootstrap", "--node-id", node_id, "--group", group,
+            "--admin-port", str(free_port()), "--xds-addr", xds]
+    result = cli([*args, "--delta"] if delta else args)
+    assert result.code == 0, result.err
+    config: dict[str, Any] = yaml.safe_load(result.out)
+    return config
 
 
 class _PortTaken(RuntimeError):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import zlib
+from types import MappingProxyType
+
+from pydantic import SecretStr
 
 from controlplane.fleet import (
     MAX_SHARD_BYTES,
@@ -18,8 +21,9 @@ from controlplane.model import DesiredState, parse_yaml
 from controlplane.publish import Publisher
 from controlplane.rollout.engine import FleetProgress
 from controlplane.rollout.traffic import traffic_of
+from controlplane.secrets.ca import CertificateAuthority
 from controlplane.stage import RenderStage
-from controlplane.translate import translate
+from controlplane.translate import GroupCertificate, SecretMaterial, translate
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
@@ -73,20 +77,44 @@ def test_a_proxy_that_moved_replica_counts_once_by_its_newest_stream() -> None:
     assert decode(encode(reports)) == reports
 
 
-def test_groups_with_tls_and_credentials_are_compared_without_key_material() -> None:
-    secured = DesiredState.of(parse_yaml(
-        with_rollout().replace("spec: {group: edge, port: 10000}",
-                               "spec: {group: edge, port: 10000, tls: {certificate: auto}}")
-        .replace('v2: {endpoints: ["127.0.0.1:9002"]}',
-                 'v2: {endpoints: ["127.0.0.1:9002"], credential: key-2026}')
-        + """---
+SECURED = DesiredState.of(parse_yaml(
+    with_rollout().replace("spec: {group: edge, port: 10000}",
+                           "spec: {group: edge, port: 10000, tls: {certificate: auto}}")
+    .replace('v2: {endpoints: ["127.0.0.1:9002"]}',
+             'v2: {endpoints: ["127.0.0.1:9002"], credential: key-2026}')
+    + """---
 apiVersion: controlplane/v1
 kind: Credential
 metadata: {name: key-2026}
 spec: {header: x-api-key, value: not-for-versions}
 """))
-    progress = progress_of(secured, "payments-v2", [ProxyReport("e1", "edge", 1.0, acked={})])
-    assert (progress.acked, progress.total) == (0, 1)
+
+
+def served_versions(state: DesiredState, value: str) -> dict[str, str]:
+    """What a replica serves group `edge`: rendered with real key material (a CA of its
+    own, the group's certificate, the credential's `value`), as the publisher does."""
+    ca = CertificateAuthority.create(now=1_700_000_000)
+    issued = ca.issue("edge", now=1_700_000_000, lifetime_s=3600)
+    material = SecretMaterial(
+        ca_pem=ca.cert_pem,
+        certificates=MappingProxyType({"edge": GroupCertificate(issued.cert_pem,
+                                                                issued.key_pem)}),
+        credentials=MappingProxyType({"key-2026": SecretStr(value)}))
+    return dict(RenderStage().snapshot(state, "edge", material).versions)
+
+
+def test_groups_with_tls_and_credentials_are_compared_without_key_material() -> None:
+    served = served_versions(SECURED, "first-value")
+    rotated = served_versions(SECURED, "second-value")
+    assert served[SECRET] != rotated[SECRET]  # the material is in the SDS version...
+    for versions in (served, rotated):
+        # ...and a leader that never held it (a fresh stage: stand-ins for the material)
+        # still counts a proxy that ACKed everything a replica served, SDS included.
+        report = ProxyReport("e1", "edge", 1.0, acked=versions)
+        assert progress_of(SECURED, "payments-v2", [report]) == FleetProgress(
+            1, 1, None, ("edge",))
+    behind = ProxyReport("e1", "edge", 1.0, acked={**served, ROUTE: "old"})
+    assert progress_of(SECURED, "payments-v2", [behind]).acked == 0
 
 
 def test_the_sharded_report_matches_a_full_encoding_after_every_change() -> None:
