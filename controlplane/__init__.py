@@ -1,6 +1,6 @@
 """An Envoy xDS control plane for upstream upgrades.
 
-Data flows one way (see DESIGN.md):
+Data flows one way (ARCHITECTURE.md):
 admin/CLI → store (etcd) → rollout engine → translate → snapshot cache → xDS server → Envoy.
 """
 

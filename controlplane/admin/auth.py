@@ -1,7 +1,7 @@
 """Who is calling the admin API, and what their role lets them do.
 
-Roles (DESIGN.md): viewer (get, status, audit) < operator (rollout verbs, rotate)
-< admin (apply, delete). Every mutation is audited with the principal's name.
+Roles (README, "Who may do what"): viewer (get, status, audit) < operator (rollout
+verbs, rotate) < admin (apply, delete). Every mutation is audited with the principal's name.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The resource kinds users write in YAML (DESIGN.md), validated at the edge.
+"""The resource kinds users write in YAML (docs/reference.md), validated at the edge.
 
 Every model forbids unknown fields, so a typo is an error, not a silent no-op.
 Field names are the camelCase ones users write; Python attributes are snake_case.

@@ -82,9 +82,6 @@ class DesiredState:
     def get(self, kind: str, name: str) -> Resource | None:
         return self._by_kind(kind).get(name)
 
-    def of_kind(self, kind: str) -> list[Resource]:
-        return list(self._by_kind(kind).values())
-
     def _by_kind(self, kind: str) -> Mapping[str, Resource]:
         tables: dict[str, Mapping[str, Resource]] = {
             "Listener": self.listeners, "Route": self.routes, "Upstream": self.upstreams,

@@ -1,6 +1,6 @@
 """The rollout state machine as a pure function: `transition(spec, status, event) -> Decision`.
 
-Phases (DESIGN.md):
+Phases (README, "A canary, step by step"):
 
     Pending → Progressing(step i) ⇄ Paused → Promoting → Succeeded
     any active phase → RollingBack → RolledBack     (analysis failed, NACK, operator rollback)

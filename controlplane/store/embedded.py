@@ -66,12 +66,6 @@ class EmbeddedEtcd:
         """The CA and client pair it accepts (files under the data dir, 0600)."""
         return etcd_pki.client_tls(self.data_dir)
 
-    def serve_args(self) -> list[str]:
-        """What `controlplane serve` is given to use this etcd as an external one."""
-        tls = self.tls
-        return ["--etcd", self.endpoint, "--etcd-ca", str(tls.ca),
-                "--etcd-cert", str(tls.cert), "--etcd-key", str(tls.key)]
-
     @property
     def pid(self) -> int:
         return self.proc.pid

@@ -75,20 +75,6 @@ def build_clusters(
     return clusters
 
 
-def build_cluster(
-    upstream: Upstream,
-    version: str,
-    *,
-    group: str = "",
-    edge: bool = False,
-    credentials: Mapping[str, Credential] = _NO_CREDENTIALS,
-) -> Cluster:
-    """The EDS cluster for one version; its endpoints come from `endpoint.build_endpoints`."""
-    return _version_cluster(_shared_settings(upstream.spec, edge=edge), upstream.name, version,
-                            upstream.spec.versions[version], group=group,
-                            credentials=credentials)
-
-
 _SharedKey = tuple[str, HealthCheck | None, OutlierDetection | None, CircuitBreakers | None]
 """The upstream settings `_shared_settings` reads (models are frozen, hence hashable)."""
 

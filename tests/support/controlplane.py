@@ -121,8 +121,10 @@ class ServeProcess:
             "--xds-addr", self.xds, "--admin-addr", self.admin,
             "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
         ]
-        if isinstance(self.etcd, EmbeddedEtcd):
-            args += self.etcd.serve_args()
+        if isinstance(self.etcd, EmbeddedEtcd):  # as an external etcd, with its TLS
+            tls = self.etcd.tls
+            args += ["--etcd", self.etcd.endpoint, "--etcd-ca", str(tls.ca),
+                     "--etcd-cert", str(tls.cert), "--etcd-key", str(tls.key)]
         elif self.etcd:
             args += ["--etcd", self.etcd]
         args += list(self.extra_args)
