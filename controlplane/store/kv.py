@@ -301,9 +301,13 @@ class EtcdKV:
                 if attempt + 1 >= len(self._endpoints) and _timed_out(exc):
                     break  # etcd is slow or cut off: another wait would not help
         where = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
+        described = _describe(error)
+        hint = ("Check that etcd speaks TLS, signed by --etcd-ca, and takes this client "
+                "pair (--etcd-cert, --etcd-key)" if _tls_failed(described)
+                else "Check that etcd is running and reachable (--etcd HOST:PORT)")
         raise StoreUnavailableError(
-            f"store unavailable: etcd ({where}) did not answer a {what}: {_describe(error)}. "
-            "Check that etcd is running and reachable (--etcd HOST:PORT), then retry."
+            f"store unavailable: etcd ({where}) did not answer a {what}: {described}. "
+            f"{hint}, then retry."
         ) from error
 
     def _failed(self, what: str) -> None:
@@ -512,6 +516,12 @@ def _timed_out(error: BaseException) -> bool:
     if isinstance(error, grpc.aio.AioRpcError):
         return bool(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
     return isinstance(error, aetcd.exceptions.ConnectionTimeoutError | TimeoutError)
+
+
+def _tls_failed(described: str) -> bool:
+    """Whether a failure was TLS's (a handshake or certificate refused), not an outage."""
+    return any(sign in described for sign in ("Tls handshake", "CERTIFICATE_VERIFY",
+                                               "SSL_ERROR", "certificate required"))
 
 
 def _describe(error: BaseException | None) -> str:
