@@ -173,17 +173,20 @@ class ServeProcess:
 
     Port 0 means a free port; pass the ports of an earlier run (and its data dir) to
     restart on the same ones. The log is appended to, so one file can hold several runs.
+    `runner` is what `python` runs with `serve ...` after it (benchmarks/_gc_serve.py
+    wraps the CLI to change and count the GC).
     Stop it with `stop()` (SIGTERM) or `kill()` (SIGKILL, a crash); both go by PID and
     wait for the embedded etcd child to be gone too.
     """
 
     def __init__(self, data_dir: Path, log_path: Path, *, xds_port: int = 0,
-                 admin_port: int = 0, timeout: float = 60.0) -> None:
+                 admin_port: int = 0, timeout: float = 60.0,
+                 runner: Sequence[str] = ("-m", "controlplane")) -> None:
         offset = log_path.stat().st_size if log_path.exists() else 0
         self.started = time.monotonic()
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "serve", "--data-dir", str(data_dir),
+                [sys.executable, *runner, "serve", "--data-dir", str(data_dir),
                  "--xds-addr", f"127.0.0.1:{xds_port}",
                  "--admin-addr", f"127.0.0.1:{admin_port}",
                  "--metrics-addr", "", "--log-level", "warning"],
@@ -234,13 +237,13 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def control_plane(data_dir: Path, log_path: Path,
-                  timeout: float = 60.0) -> Iterator[ServeProcess]:
+def control_plane(data_dir: Path, log_path: Path, timeout: float = 60.0, *,
+                  runner: Sequence[str] = ("-m", "controlplane")) -> Iterator[ServeProcess]:
     """Run `controlplane serve` (embedded etcd) on free loopback ports.
 
     The process is stopped with SIGTERM (SIGKILL after 15 s) when the block ends.
     """
-    serve = ServeProcess(data_dir, log_path, timeout=timeout)
+    serve = ServeProcess(data_dir, log_path, timeout=timeout, runner=runner)
     try:
         yield serve
     finally:

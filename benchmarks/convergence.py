@@ -181,17 +181,18 @@ def _real_envoys(count: int, xds_port: int, workdir: Path, timeout: float
             envoy.stop()
 
 
-def _interleaved(ours: _Side, raw: _Side, *, rounds: int, changes: int, timeout: float
+def _interleaved(first: _Side, second: _Side, *, rounds: int, changes: int, timeout: float
                  ) -> list[tuple[_Round, _Round]]:
-    """`rounds` pairs of rounds, ours and raw alternating which goes first (ABBA), so
-    load from elsewhere on the machine falls on both sides alike."""
+    """`rounds` pairs of rounds (first's, second's), the two sides alternating which goes
+    first (ABBA), so load from elsewhere on the machine falls on both sides alike."""
     pairs = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ours.real))) as pool:
+    workers = max(1, len(first.real), len(second.real))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for r in range(rounds):
-            order = (ours, raw) if r % 2 == 0 else (raw, ours)
+            order = (first, second) if r % 2 == 0 else (second, first)
             done = {id(side): _round(side, changes=changes, timeout=timeout, pool=pool)
                     for side in order}
-            pairs.append((done[id(ours)], done[id(raw)]))
+            pairs.append((done[id(first)], done[id(second)]))
     return pairs
 
 
