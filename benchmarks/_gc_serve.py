@@ -4,8 +4,9 @@
 
 Sets `controlplane.server.GC_YOUNG_THRESHOLD` (serve_command reads it when it starts),
 then runs the CLI. A `gc.callbacks` hook counts each generation's collections and their
-wall time; on SIGUSR1 the totals so far are written to STATS_JSON (atomically, with
-`dumps` counting the writes), so a driver can take them before and after what it times.
+wall time; on SIGUSR1 the totals so far and the threshold in force are written to
+STATS_JSON (atomically, with `dumps` counting the writes), so a driver can take them
+before and after what it times.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class GcCounter:
     def dump(self, path: Path) -> None:
         self.dumps += 1
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"dumps": self.dumps, "collections": self.collections,
+        tmp.write_text(json.dumps({"dumps": self.dumps, "threshold": gc.get_threshold()[0],
+                                   "collections": self.collections,
                                    "seconds": self.seconds, "full_ms": self.full_ms}))
         os.replace(tmp, path)  # the driver never reads half a file
 

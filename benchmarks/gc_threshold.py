@@ -99,12 +99,11 @@ def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: 
                              timeout=timeout)
         after = [_gc_stats(serve, stats, 2) for serve, stats in serves]
     measured = changes * rounds
-    return [_row(threshold, [pair[k] for pair in pairs], before[k], after[k],
-                 proxies=proxies, protocol=protocol, changes=measured)
-            for k, threshold in enumerate(thresholds)]
+    return [_row([pair[k] for pair in pairs], before[k], after[k], proxies=proxies,
+                 protocol=protocol, changes=measured) for k in range(len(thresholds))]
 
 
-def _row(threshold: int, rounds: Sequence[_Round], before: dict[str, Any],
+def _row(rounds: Sequence[_Round], before: dict[str, Any],
          after: dict[str, Any], *, proxies: int, protocol: str, changes: int
          ) -> dict[str, Any]:
     def per_change(key: str, generation: int) -> float:
@@ -115,7 +114,7 @@ def _row(threshold: int, rounds: Sequence[_Round], before: dict[str, Any],
     return {
         "proxies": proxies,
         "protocol": protocol,
-        "gc_threshold": threshold,
+        "gc_threshold": after["threshold"],  # as the serve process had it
         "p99_ms": round(statistics.median(percentile(r.samples, 99) for r in rounds) * 1e3, 1),
         "cpu_ms_per_change": round(
             statistics.median(r.cpu_s / per_round for r in rounds) * 1e3, 1),

@@ -1,6 +1,6 @@
 """The benchmarks run end to end at tiny sizes and print their documented JSON fields.
 
-No timing is asserted: the numbers are goals the benchmarks print, not tests. The five
+No timing is asserted: the numbers are goals the benchmarks print, not tests. The six
 runs start together (each on its own free ports) so the module takes about as long as
 the slowest. vs_sovereign is left out: it pip-installs sovereign from PyPI.
 """
@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from controlplane.server import GC_YOUNG_THRESHOLD
+
 REPO = Path(__file__).resolve().parents[2]
 
 RUNS: dict[str, list[str]] = {
@@ -26,12 +28,13 @@ RUNS: dict[str, list[str]] = {
     "large_config": ["--clusters", "50", "--endpoints", "500", "--repeat", "1",
                      "--streams", "5"],
     "ingest": ["--proxies", "5", "--samples", "5"],
+    "gc_threshold": ["--proxies", "5", "--fleet-processes", "1", "--rounds", "1"],
 }
 
 
 @pytest.fixture(scope="module")
 def outputs() -> Iterator[dict[str, list[dict[str, Any]]]]:
-    """Each benchmark's JSON lines, all five run at once."""
+    """Each benchmark's JSON lines, all six run at once."""
     procs = {
         name: subprocess.Popen(
             [sys.executable, "-m", f"benchmarks.{name}", *args, "--json"],
@@ -107,3 +110,15 @@ def test_reconnect_serves_every_proxy_again(outputs: dict[str, list[dict[str, An
     assert row["cpu_s"] > 0
     assert row["all_served_s"] > 0
     assert row["peak_rss_kb"] > 0
+
+
+def test_gc_threshold_compares_the_default_with_serves(
+        outputs: dict[str, list[dict[str, Any]]]) -> None:
+    rows = outputs["gc_threshold"]
+    assert [r["gc_threshold"] for r in rows] == [700, GC_YOUNG_THRESHOLD]
+    for row in rows:
+        assert row["proxies"] == 5 and row["changes"] == 20
+        assert row["p99_ms"] > 0 and row["cpu_ms_per_change"] >= 0
+        assert row["young_per_change"] >= 0 and row["gc_ms_per_change"] >= 0
+    # gc_threshold is what each serve process had (gc.get_threshold() in it): the
+    # wrapper's setting took, and serve_command did not override it.
