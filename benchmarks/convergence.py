@@ -18,13 +18,11 @@ the figures printed are medians over rounds. Targets (goals, printed, not assert
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,24 +37,19 @@ from benchmarks._common import (
     RawServer,
     admin_client,
     control_plane,
-    cpu_seconds,
     edge_documents,
     fleet_parser,
     percentile,
     report,
 )
 from benchmarks.fleet import Fleet
-from benchmarks.vs_sovereign import routed_cluster
+from benchmarks.rounds import Round, Side, interleaved, routed_at, version_of, warm_up
 from tests.support.envoy import Envoy, start_envoy
 from tests.support.ports import free_port
-from tests.support.wait import wait_for_sync
 
 TARGET_P99_MS = 100.0
 TARGET_PROXIES = 1000
 TARGET_RATIO = 1.5
-WARMUP = 2
-"""Changes on each side before any is measured."""
-ROUND_SETTLE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -96,69 +89,6 @@ class Result:
     """PASS when both `ratio` and `cpu_ratio` are at most 1.5."""
 
 
-@dataclass
-class _Side:
-    """One server under test with its own fleet: ours or the raw one."""
-
-    fleet: Fleet
-    change: Callable[[int], None]
-    """Makes change number i (versions alternate with i)."""
-    pid: int
-    """The server process whose CPU time is counted."""
-    real: Sequence[Envoy] = ()
-    done: int = 0
-    """Changes made so far (warm-up included): the index of the next one."""
-
-
-@dataclass(frozen=True)
-class _Round:
-    samples: list[float]
-    """Seconds from each change until the last simulated proxy ACKed it."""
-    real_samples: list[float]
-    """Seconds from each change until each real Envoy routed to the new version."""
-    cpu_s: float
-    """The server's CPU seconds over the round, its settling after the last change included."""
-
-
-def _round(side: _Side, *, changes: int, timeout: float,
-           pool: concurrent.futures.Executor) -> _Round:
-    """`changes` changes on one side, each awaited until the whole fleet has ACKed it."""
-    samples: list[float] = []
-    real_samples: list[float] = []
-    cpu0 = cpu_seconds(side.pid)
-    for _ in range(changes):
-        i = side.done
-        side.done += 1
-        side.fleet.arm()
-        version = _version(i)
-        t0 = time.monotonic()
-        applied = [pool.submit(_applied, envoy, version, timeout) for envoy in side.real]
-        side.change(i)
-        times = side.fleet.collect(timeout)
-        missing = sum(1 for t in times if t is None)
-        if missing:
-            raise RuntimeError(f"change {i}: {missing} of {len(times)} proxies did not "
-                               f"converge within {timeout:.0f}s")
-        samples.append(max(t for t in times if t is not None) - t0)
-        real_samples += [f.result() - t0 for f in applied]
-        time.sleep(0.05)
-    # Work a change leaves behind (the fleet report after the ACK burst) is counted to
-    # its side and is done before the other side's round starts.
-    time.sleep(ROUND_SETTLE_S)
-    return _Round(samples, real_samples, cpu_seconds(side.pid) - cpu0)
-
-
-def _version(i: int) -> str:
-    return "v2" if i % 2 == 0 else "v1"
-
-
-def _applied(envoy: Envoy, version: str, timeout: float) -> float:
-    """time.monotonic() once `envoy` routes to `version` (its admin polled every 5 ms)."""
-    wait_for_sync(lambda: routed_cluster(envoy).endswith(version), timeout=timeout,
-                  interval=0.005, message=f"a real Envoy routing to {version}")
-    return time.monotonic()
-
-
 @contextlib.contextmanager
 def _real_envoys(count: int, xds_port: int, workdir: Path, timeout: float
                  ) -> Iterator[list[Envoy]]:
@@ -174,31 +104,11 @@ def _real_envoys(count: int, xds_port: int, workdir: Path, timeout: float
             envoys.append(start_envoy(yaml.safe_load(text), workdir / f"envoy-{k}",
                                       log_level="warning"))
         for envoy in envoys:
-            _applied(envoy, "v1", timeout)
+            routed_at(envoy, "v1", timeout)
         yield envoys
     finally:
         for envoy in envoys:
             envoy.stop()
-
-
-def _interleaved(first: _Side, second: _Side, *, rounds: int, changes: int, timeout: float
-                 ) -> list[tuple[_Round, _Round]]:
-    """`rounds` pairs of rounds (first's, second's), the two sides alternating which goes
-    first (ABBA), so load from elsewhere on the machine falls on both sides alike."""
-    pairs = []
-    workers = max(1, len(first.real), len(second.real))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for r in range(rounds):
-            order = (first, second) if r % 2 == 0 else (second, first)
-            done = {id(side): _round(side, changes=changes, timeout=timeout, pool=pool)
-                    for side in order}
-            pairs.append((done[id(first)], done[id(second)]))
-    return pairs
-
-
-def _warm_up(side: _Side, timeout: float) -> None:
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(side.real))) as pool:
-        _round(side, changes=WARMUP, timeout=timeout, pool=pool)
 
 
 def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: int,
@@ -216,9 +126,9 @@ def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: 
         stack.callback(fleet.close)
         real = stack.enter_context(_real_envoys(real_envoys, serve.xds_port, Path(tmp),
                                                 timeout))
-        ours = _Side(fleet, lambda i: apply(edge_documents(_version(i), port=port)),
+        ours = Side(fleet, lambda i: apply(edge_documents(version_of(i), port=port)),
                      serve.pid, real)
-        _warm_up(ours, timeout)
+        warm_up(ours, timeout)
         route_bytes = fleet.route_bytes()  # the two versions the warm-up sent
         if len(route_bytes) != 2:
             raise RuntimeError("the fleet did not capture two route responses")
@@ -228,16 +138,16 @@ def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: 
         raw_fleet = Fleet.start(f"127.0.0.1:{raw_server.port}", proxies=proxies,
                                 processes=processes, delta=delta, timeout=timeout)
         stack.callback(raw_fleet.close)
-        raw = _Side(raw_fleet, lambda i: raw_server.push(route_bytes[(i + 1) % 2]),
+        raw = Side(raw_fleet, lambda i: raw_server.push(route_bytes[(i + 1) % 2]),
                     raw_server.pid)
-        _warm_up(raw, timeout)
+        warm_up(raw, timeout)
         log(f"[{protocol} N={proxies}] {rounds} rounds of {changes} changes each side")
-        pairs = _interleaved(ours, raw, rounds=rounds, changes=changes, timeout=timeout)
+        pairs = interleaved(ours, raw, rounds=rounds, changes=changes, timeout=timeout)
     return _result(pairs, proxies=proxies, protocol=protocol, changes=changes,
                    processes=processes, real_envoys=real_envoys)
 
 
-def _result(pairs: Sequence[tuple[_Round, _Round]], *, proxies: int, protocol: str,
+def _result(pairs: Sequence[tuple[Round, Round]], *, proxies: int, protocol: str,
             changes: int, processes: int, real_envoys: int) -> Result:
     """The medians over rounds, each ratio taken between the two rounds of a pair."""
     def ms(seconds: float) -> float:

@@ -38,8 +38,8 @@ from benchmarks._common import (
     percentile,
     report,
 )
-from benchmarks.convergence import _interleaved, _Round, _Side, _version, _warm_up
 from benchmarks.fleet import Fleet
+from benchmarks.rounds import Round, Side, interleaved, version_of, warm_up
 from controlplane.server import GC_YOUNG_THRESHOLD
 from tests.support.wait import wait_for_sync
 
@@ -63,7 +63,7 @@ def _gc_stats(serve: ServeProcess, path: Path, dumps: int) -> dict[str, Any]:
 def _flipper(apply: Callable[[Sequence[str]], None]) -> Callable[[int], None]:
     """Change number i through `apply`: the upstream's active version flips."""
     def change(i: int) -> None:
-        apply(edge_documents(_version(i)))
+        apply(edge_documents(version_of(i)))
     return change
 
 
@@ -74,7 +74,7 @@ def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: 
     thresholds = (DEFAULT_THRESHOLD, GC_YOUNG_THRESHOLD)
     with (tempfile.TemporaryDirectory(prefix="cp-bench-gc-") as tmp,
           contextlib.ExitStack() as stack):
-        sides: list[_Side] = []
+        sides: list[Side] = []
         serves: list[tuple[ServeProcess, Path]] = []
         for threshold in thresholds:
             work = Path(tmp) / str(threshold)
@@ -89,13 +89,13 @@ def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: 
             fleet = Fleet.start(f"127.0.0.1:{serve.xds_port}", proxies=proxies,
                                 processes=processes, delta=delta, timeout=timeout)
             stack.callback(fleet.close)
-            side = _Side(fleet, _flipper(apply), serve.pid)
-            _warm_up(side, timeout)
+            side = Side(fleet, _flipper(apply), serve.pid)
+            warm_up(side, timeout)
             sides.append(side)
             serves.append((serve, stats))
         before = [_gc_stats(serve, stats, 1) for serve, stats in serves]
         log(f"[{protocol} N={proxies}] {rounds} rounds of {changes} changes each side")
-        pairs = _interleaved(sides[0], sides[1], rounds=rounds, changes=changes,
+        pairs = interleaved(sides[0], sides[1], rounds=rounds, changes=changes,
                              timeout=timeout)
         after = [_gc_stats(serve, stats, 2) for serve, stats in serves]
     measured = changes * rounds
@@ -103,7 +103,7 @@ def measure(proxies: int, *, delta: bool, changes: int, rounds: int, processes: 
                  protocol=protocol, changes=measured) for k in range(len(thresholds))]
 
 
-def _row(rounds: Sequence[_Round], before: dict[str, Any],
+def _row(rounds: Sequence[Round], before: dict[str, Any],
          after: dict[str, Any], *, proxies: int, protocol: str, changes: int
          ) -> dict[str, Any]:
     def per_change(key: str, generation: int) -> float:
