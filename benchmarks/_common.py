@@ -258,8 +258,15 @@ def control_plane(data_dir: Path, log_path: Path, timeout: float = 60.0, *,
 _ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 
 
-async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) -> None:
+async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes,
+                     pushes: bool) -> None:
     queues: set[asyncio.Queue[bytes]] = set()
+
+    async def idle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        del context
+        yield first
+        async for _ in requests:  # ACKs: read and dropped
+            pass
 
     async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         del context
@@ -281,7 +288,7 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) 
 
     handler = grpc.method_handlers_generic_handler(
         _ADS.strip("/").rsplit("/", 1)[0],
-        {name: grpc.stream_stream_rpc_method_handler(stream)
+        {name: grpc.stream_stream_rpc_method_handler(stream if pushes else idle)
          for name in ("StreamAggregatedResources", "DeltaAggregatedResources")},
     )
     server = grpc.aio.server(options=_GRPC_OPTIONS)
@@ -303,22 +310,26 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) 
         conn.send(("closed",))
 
 
-def _raw_main(conn: multiprocessing.connection.Connection, first: bytes) -> None:
+def _raw_main(conn: multiprocessing.connection.Connection, first: bytes,
+              pushes: bool) -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # as serve_command
-    asyncio.run(_raw_serve(conn, first))
+    asyncio.run(_raw_serve(conn, first, pushes))
 
 
 class RawServer:
     """A bare grpc.aio ADS server in its own process: sends `first` on connect, then `push`.
 
     Same GC threshold and gRPC server options as `controlplane serve`, so a ratio to it is
-    what our code costs, not a difference in settings.
+    what our code costs, not a difference in settings. Each stream holds a queue and a
+    task reading its ACKs; with `pushes=False` it holds nothing but the handler's own
+    coroutine, which sends `first` and then reads the ACKs (what grpc.aio alone costs
+    per idle stream; `push` then does nothing).
     """
 
-    def __init__(self, first: bytes) -> None:
+    def __init__(self, first: bytes, *, pushes: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_raw_main, args=(child, first), daemon=True,
+        self._proc = ctx.Process(target=_raw_main, args=(child, first, pushes), daemon=True,
                                  name="raw-server")
         self._proc.start()
         if not self._conn.poll(30):

@@ -8,9 +8,10 @@ read the serve process's VmRSS from /proc/PID/status (the median of a few reads)
 connect N simulated Envoys (benchmarks/fleet.py), wait until each has its route
 configuration and ACKed it, settle again and read VmRSS once more.
 kb_per_proxy = (rss_with_n - rss_with_none) / N. Then the same for the raw server of
-benchmarks/_common.py (a bare grpc.aio ADS server with serve's GC threshold and gRPC
-options, holding one queue and one reader task per stream), sent the route response
-our server sent: raw_kb_per_proxy is what gRPC alone costs here. Target (a goal,
+benchmarks/_common.py without pushes (a bare grpc.aio ADS server with serve's GC
+threshold and gRPC options whose handler sends the route response our server sent
+and reads the ACKs, nothing else per stream): raw_kb_per_proxy is what grpc.aio alone
+costs per idle proxy. Target (a goal,
 printed, not asserted): ≤ 30 KB per idle connected proxy.
 """
 
@@ -90,7 +91,7 @@ def measure(proxies: int, *, delta: bool, processes: int, settle: float,
 def _raw_rss_kb(route: bytes, proxies: int, *, delta: bool, processes: int, settle: float,
                 timeout: float) -> tuple[int, int]:
     """The raw server's VmRSS with no proxy and with `proxies` holding `route`."""
-    raw = RawServer(route)
+    raw = RawServer(route, pushes=False)
     try:
         base = _settled_rss_kb(raw, settle)
         fleet = Fleet.start(f"127.0.0.1:{raw.port}", proxies=proxies, processes=processes,
