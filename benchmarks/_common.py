@@ -303,6 +303,8 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes,
                 for queue in queues:
                     queue.put_nowait(args[0])
                 conn.send(("pushed", len(queues)))
+            elif cmd == "gc":
+                conn.send(("gc", gc.get_threshold()))
             else:
                 break
     finally:
@@ -343,6 +345,12 @@ class RawServer:
     def rss_kb(self, field: str = "VmRSS") -> int:
         """This process's resident memory in KiB; `VmHWM` for the peak."""
         return proc_status_kb(self.pid, field)
+
+    def gc_threshold(self) -> tuple[int, int, int]:
+        """`gc.get_threshold()` as the server process has it (serve's, or no fair ratio)."""
+        self._conn.send(("gc",))
+        threshold: tuple[int, int, int] = self._conn.recv()[1]
+        return threshold
 
     def push(self, data: bytes) -> None:
         """Queue `data` on every open stream (returns once queued, not once written)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks._common import RawServer
 from controlplane.server import GC_YOUNG_THRESHOLD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,3 +123,14 @@ def test_gc_threshold_compares_the_default_with_serves(
         assert row["young_per_change"] >= 0 and row["gc_ms_per_change"] >= 0
     # gc_threshold is what each serve process had (gc.get_threshold() in it): the
     # wrapper's setting took, and serve_command did not override it.
+
+
+@pytest.mark.parametrize("pushes", [True, False], ids=["convergence", "memory"])
+def test_raw_server_collects_as_serve_does(pushes: bool) -> None:
+    """With CPython's default threshold the baseline paid for collections serve never
+    runs, and every ratio to it flattered us."""
+    raw = RawServer(b"", pushes=pushes)
+    try:
+        assert raw.gc_threshold()[0] == GC_YOUNG_THRESHOLD
+    finally:
+        raw.close()
