@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import multiprocessing
@@ -23,6 +24,7 @@ from typing import Any
 import grpc
 
 from controlplane.api import admin_pb2, admin_pb2_grpc
+from controlplane.server import _GRPC_OPTIONS, GC_YOUNG_THRESHOLD
 
 _SERVING = re.compile(r"serving xDS on [\d.]+:(\d+) and the admin API on [\d.]+:(\d+)")
 
@@ -171,17 +173,20 @@ class ServeProcess:
 
     Port 0 means a free port; pass the ports of an earlier run (and its data dir) to
     restart on the same ones. The log is appended to, so one file can hold several runs.
+    `runner` is what `python` runs with `serve ...` after it (benchmarks/_gc_serve.py
+    wraps the CLI to change and count the GC).
     Stop it with `stop()` (SIGTERM) or `kill()` (SIGKILL, a crash); both go by PID and
     wait for the embedded etcd child to be gone too.
     """
 
     def __init__(self, data_dir: Path, log_path: Path, *, xds_port: int = 0,
-                 admin_port: int = 0, timeout: float = 60.0) -> None:
+                 admin_port: int = 0, timeout: float = 60.0,
+                 runner: Sequence[str] = ("-m", "controlplane")) -> None:
         offset = log_path.stat().st_size if log_path.exists() else 0
         self.started = time.monotonic()
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "serve", "--data-dir", str(data_dir),
+                [sys.executable, *runner, "serve", "--data-dir", str(data_dir),
                  "--xds-addr", f"127.0.0.1:{xds_port}",
                  "--admin-addr", f"127.0.0.1:{admin_port}",
                  "--metrics-addr", "", "--log-level", "warning"],
@@ -232,13 +237,13 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def control_plane(data_dir: Path, log_path: Path,
-                  timeout: float = 60.0) -> Iterator[ServeProcess]:
+def control_plane(data_dir: Path, log_path: Path, timeout: float = 60.0, *,
+                  runner: Sequence[str] = ("-m", "controlplane")) -> Iterator[ServeProcess]:
     """Run `controlplane serve` (embedded etcd) on free loopback ports.
 
     The process is stopped with SIGTERM (SIGKILL after 15 s) when the block ends.
     """
-    serve = ServeProcess(data_dir, log_path, timeout=timeout)
+    serve = ServeProcess(data_dir, log_path, timeout=timeout, runner=runner)
     try:
         yield serve
     finally:
@@ -246,12 +251,22 @@ def control_plane(data_dir: Path, log_path: Path,
 
 
 # ---- the raw limit: a bare grpc.aio server writing prepared bytes to every stream ----------
+# It runs as `controlplane serve` does (serve_command's GC threshold, the xDS server's gRPC
+# options): with CPython's default threshold (700) the baseline paid 13-30% more CPU per
+# change in collections serve does not run, and every ratio to it flattered us.
 
 _ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 
 
-async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) -> None:
+async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes,
+                     pushes: bool) -> None:
     queues: set[asyncio.Queue[bytes]] = set()
+
+    async def idle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        del context
+        yield first
+        async for _ in requests:  # ACKs: read and dropped
+            pass
 
     async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         del context
@@ -273,10 +288,10 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) 
 
     handler = grpc.method_handlers_generic_handler(
         _ADS.strip("/").rsplit("/", 1)[0],
-        {name: grpc.stream_stream_rpc_method_handler(stream)
+        {name: grpc.stream_stream_rpc_method_handler(stream if pushes else idle)
          for name in ("StreamAggregatedResources", "DeltaAggregatedResources")},
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -288,6 +303,8 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) 
                 for queue in queues:
                     queue.put_nowait(args[0])
                 conn.send(("pushed", len(queues)))
+            elif cmd == "gc":
+                conn.send(("gc", gc.get_threshold()))
             else:
                 break
     finally:
@@ -295,24 +312,45 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes) 
         conn.send(("closed",))
 
 
-def _raw_main(conn: multiprocessing.connection.Connection, first: bytes) -> None:
-    asyncio.run(_raw_serve(conn, first))
+def _raw_main(conn: multiprocessing.connection.Connection, first: bytes,
+              pushes: bool) -> None:
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # as serve_command
+    asyncio.run(_raw_serve(conn, first, pushes))
 
 
 class RawServer:
-    """A bare grpc.aio ADS server in its own process: sends `first` on connect, then `push`."""
+    """A bare grpc.aio ADS server in its own process: sends `first` on connect, then `push`.
 
-    def __init__(self, first: bytes) -> None:
+    Same GC threshold and gRPC server options as `controlplane serve`, so a ratio to it is
+    what our code costs, not a difference in settings. Each stream holds a queue and a
+    task reading its ACKs; with `pushes=False` it holds nothing but the handler's own
+    coroutine, which sends `first` and then reads the ACKs (what grpc.aio alone costs
+    per idle stream; `push` then does nothing).
+    """
+
+    def __init__(self, first: bytes, *, pushes: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_raw_main, args=(child, first), daemon=True,
+        self._proc = ctx.Process(target=_raw_main, args=(child, first, pushes), daemon=True,
                                  name="raw-server")
         self._proc.start()
         if not self._conn.poll(30):
             self.close()
             raise RuntimeError("raw server did not start")
         self.port: int = self._conn.recv()[1]
-        self.pid = self._proc.pid
+        if self._proc.pid is None:  # cannot happen once it answered; for the type
+            raise RuntimeError("raw server has no PID")
+        self.pid: int = self._proc.pid
+
+    def rss_kb(self, field: str = "VmRSS") -> int:
+        """This process's resident memory in KiB; `VmHWM` for the peak."""
+        return proc_status_kb(self.pid, field)
+
+    def gc_threshold(self) -> tuple[int, int, int]:
+        """`gc.get_threshold()` as the server process has it (serve's, or no fair ratio)."""
+        self._conn.send(("gc",))
+        threshold: tuple[int, int, int] = self._conn.recv()[1]
+        return threshold
 
     def push(self, data: bytes) -> None:
         """Queue `data` on every open stream (returns once queued, not once written)."""

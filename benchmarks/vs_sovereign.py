@@ -6,8 +6,11 @@ sovereign (PyPI `sovereign`) is pip-installed into its own venv under `.bench/`
 (gitignored; `--venv` to put it elsewhere) on the first run. It serves one
 RouteConfiguration from a Jinja2 template over a file source: two weighted clusters,
 payments-v1 and payments-v2. Its source is re-read every second (`source_config.
-refresh_rate: 1`, the smallest it takes), and Envoy polls it over REST with
-`refresh_delay: 1s`. A flip rewrites the source file (100/0 ↔ 0/100).
+refresh_rate: 1`, the smallest it takes), and Envoy polls it over REST. sovereign is
+measured twice, each time with its own Envoy: with `refresh_delay: 1s` (the setting
+of the first runs) and at its best, `refresh_delay: 0.1s` (Envoy polls ten times a
+second; the target is judged against this one). A flip rewrites the source file
+(100/0 ↔ 0/100).
 
 Our side: `controlplane serve` (embedded etcd), the edge listener, route and upstream
 applied through the admin API, and a real Envoy started from `controlplane bootstrap`
@@ -17,7 +20,8 @@ between v1 and v2 (the route's cluster changes).
 One sample, on both sides: time.monotonic() just before the change, until Envoy's
 /config_dump (polled every 5 ms) shows the route sending (most of) the traffic to the
 new version. `--flips` samples each (10 by default), after one warm-up flip.
-ratio = sovereign median / our median. Target (a goal, printed, not asserted): ≥ 20 times.
+ratio = sovereign median (refresh_delay 1 s) / our median, ratio_best the same with
+sovereign at 0.1 s. Target (a goal, printed, not asserted): ratio_best ≥ 20 times.
 
 If sovereign cannot be installed or started, the script says why and exits 1: no
 number is made up.
@@ -59,6 +63,10 @@ from tests.support.ports import free_port
 from tests.support.wait import wait_for_sync
 
 TARGET_RATIO = 20.0
+REFRESH_DELAY_S = 1.0
+"""Envoy's REST poll of sovereign in the first runs."""
+BEST_REFRESH_DELAY_S = 0.1
+"""sovereign at its best: Envoy polls it ten times a second (its source poll stays 1 s)."""
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = REPO / ".bench" / "sovereign-venv"
 _POLL_S = 0.005
@@ -222,9 +230,10 @@ def _static_cluster(name: str, port: int) -> dict[str, Any]:
                     "address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-def sovereign_bootstrap(sovereign_port: int, admin_port: int,
-                        listener_port: int) -> dict[str, Any]:
-    """Envoy with a static listener whose routes come from sovereign over REST (1 s polls)."""
+def sovereign_bootstrap(sovereign_port: int, admin_port: int, listener_port: int, *,
+                        refresh_delay: float = REFRESH_DELAY_S) -> dict[str, Any]:
+    """Envoy with a static listener whose routes come from sovereign over REST, polled
+    every `refresh_delay` seconds."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                  "http_connection_manager.v3.HttpConnectionManager",
@@ -233,7 +242,7 @@ def sovereign_bootstrap(sovereign_port: int, admin_port: int,
             "resource_api_version": "V3",
             "api_config_source": {
                 "api_type": "REST", "transport_api_version": "V3",
-                "cluster_names": ["sovereign"], "refresh_delay": "1s",
+                "cluster_names": ["sovereign"], "refresh_delay": f"{refresh_delay:g}s",
                 "request_timeout": "1s"}}},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
@@ -255,24 +264,31 @@ def sovereign_bootstrap(sovereign_port: int, admin_port: int,
     }
 
 
-def measure_sovereign(venv: Path, *, flips: int, timeout: float,
-                      log: Callable[[str], None]) -> list[float]:
-    """Flip times through sovereign (see the module docstring)."""
+def measure_sovereign(venv: Path, refresh_delays: Sequence[float], *, flips: int,
+                      timeout: float, log: Callable[[str], None]) -> list[list[float]]:
+    """Flip times through sovereign, one list per Envoy REST `refresh_delay` (see the
+    module docstring); one sovereign server, a fresh Envoy for each delay."""
     exe = ensure_sovereign(venv, log)
+    out = []
     with tempfile.TemporaryDirectory(prefix="cp-bench-sovereign-") as tmp:
         workdir = Path(tmp)
         port = free_port()
         with sovereign_server(exe, workdir, port) as source:
-            envoy = start_envoy(sovereign_bootstrap(port, free_port(), free_port()),
-                                workdir / "envoy", log_level="warning")
-            try:
-                wait_for_sync(lambda: routed_cluster(envoy).endswith("v1"), timeout=timeout,
-                              message="Envoy's first route from sovereign")
-                log(f"sovereign: Envoy has its route; {flips} flips")
-                return flip_times(envoy, lambda v: _write_source(source, v), flips=flips,
-                                  timeout=timeout)
-            finally:
-                envoy.stop()
+            for k, delay in enumerate(refresh_delays):
+                _write_source(source, "v1")
+                bootstrap = sovereign_bootstrap(port, free_port(), free_port(),
+                                                refresh_delay=delay)
+                envoy = start_envoy(bootstrap, workdir / f"envoy-{k}", log_level="warning")
+                try:
+                    wait_for_sync(lambda e=envoy: routed_cluster(e).endswith("v1"),
+                                  timeout=timeout, message="Envoy's first route from sovereign")
+                    log(f"sovereign (refresh_delay {delay:g}s): Envoy has its route; "
+                        f"{flips} flips")
+                    out.append(flip_times(envoy, lambda v: _write_source(source, v),
+                                          flips=flips, timeout=timeout))
+                finally:
+                    envoy.stop()
+    return out
 
 
 # ---- ours -------------------------------------------------------------------------------
@@ -305,6 +321,32 @@ def measure_ours(*, flips: int, timeout: float, log: Callable[[str], None]) -> l
             serve.stop()
 
 
+def summary(theirs: Sequence[float], best: Sequence[float], ours: Sequence[float], *,
+            flips: int) -> dict[str, Any]:
+    """The printed row: medians and maxima in ms, both ratios, the target judged on the
+    ratio to sovereign at its best."""
+    def ms(seconds: float) -> float:
+        return round(seconds * 1e3, 1)
+
+    ours_median = statistics.median(ours)
+    ratio_best = statistics.median(best) / ours_median
+    return {
+        "flips": flips,
+        "sovereign_refresh_delay_s": REFRESH_DELAY_S,
+        "sovereign_median_ms": ms(statistics.median(theirs)),
+        "sovereign_max_ms": ms(max(theirs)),
+        "sovereign_best_refresh_delay_s": BEST_REFRESH_DELAY_S,
+        "sovereign_best_median_ms": ms(statistics.median(best)),
+        "sovereign_best_max_ms": ms(max(best)),
+        "ours_median_ms": ms(ours_median),
+        "ours_max_ms": ms(max(ours)),
+        "ratio": round(statistics.median(theirs) / ours_median, 1),
+        "ratio_best": round(ratio_best, 1),
+        "target": f"ratio_best >= {TARGET_RATIO:g}x",
+        "result": "PASS" if ratio_best >= TARGET_RATIO else "FAIL",
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -320,25 +362,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        theirs = measure_sovereign(args.venv, flips=args.flips, timeout=args.timeout, log=log)
+        theirs, best = measure_sovereign(args.venv, (REFRESH_DELAY_S, BEST_REFRESH_DELAY_S),
+                                         flips=args.flips, timeout=args.timeout, log=log)
     except SovereignUnavailable as exc:
         print(f"sovereign unavailable, nothing measured: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": f"sovereign unavailable: {exc}"}), flush=True)
         return 1
     ours = measure_ours(flips=args.flips, timeout=args.timeout, log=log)
-    theirs_ms, ours_ms = statistics.median(theirs) * 1e3, statistics.median(ours) * 1e3
-    ratio = theirs_ms / ours_ms
-    row = {
-        "flips": args.flips,
-        "sovereign_median_ms": round(theirs_ms, 1),
-        "sovereign_max_ms": round(max(theirs) * 1e3, 1),
-        "ours_median_ms": round(ours_ms, 1),
-        "ours_max_ms": round(max(ours) * 1e3, 1),
-        "ratio": round(ratio, 1),
-        "target": f">= {TARGET_RATIO:g}x",
-        "result": "PASS" if ratio >= TARGET_RATIO else "FAIL",
-    }
+    row = summary(theirs, best, ours, flips=args.flips)
     if args.json:
         print(json.dumps(row), flush=True)
     else:
