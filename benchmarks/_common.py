@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 
 from controlplane.api import admin_pb2, admin_pb2_grpc
-from controlplane.server import _GRPC_OPTIONS, GC_YOUNG_THRESHOLD
+from controlplane.server import GC_YOUNG_THRESHOLD
+from controlplane.wiring import GRPC_OPTIONS
 
 _SERVING = re.compile(r"serving xDS on [\d.]+:(\d+) and the admin API on [\d.]+:(\d+)")
 
@@ -291,7 +292,7 @@ async def _raw_serve(conn: multiprocessing.connection.Connection, first: bytes,
         {name: grpc.stream_stream_rpc_method_handler(stream if pushes else idle)
          for name in ("StreamAggregatedResources", "DeltaAggregatedResources")},
     )
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -225,10 +225,9 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 # change keeps ~15 GC-tracked objects per stream alive at once (coroutine frames, futures:
 # not garbage, they die by reference count a moment later); with CPython's default
 # threshold of 700 they set off ~20 young collections per change at 1,000 proxies, which
-# promote them, and so a full collection of the whole heap (~70 ms) every few changes.
-# Measured with benchmarks/convergence.py (README, "GC"): CPU per change -13% at 1,000
-# proxies and -30% at 5,000, p99 -25% and -35%. Real cyclic garbage waits a little longer
-# (at most this many objects).
+# promote them, and so a full collection of the whole heap every few changes.
+# benchmarks/gc_threshold.py prints both thresholds side by side (benchmarks/README.md,
+# gc_threshold.py). Real cyclic garbage waits a little longer (at most this many objects).
 GC_YOUNG_THRESHOLD = 50_000
 
 

@@ -74,9 +74,9 @@ DEFAULT_ADMIN_ADDR = "127.0.0.1:18001"
 DEFAULT_METRICS_ADDR = "127.0.0.1:18002"
 DEFAULT_DATA_DIR = ".controlplane"
 
-# Memory per idle proxy (benchmarks/memory.py, grpcio 1.85): ~54 KB, ~36 KB of it gRPC
-# C-core: ~18.5 KB per connection (an 8 KB slice held for the pending read) and ~17.5 KB per
-# call (an 8.7 KB call arena). No channel arg lowers that beyond noise (±0.5 KB):
+# Memory per idle proxy: benchmarks/memory.py prints ours beside a bare grpc.aio handler
+# with these same options, most of it gRPC C-core's per connection (an 8 KB slice held for
+# the pending read) and per call (a call arena). No channel arg lowered that beyond noise:
 # http2.lookahead_bytes, http2.bdp_probe=0, http2.hpack_table_size.*, the
 # experimental.tcp_*read_chunk_size args (reads still go into 8 KB slices),
 # http2.write_buffer_size, enable_channelz=0 (-0.6 KB per connection). grpc.minimal_stack
