@@ -20,10 +20,6 @@ from controlplane.model.duration import parse_duration
 from controlplane.model.resources import RolloutSpec
 from controlplane.model.status import ACTIVE_PHASES, FINAL_PHASES, Phase, RolloutStatus
 
-ACTIVE = ACTIVE_PHASES
-FINAL = FINAL_PHASES
-
-
 # ---- events ----------------------------------------------------------------------------------
 
 
@@ -128,7 +124,7 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
     phase = status.phase
     if phase == Phase.SUCCEEDED and status.from_retained:
         return _retained(spec, status, event)
-    if phase in FINAL:
+    if phase in FINAL_PHASES:
         return NO_CHANGE
     if isinstance(event, Nacked):
         if status.applied or phase not in (Phase.PROGRESSING, Phase.PROMOTING):
@@ -258,7 +254,7 @@ def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Deci
             return _to(status, now, f"promoted to 100% {by}", phase=Phase.PROMOTING,
                        step=len(steps) - 1, weight=100.0, applied=False, message="")
         return _step(spec, status, index, now, f"promoted {by}")
-    if verb == "abort" and phase in ACTIVE and phase != Phase.ROLLING_BACK:
+    if verb == "abort" and phase in ACTIVE_PHASES and phase != Phase.ROLLING_BACK:
         return _to(status, now, f"aborted {by}", phase=Phase.ABORTED, weight=0.0,
                    applied=False, finished_at=now)
     if verb == "rollback" and status.active_changed_at is None:
@@ -268,7 +264,7 @@ def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Deci
             phase == Phase.SUCCEEDED and status.finished_at is not None
             and now - status.finished_at <= window
         )
-        if (phase in ACTIVE and phase != Phase.ROLLING_BACK) or in_window:
+        if (phase in ACTIVE_PHASES and phase != Phase.ROLLING_BACK) or in_window:
             return _to(status, now, f"rollback {by}", phase=Phase.ROLLING_BACK, weight=0.0,
                        applied=False, from_retained=False, finished_at=None)
     return NO_CHANGE
