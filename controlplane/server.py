@@ -43,8 +43,8 @@ from controlplane.fleet import EtcdFleet, FleetReporter, secrets_progress
 from controlplane.logformat import FORMATS
 from controlplane.logformat import configure as configure_logging
 from controlplane.publish import Publisher, secret_material, xds_diff
+from controlplane.rollout.analysis_reports import AnalysisReporter, ByProvider, EtcdAnalysis
 from controlplane.rollout.engine import RolloutEngine
-from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.stage import RenderStage
 from controlplane.store import AuditRecord, EmbeddedEtcd, EtcdTLS, Store
 from controlplane.store.audit_anchor import ANCHOR_FILE, AUDIT_KEY_PURPOSE, AuditAnchor
@@ -135,7 +135,7 @@ class ControlPlane:
         self.health = HealthBoard()
         self.routed = RoutedClusters()
         """Group → the clusters its routes reach: whose pushed samples count."""
-        self.metrics_reporter: MetricsReporter | None = None
+        self.metrics_reporter: AnalysisReporter | None = None
         self.election: LeaderElection | None = None
         self.secret_sync: SecretSync | None = None
         self.server_trust: ServerTrust | None = None
@@ -219,8 +219,8 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self.reporter.run(), name="fleet-report"))
         # Analysis: proxies push stats here; each replica reports its counts to etcd and
         # the leader judges canaries on the fleet-wide sums.
-        self.metrics_reporter = MetricsReporter(self.store, self.window, self.identity,
-                                                health=self.health)
+        self.metrics_reporter = AnalysisReporter(self.store, self.window, self.identity,
+                                                 health=self.health)
         self._tasks.append(asyncio.create_task(self.metrics_reporter.run(),
                                                name="metrics-report"))
         analysis = EtcdAnalysis(self.store)
