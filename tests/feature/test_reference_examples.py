@@ -14,7 +14,8 @@ from tests.unit.test_reference_docs import examples
 async def test_the_reference_examples_apply(tmp_path: Path) -> None:
     etcd = await EmbeddedEtcd.start(tmp_path / "data")
     try:
-        store = await Store.connect([etcd.endpoint], sealer=SealingKey(SealingKey.generate()))
+        store = await Store.connect([etcd.endpoint], tls=etcd.tls,
+                                    sealer=SealingKey(SealingKey.generate()))
         try:
             resources = parse_yaml("---\n".join(examples()))
             result = await store.apply(resources, actor="test")
