@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from controlplane.translate import SecretMaterial
 from controlplane.translate.trace import trace_nack
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+
+log = logging.getLogger(__name__)
 
 _CHECKED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 REPORT_COALESCE_S = 0.05
