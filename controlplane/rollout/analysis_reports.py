@@ -41,7 +41,7 @@ class AnalysisReporter:
                  clock: Callable[[], float] = time.time) -> None:
         self._window = window
         self._health = health if health is not None else HealthBoard()
-        self._key = store.keys.metrics_member(identity)
+        self._key = store.keys.request_counts_member(identity)
         self._health_key = store.keys.health_member(identity)
         self._clock = clock
         self._report = LeasedReport(store.kv, f"analysis report of replica {identity}")
@@ -91,7 +91,7 @@ class EtcdAnalysis:
         assert spec.analysis is not None, "only rollouts with `analysis` are checked"
         status = state.status(rollout)
         start = max(status.since, now - RETENTION_S)
-        got = await self._store.kv.range(self._store.keys.metrics)
+        got = await self._store.kv.range(self._store.keys.request_counts)
         reports = []
         for kv in got.kvs:
             try:

@@ -63,7 +63,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def reported(store: Store, requests: int) -> bool:
     """The replicas' reports in etcd add up to `requests` to v2, all time."""
-    got = await store.kv.range(store.keys.metrics)
+    got = await store.kv.range(store.keys.request_counts)
     reports = [decode(kv.value) for kv in got.kvs]
     return total(reports, V2, start=0, end=2e9).requests == requests
 
