@@ -12,8 +12,10 @@
     ├── InconsistentSnapshotError  a snapshot names resources it does not carry
     └── ResourceExhaustedError  a client asks for more than its share (groups, streams)
 
-The admin API maps these to gRPC status codes at its edge; the CLI maps those
-to exit codes (2 for invalid input, 1 for everything else).
+The admin API maps these to gRPC status codes at its edge and names the class in the
+`error-class` trailing metadata (`controlplane.contract.ERROR_CLASS_KEY`); the CLI finds
+the class again with `error_class` and maps it to an exit code (2 for invalid input, 1
+for everything else): by type, never by the message's text.
 """
 
 from __future__ import annotations
@@ -94,3 +96,14 @@ class AnalysisProviderError(ControlPlaneError):
 class ResourceExhaustedError(ControlPlaneError):
     """A client asked for more than the server holds for it (e.g. proxy groups without
     config); nothing was kept for the request. Retry later, or configure what it names."""
+
+
+def error_class(name: str) -> type[ControlPlaneError] | None:
+    """The class of this hierarchy called `name` (`StoreUnavailableError`), or None."""
+    pending: list[type[ControlPlaneError]] = [ControlPlaneError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending += cls.__subclasses__()
+    return None

@@ -6,7 +6,6 @@ the groups that route to the upstream has ACKed exactly the snapshot that carrie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -15,11 +14,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from controlplane.errors import ControlPlaneError, StoreUnavailableError
+from controlplane.errors import ControlPlaneError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import FleetProgress
 from controlplane.stage import RenderStage, secret_material
 from controlplane.store import Store
+from controlplane.store.report import REPORT_LEASE_TTL, LeasedReport
 from controlplane.translate import SecretMaterial
 from controlplane.translate.trace import trace_nack
 from controlplane.xds.proxies import ProxyRegistry
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CHECKED = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-REPORT_LEASE_TTL = 10
 REPORT_COALESCE_S = 0.05
 """A replica writes its report again once its proxies were quiet this long..."""
 REPORT_MAX_DELAY_S = 0.5
@@ -253,8 +252,8 @@ def _largest(fragments: Iterable[tuple[int, str]], shards: int) -> int:
 
 class FleetReporter:
     """Writes this replica's proxies to `{prefix}/fleet/{identity}/{shards}.{shard}`
-    whenever they change (only the shards that changed). A write that fails is retried
-    every `REPORT_RETRY_S` and counted on `on_error`: a report is never silently lost."""
+    whenever they change (only the shards that changed), as a `LeasedReport`: a write
+    that fails is retried and counted on `on_error`, a report is never silently lost."""
 
     def __init__(self, store: Store, registry: ProxyRegistry, identity: str, *,
                  encoder: ReportEncoder | None = None,
@@ -263,41 +262,31 @@ class FleetReporter:
         self._registry = registry
         self._identity = identity
         self._encoder = encoder if encoder is not None else ReportEncoder(registry)
-        self._on_error = on_error
-        self._written: dict[bytes, bytes] = {}
-        self.failing = ""
+        self._report = LeasedReport(store.kv, f"fleet report of replica {identity}",
+                                    on_error=on_error)
+
+    @property
+    def failing(self) -> str:
         """Why the last write failed ("" once one succeeds)."""
+        return self._report.failing
 
     async def run(self) -> None:
-        lease: int | None = None
-        while True:
-            current = self._encoder.encode()
-            try:
-                if lease is None:
-                    lease = await self._store.kv.grant(REPORT_LEASE_TTL)
-                    self._written = {}
-                elif await self._store.kv.refresh(lease) <= 0:
-                    lease = None
-                    continue
-                await self._write(current, self._encoder.shards, lease)
-            except ControlPlaneError as exc:
-                # Unavailable etcd, or a refused write: the same report is tried again.
-                if not self.failing:
-                    log.error("fleet report of replica %s not written, retrying every "
-                              "%g s: %s", self._identity, REPORT_RETRY_S, exc)
-                self.failing = str(exc)
-                if self._on_error is not None:
-                    self._on_error()
-                if isinstance(exc, StoreUnavailableError):
-                    lease = None
-                await asyncio.sleep(REPORT_RETRY_S)
-                continue
-            if self.failing:
-                log.warning("fleet report of replica %s written again", self._identity)
-                self.failing = ""
-            moved = functools.partial(self._moved, self._registry.generation)
-            if await self._registry.wait_until(moved, timeout=REPORT_LEASE_TTL / 3):
-                await self._settle()
+        await self._report.run(self._shards, self._next_change)
+
+    def _shards(self) -> dict[bytes, bytes]:
+        # A shard holds the same proxies whatever the others do: a reader between two
+        # of the report's writes sees each proxy once, at most a report behind. When the
+        # shard count changes, the new shards are all written before the old ones go: a
+        # reader may see a proxy twice then (progress counts it once), never not at all.
+        shards = self._encoder.encode()
+        count = self._encoder.shards
+        return {self._store.keys.fleet_shard(self._identity, count, shard): value
+                for shard, value in shards.items()}
+
+    async def _next_change(self) -> None:
+        moved = functools.partial(self._moved, self._registry.generation)
+        if await self._registry.wait_until(moved, timeout=REPORT_LEASE_TTL / 3):
+            await self._settle()
 
     async def _settle(self) -> None:
         """Wait until the proxies are quiet for `REPORT_COALESCE_S` (`REPORT_MAX_DELAY_S`
@@ -313,23 +302,5 @@ class FleetReporter:
     def _moved(self, generation: int) -> bool:
         return self._registry.generation != generation
 
-    async def _write(self, shards: dict[int, bytes], count: int, lease: int) -> None:
-        # A shard holds the same proxies whatever the others do: a reader between two
-        # of these writes sees each proxy once, at most a report behind. When the shard
-        # count changes, the new shards are all written before the old ones go: a
-        # reader may see a proxy twice then (progress counts it once), never not at all.
-        keys = {self._store.keys.fleet_shard(self._identity, count, shard): value
-                for shard, value in shards.items()}
-        for key, value in keys.items():
-            if self._written.get(key) != value:
-                await self._store.kv.put(key, value, lease=lease)
-                self._written[key] = value
-        for key in [k for k in self._written if k not in keys]:
-            await self._store.kv.delete(key)
-            del self._written[key]
-
     async def close(self) -> None:
-        with contextlib.suppress(StoreUnavailableError):
-            for key in list(self._written):
-                await self._store.kv.delete(key)
-                del self._written[key]
+        await self._report.close()

@@ -88,8 +88,8 @@ class ControlPlane:
         r = self.replica
         self._spawn(self._follow(), "store-watch")
         self._spawn(r.secret_sync.run(), "secrets")
-        self._spawn(r.reporter.run(), "fleet-report")
-        self._spawn(r.metrics_reporter.run(), "metrics-report")
+        self._spawn(r.fleet_reporter.run(), "fleet-report")
+        self._spawn(r.analysis_reporter.run(), "analysis-report")
         self._spawn(r.election.run(r.engine.lead), "rollout-leader")
         if r.server_trust is not None:
             r.revoked.listen(self._end_revoked)
@@ -154,8 +154,8 @@ class ControlPlane:
             task.cancel()  # the reporters stop writing; the leader resigns as it ends
         await asyncio.gather(
             self._end_tasks(),
-            _bounded(r.reporter.close(), "delete this replica's fleet report"),
-            _bounded(r.metrics_reporter.close(), "delete this replica's metrics report"))
+            _bounded(r.fleet_reporter.close(), "delete this replica's fleet report"),
+            _bounded(r.analysis_reporter.close(), "delete this replica's analysis report"))
         for task in self._tasks:  # one that failed before it was cancelled: say so
             if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
                 raise exc

@@ -37,8 +37,8 @@ from controlplane.errors import FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter, fleet_acked_secrets
 from controlplane.model import DesiredState
 from controlplane.publish import Publisher, xds_diff
+from controlplane.rollout.analysis_reports import AnalysisReporter, ByProvider, EtcdAnalysis
 from controlplane.rollout.engine import RolloutEngine
-from controlplane.rollout.metrics import ByProvider, EtcdAnalysis, MetricsReporter
 from controlplane.stage import RenderStage
 from controlplane.store import EmbeddedEtcd, EtcdTLS, Store
 from controlplane.store.audit_anchor import ANCHOR_FILE, AUDIT_KEY_PURPOSE, AuditAnchor
@@ -129,8 +129,8 @@ class Replica:
     publisher: Publisher
     routed: RoutedClusters
     secret_sync: SecretSync
-    reporter: FleetReporter
-    metrics_reporter: MetricsReporter
+    fleet_reporter: FleetReporter
+    analysis_reporter: AnalysisReporter
     engine: RolloutEngine
     election: LeaderElection
     revoked: RevokedSerials
@@ -282,9 +282,9 @@ async def assemble(config: ServeConfig) -> AsyncIterator[Replica]:
             config=config, identity=identity, telemetry=telemetry, etcd=etcd, store=store,
             stage=stage, registry=registry, publisher=publisher, routed=routed,
             secret_sync=secret_sync,
-            reporter=FleetReporter(store, registry, identity,
+            fleet_reporter=FleetReporter(store, registry, identity,
                                    on_error=telemetry.fleet_report_failed),
-            metrics_reporter=MetricsReporter(store, window, identity, health=health),
+            analysis_reporter=AnalysisReporter(store, window, identity, health=health),
             engine=engine,
             election=LeaderElection(store, identity, ttl=config.leader_ttl),
             revoked=revoked, server_trust=trust, authenticator=authenticator,

@@ -1,7 +1,9 @@
 """Typed errors → gRPC status codes, at the admin API's edge only.
 
-Field errors travel in the `field-errors` trailing metadata (one `location: reason`
-per entry) so the CLI can print each on its own line.
+Every refusal names its class in the `error-class` trailing metadata
+(`StoreUnavailableError`) so a client maps it by type, not by text. Field errors travel
+in the `field-errors` trailing metadata (one `location: reason` per entry) so the CLI
+can print each on its own line.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import NoReturn
 
 import grpc
 
+from controlplane.contract import ERROR_CLASS_KEY, FIELD_ERRORS_KEY
 from controlplane.errors import (
     AuthenticationError,
     ConflictError,
@@ -29,8 +32,6 @@ STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
-FIELD_ERRORS_KEY = "field-errors"
-
 
 def status_of(exc: ControlPlaneError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
@@ -40,9 +41,9 @@ def status_of(exc: ControlPlaneError) -> grpc.StatusCode:
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: ControlPlaneError) -> NoReturn:
+    trailers = [(ERROR_CLASS_KEY, type(exc).__name__)]
     if isinstance(exc, InvalidInputError):
-        context.set_trailing_metadata(
-            tuple((FIELD_ERRORS_KEY, str(e)) for e in exc.errors)
-        )
+        trailers += [(FIELD_ERRORS_KEY, str(e)) for e in exc.errors]
+    context.set_trailing_metadata(tuple(trailers))
     await context.abort(status_of(exc), str(exc))
     raise AssertionError("context.abort returned")

@@ -27,7 +27,6 @@ from controlplane.analysis.decide import (
 from controlplane.analysis.window import Counts
 from controlplane.errors import AnalysisProviderError
 from controlplane.model import DesiredState
-from controlplane.model.duration import parse_duration
 from controlplane.model.resources import Analysis, PrometheusQueries
 
 
@@ -106,7 +105,7 @@ class PrometheusAnalysis:
 
     def _query_all(self, settings: PrometheusQueries, upstream: str, version: str,
                    window_s: float, now: float) -> dict[str, float | None]:
-        timeout = parse_duration(settings.timeout)
+        timeout = settings.timeout.seconds
         return {name: self._query(settings.url, render(template, upstream=upstream,
                                                        version=version, window_s=window_s),
                                   now, timeout)

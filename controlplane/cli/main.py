@@ -17,12 +17,17 @@ from controlplane.cli import audit_cmd, completion, resources, rollout_cmd, secr
 from controlplane.cli.bootstrap_cmd import add_bootstrap_parser
 from controlplane.cli.client import DEFAULT_SERVER, Connection
 from controlplane.cli.output import error
-from controlplane.errors import ControlPlaneError, InvalidInputError
+from controlplane.contract import ERROR_CLASS_KEY, FIELD_ERRORS_KEY
+from controlplane.errors import (
+    ControlPlaneError,
+    InvalidInputError,
+    StoreUnavailableError,
+    error_class,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-FIELD_ERRORS_KEY = "field-errors"
 
 _EPILOG = """examples:
   controlplane serve                                  # embedded etcd under ./.controlplane
@@ -176,6 +181,9 @@ def run(argv: Sequence[str], *, serve: Callable[[SubParsers], None]) -> int:
 def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
     code: grpc.StatusCode = exc.code()
     details: str = exc.details() or ""
+    refused = _refused_by(exc)
+    if refused is not None:
+        return _refusal(refused, exc)
     if code == grpc.StatusCode.UNIMPLEMENTED:  # --server is not the admin API?
         from controlplane.cli.diagnose import unimplemented
 
@@ -185,15 +193,6 @@ def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
                 error(str(field_error))
             return EXIT_USAGE
         error(str(cause))
-        return EXIT_FAILED
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        trailers = exc.trailing_metadata() or ()
-        fields = [v for k, v in trailers if k == FIELD_ERRORS_KEY]
-        for line in fields or [details]:
-            error(line)
-        return EXIT_USAGE
-    if code == grpc.StatusCode.UNAVAILABLE and details.startswith("store unavailable"):
-        error(details)  # the server answered: its etcd is what is down
         return EXIT_FAILED
     if code == grpc.StatusCode.UNAVAILABLE and ("HTTP/2" in details or "http1" in details):
         error(f"--server: {_server(args)} is not a gRPC server (an HTTP port, such as serve "
@@ -211,5 +210,32 @@ def _rpc_error(exc: grpc.RpcError, args: argparse.Namespace) -> int:
         error(f"cannot reach the control plane at {_server(args)}: {details} (is "
               "`controlplane serve` running? set --server or CONTROLPLANE_SERVER)")
         return EXIT_FAILED
+    return _refusal(ControlPlaneError, exc)
+
+
+def _refused_by(exc: grpc.RpcError) -> type[ControlPlaneError] | None:
+    """The error class the admin API named in its trailers: it answered and refused.
+    None when the failure has no class (the call never reached our server's handler)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_CLASS_KEY:
+            return error_class(value) or ControlPlaneError
+    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # a server that names no class
+        return InvalidInputError
+    return None
+
+
+def _refusal(refused: type[ControlPlaneError], exc: grpc.RpcError) -> int:
+    """The message and exit code of a call the server refused, by the error's type."""
+    details: str = exc.details() or ""
+    if issubclass(refused, InvalidInputError):
+        trailers = exc.trailing_metadata() or ()
+        fields = [v for k, v in trailers if k == FIELD_ERRORS_KEY]
+        for line in fields or [details]:
+            error(line)
+        return EXIT_USAGE
+    if issubclass(refused, StoreUnavailableError):
+        error(details)  # the server answered: its etcd is what is down
+        return EXIT_FAILED
+    code: grpc.StatusCode = exc.code()
     error(f"{code.name.lower().replace('_', ' ')}: {details}")
     return EXIT_FAILED

@@ -10,15 +10,8 @@ from typing import Any
 from controlplane.api import admin_pb2
 from controlplane.cli.client import Connection
 from controlplane.cli.output import documents, table
+from controlplane.contract import DISCOVERY_SERVICE, Phase
 from controlplane.model import canonical_kind, parse_yaml, to_document
-
-_TYPE_SHORT = {
-    "type.googleapis.com/envoy.config.cluster.v3.Cluster": "CDS",
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": "EDS",
-    "type.googleapis.com/envoy.config.listener.v3.Listener": "LDS",
-    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": "RDS",
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": "SDS",
-}
 
 
 def apply(conn: Connection, path: str, *, dry_run: bool) -> int:
@@ -93,7 +86,7 @@ def _get_proxies(conn: Connection, name: str | None, fmt: str | None) -> int:
     rows = []
     for p in proxies:
         acked = " ".join(
-            f"{_TYPE_SHORT.get(t.type_url, t.type_url)}={t.acked_version[:8] or '-'}"
+            f"{DISCOVERY_SERVICE.get(t.type_url, t.type_url)}={t.acked_version[:8] or '-'}"
             for t in p.types
         )
         nack = next((t.last_nack for t in p.types if t.last_nack), "")
@@ -113,7 +106,7 @@ def _proxy_doc(p: admin_pb2.Proxy) -> dict[str, Any]:
         "peer": p.peer,
         "connectedAt": p.connected_at,
         "types": {
-            _TYPE_SHORT.get(t.type_url, t.type_url): {
+            DISCOVERY_SERVICE.get(t.type_url, t.type_url): {
                 "typeUrl": t.type_url,
                 "sentVersion": t.sent_version,
                 "ackedVersion": t.acked_version,
@@ -196,7 +189,7 @@ _COLUMNS: dict[str, tuple[list[str], Row]] = {
             _spec(d)["from"],
             _spec(d)["to"],
             _spec(d).get("strategy", "canary"),
-            d.get("status", {}).get("phase", "Pending"),
+            d.get("status", {}).get("phase", Phase.PENDING.value),
             f"{d.get('status', {}).get('weight', 0):g}%",
             "{acked}/{total}".format(**d.get("status", {}).get("proxies",
                                                                {"acked": 0, "total": 0})),

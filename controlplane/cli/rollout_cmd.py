@@ -15,8 +15,8 @@ from rich.table import Table
 from controlplane.api import admin_pb2
 from controlplane.cli.client import Connection
 from controlplane.cli.output import documents
+from controlplane.contract import FINAL_PHASES, Phase
 
-FINAL = {"Succeeded", "RolledBack", "Aborted"}
 VERBS = ("pause", "resume", "promote", "abort", "rollback")
 
 
@@ -111,11 +111,11 @@ def _status(args: argparse.Namespace) -> int:
         return _stream(conn, args.name, status)
     started = time.monotonic()
     with Live(render(status, 0), console=console, refresh_per_second=4) as live:
-        while status["phase"] not in FINAL:
+        while status["phase"] not in FINAL_PHASES:
             time.sleep(0.5)
             status = _fetch(conn, args.name)
             live.update(render(status, time.monotonic() - started))
-    return 0 if status["phase"] == "Succeeded" else 1
+    return 0 if status["phase"] == Phase.SUCCEEDED else 1
 
 
 def status_line(s: dict[str, Any]) -> str:
@@ -143,7 +143,7 @@ def _stream(conn: Connection, name: str, status: dict[str, Any]) -> int:
         if line != last:
             print(line, flush=True)
             last = line
-        if status["phase"] in FINAL:
-            return 0 if status["phase"] == "Succeeded" else 1
+        if status["phase"] in FINAL_PHASES:
+            return 0 if status["phase"] == Phase.SUCCEEDED else 1
         time.sleep(0.5)
         status = _fetch(conn, name)

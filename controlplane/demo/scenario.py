@@ -19,12 +19,12 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from controlplane.contract import FINAL_PHASES, Phase
 from controlplane.demo.traffic import Stage, Traffic
 from controlplane.demo.view import Board, live_view
 from controlplane.demo.world import World
 from controlplane.rollout.writer import engine_actor
 
-FINAL = {"Succeeded", "RolledBack", "Aborted"}
 ENGINE = engine_actor("")  # the prefix of every engine principal
 
 ROLLOUT = """
@@ -90,7 +90,7 @@ class Scenario:
                                        "judges v2 at every step and promotes it")
         status = await self._rollout("v1", "v2")
         active = (await self.world.admin.get("upstream", "payments"))["spec"]["active"]
-        ok = status["phase"] == "Succeeded" and active == "v2"
+        ok = status["phase"] == Phase.SUCCEEDED and active == "v2"
         self.outcomes[CANARY_V2] = (ok, (
             f"promoted by analysis, v2 active ({stage.total.failed} failed)" if ok
             else f"not promoted: {status['phase']} ({status.get('message') or ''})"))
@@ -157,7 +157,7 @@ class Scenario:
                   and str(e["action"]) in ("rollout/RollingBack", "rollout/RolledBack")}
         by_engine = bool(actors) and all(a.startswith(ENGINE) for a in actors)
         check = status.get("lastCheck") or {}
-        ok = status["phase"] == "RolledBack" and by_engine
+        ok = status["phase"] == Phase.ROLLED_BACK and by_engine
         self.outcomes[CANARY_V3] = (ok, (
             f"rolled back by analysis (v3 success {100 * check.get('successRate', 0):.0f}%)"
             if ok else f"not rolled back by the engine: {status['phase']} by {actors or '-'}"))
@@ -184,7 +184,7 @@ class Scenario:
             if now != seen:
                 seen = now
                 self._event(_transition(status))
-            if status["phase"] in FINAL:
+            if status["phase"] in FINAL_PHASES:
                 return status
             if time.monotonic() > deadline:
                 self._event(f"[red]{name}: no decision within {self.timing.decide_s:g} s[/]")

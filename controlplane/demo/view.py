@@ -18,10 +18,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from controlplane.contract import Phase
 from controlplane.demo.traffic import WINDOW_S, Stage, Tally, Traffic
 
-PHASE_STYLE = {"Succeeded": "bold green", "RolledBack": "bold red", "RollingBack": "red",
-               "Paused": "yellow", "Aborted": "yellow"}
+PHASE_STYLE: dict[str, str] = {Phase.SUCCEEDED: "bold green", Phase.ROLLED_BACK: "bold red",
+                               Phase.ROLLING_BACK: "red", Phase.PAUSED: "yellow",
+                               Phase.ABORTED: "yellow"}
 
 
 @dataclass

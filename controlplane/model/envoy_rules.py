@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable
 
 from controlplane.errors import FieldError
-from controlplane.model.duration import parse_duration
+from controlplane.model.duration import Duration
 from controlplane.model.resources import Credential, Route, Upstream, UpstreamSpec, UpstreamTLS
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -136,8 +136,8 @@ def _upstream_problems(upstream: Upstream) -> list[FieldError]:
 
 def _number_problems(spec: UpstreamSpec) -> list[tuple[str, str]]:
     """(field, why) for durations and counts of `spec` Envoy cannot take."""
-    positive: list[tuple[str, str]] = [("connectTimeout", spec.connect_timeout)]
-    durations: list[tuple[str, str]] = [("timeout", spec.timeout)]
+    positive: list[tuple[str, Duration]] = [("connectTimeout", spec.connect_timeout)]
+    durations: list[tuple[str, Duration]] = [("timeout", spec.timeout)]
     counts: list[tuple[str, int | None]] = []
     if spec.health_check is not None:
         check = spec.health_check
@@ -163,7 +163,7 @@ def _number_problems(spec: UpstreamSpec) -> list[tuple[str, str]]:
                    ("rateLimit.burst", spec.rate_limit.burst)]
     out: list[tuple[str, str]] = []
     for name, text in positive + durations:
-        seconds = parse_duration(text)
+        seconds = text.seconds
         if seconds > MAX_DURATION_S:
             out.append((name, f"{text} is longer than a protobuf Duration holds "
                               f"({MAX_DURATION_S} s)"))

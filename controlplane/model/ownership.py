@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from controlplane.errors import FieldError
-from controlplane.model.duration import parse_duration
 from controlplane.model.resources import Resource, Rollout
 from controlplane.model.state import DesiredState
 from controlplane.model.status import Phase, RolloutStatus
@@ -104,7 +103,7 @@ def supersede(
             continue
         if status.phase != Phase.SUCCEEDED or status.active_changed_at is not None:
             continue
-        window = parse_duration(spec.rollback_window)
+        window = spec.rollback_window.seconds
         in_window = status.finished_at is not None and now - status.finished_at <= window
         if status.from_retained or in_window:
             out[name] = replace(status, from_retained=False, active_changed_at=now,

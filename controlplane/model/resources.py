@@ -183,16 +183,16 @@ class VersionSpec(Model):
 
 class HealthCheck(Model):
     path: str = "/healthz"
-    interval: Duration = "5s"
-    timeout: Duration = "1s"
+    interval: Duration = Duration("5s")
+    timeout: Duration = Duration("1s")
     unhealthy_threshold: int = Field(default=3, ge=1)
     healthy_threshold: int = Field(default=1, ge=1)
 
 
 class OutlierDetection(Model):
     consecutive5xx: int = Field(default=5, ge=1, alias="consecutive5xx")
-    interval: Duration = "10s"
-    base_ejection_time: Duration = "30s"
+    interval: Duration = Duration("10s")
+    base_ejection_time: Duration = Duration("30s")
     max_ejection_percent: int = Field(default=10, ge=0, le=100)
 
 
@@ -229,8 +229,8 @@ class UpstreamSpec(Model):
     outlier_detection: OutlierDetection | None = None
     circuit_breakers: CircuitBreakers | None = None
     retries: Retries | None = None
-    timeout: Duration = "15s"
-    connect_timeout: Duration = "1s"
+    timeout: Duration = Duration("15s")
+    connect_timeout: Duration = Duration("1s")
     rate_limit: RateLimit | None = None
 
     @model_validator(mode="after")
@@ -303,7 +303,7 @@ class PrometheusQueries(Model):
     url: str
     queries: dict[Literal["requests", "errors", "authFailures", "p99LatencyMs"], str] = Field(
         default_factory=lambda: dict(DEFAULT_QUERIES))  # type: ignore[arg-type]
-    timeout: Duration = "5s"
+    timeout: Duration = Duration("5s")
 
     @field_validator("url")
     @classmethod
@@ -349,12 +349,12 @@ class RolloutSpec(Model):
     to: str
     strategy: Literal["canary", "bluegreen", "rolling", "mirror-then-canary"] = "canary"
     steps: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0], min_length=1)
-    step_interval: Duration = "30s"
+    step_interval: Duration = Duration("30s")
     match: Match | None = None
     mirror: Mirror | None = None
     analysis: Analysis | None = None
-    rollback_window: Duration = "1h"
-    ack_timeout: Duration = "60s"
+    rollback_window: Duration = Duration("1h")
+    ack_timeout: Duration = Duration("60s")
     """A step not ACKed by the fleet within this long pauses the rollout."""
     ack_fraction: float = Field(default=1.0, gt=0, le=1)
     """The share of connected proxies that must ACK a step before it counts."""

@@ -6,24 +6,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from enum import StrEnum
 from typing import Any
 
+from controlplane.contract import ACTIVE_PHASES, FINAL_PHASES, Phase
 
-class Phase(StrEnum):
-    PENDING = "Pending"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    PROMOTING = "Promoting"
-    SUCCEEDED = "Succeeded"
-    ROLLING_BACK = "RollingBack"
-    ROLLED_BACK = "RolledBack"
-    ABORTED = "Aborted"
-
-
-ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
-                           Phase.ROLLING_BACK})
-FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
+__all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "Phase", "RolloutStatus"]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from controlplane.analysis import Check
 from controlplane.analysis.health import Membership
 from controlplane.errors import ControlPlaneError, StoreUnavailableError
 from controlplane.model import DesiredState
-from controlplane.model.duration import parse_duration
 from controlplane.model.status import Phase, RolloutStatus
 from controlplane.rollout.gate import health_gate
 from controlplane.rollout.machine import (
@@ -87,7 +86,7 @@ def analysis_due(state: DesiredState, rollout: str, status: RolloutStatus, now: 
     checked = (status.phase == Phase.PROGRESSING and status.applied) or post_switch_analysis(
         spec, status)
     return (spec.analysis is not None and checked
-            and now - status.since >= parse_duration(spec.step_interval))
+            and now - status.since >= spec.step_interval.seconds)
 
 
 class RolloutEngine:

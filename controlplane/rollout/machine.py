@@ -16,13 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from controlplane.model.duration import parse_duration
 from controlplane.model.resources import RolloutSpec
 from controlplane.model.status import ACTIVE_PHASES, FINAL_PHASES, Phase, RolloutStatus
-
-ACTIVE = ACTIVE_PHASES
-FINAL = FINAL_PHASES
-
 
 # ---- events ----------------------------------------------------------------------------------
 
@@ -128,7 +123,7 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
     phase = status.phase
     if phase == Phase.SUCCEEDED and status.from_retained:
         return _retained(spec, status, event)
-    if phase in FINAL:
+    if phase in FINAL_PHASES:
         return NO_CHANGE
     if isinstance(event, Nacked):
         if status.applied or phase not in (Phase.PROGRESSING, Phase.PROMOTING):
@@ -162,7 +157,7 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
             return _step(spec, status, 0, event.now, "rollout started")
         waited = event.now - status.since
         if phase in (Phase.PROGRESSING, Phase.PROMOTING) and not status.applied and (
-            waited >= parse_duration(spec.ack_timeout)
+            waited >= spec.ack_timeout.seconds
         ):
             if event.waiting:
                 return _to(status, event.now, f"weight {status.weight:g}% not in force within "
@@ -171,7 +166,7 @@ def transition(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisi
             return _to(status, event.now, f"the fleet did not ACK weight {status.weight:g}% "
                        f"within {spec.ack_timeout}", phase=Phase.PAUSED)
         if phase == Phase.PROGRESSING and status.applied and spec.analysis is None:
-            if event.now - status.since >= parse_duration(spec.step_interval):
+            if event.now - status.since >= spec.step_interval.seconds:
                 return _step(spec, status, status.step + 1, event.now, "step interval elapsed")
     return NO_CHANGE
 
@@ -182,14 +177,14 @@ def _retained(spec: RolloutSpec, status: RolloutStatus, event: Event) -> Decisio
     finished = status.finished_at if status.finished_at is not None else status.since
     if isinstance(event, FleetAcked) and not status.applied:
         return Decision(replace(status, applied=True), "fleet ACKed the switch", quiet=True)
-    window = parse_duration(spec.rollback_window)
+    window = spec.rollback_window.seconds
     if isinstance(event, Tick) and status.applied and event.now - finished >= window:
         # Retired only once traffic has left it everywhere: its cluster then goes.
         return _to(status, event.now, f"rollback window ({spec.rollback_window}) ended: "
                    f"{spec.from_} retired", from_retained=False)
     if not isinstance(event, AnalysisDone) or not post_switch_analysis(spec, status):
         return NO_CHANGE
-    if event.now - status.since < parse_duration(spec.step_interval):
+    if event.now - status.since < spec.step_interval.seconds:
         return NO_CHANGE
     assert spec.analysis is not None
     if event.verdict == "failed":
@@ -216,7 +211,7 @@ def post_switch_analysis(spec: RolloutSpec, status: RolloutStatus) -> bool:
 def _analysis(spec: RolloutSpec, status: RolloutStatus, event: AnalysisDone) -> Decision:
     if status.phase != Phase.PROGRESSING or not status.applied or spec.analysis is None:
         return NO_CHANGE
-    if event.now - status.since < parse_duration(spec.step_interval):
+    if event.now - status.since < spec.step_interval.seconds:
         return NO_CHANGE
     analysis = spec.analysis
     if event.verdict == "passed":
@@ -258,17 +253,17 @@ def _operator(spec: RolloutSpec, status: RolloutStatus, event: Operator) -> Deci
             return _to(status, now, f"promoted to 100% {by}", phase=Phase.PROMOTING,
                        step=len(steps) - 1, weight=100.0, applied=False, message="")
         return _step(spec, status, index, now, f"promoted {by}")
-    if verb == "abort" and phase in ACTIVE and phase != Phase.ROLLING_BACK:
+    if verb == "abort" and phase in ACTIVE_PHASES and phase != Phase.ROLLING_BACK:
         return _to(status, now, f"aborted {by}", phase=Phase.ABORTED, weight=0.0,
                    applied=False, finished_at=now)
     if verb == "rollback" and status.active_changed_at is None:
         # Once an apply changed `active` after success, `active` is the user's again.
-        window = parse_duration(spec.rollback_window)
+        window = spec.rollback_window.seconds
         in_window = (
             phase == Phase.SUCCEEDED and status.finished_at is not None
             and now - status.finished_at <= window
         )
-        if (phase in ACTIVE and phase != Phase.ROLLING_BACK) or in_window:
+        if (phase in ACTIVE_PHASES and phase != Phase.ROLLING_BACK) or in_window:
             return _to(status, now, f"rollback {by}", phase=Phase.ROLLING_BACK, weight=0.0,
                        applied=False, from_retained=False, finished_at=None)
     return NO_CHANGE

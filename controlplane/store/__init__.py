@@ -10,6 +10,7 @@
     store.py     Store: validated, compare-and-swapped, audited reads and writes
     watch.py     the resumable state watch behind Store.watch_state
     leader.py    LeaderElection on a lease, and the Fence for a leader's writes
+    report.py    LeasedReport: a replica's report held by its lease (fleet ACKs, analysis)
 """
 
 from controlplane.store.audit import AuditEntry, AuditRecord

@@ -71,10 +71,12 @@ class Keys:
         return f"{self.prefix}/fleet/{identity}/{shards}.{shard:04d}".encode()
 
     @property
-    def metrics(self) -> bytes:
+    def request_counts(self) -> bytes:
+        """Every replica's analysis counts (the path keeps its first name, `metrics/`, so
+        replicas of different versions read each other's reports)."""
         return f"{self.prefix}/metrics/".encode()
 
-    def metrics_member(self, identity: str) -> bytes:
+    def request_counts_member(self, identity: str) -> bytes:
         return f"{self.prefix}/metrics/{identity}".encode()
 
     @property

@@ -22,6 +22,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from controlplane.contract import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+)
 from controlplane.errors import TranslationError
 from controlplane.model import DesiredState, Upstream
 from controlplane.model.traffic import TrafficPolicy
@@ -29,14 +36,7 @@ from controlplane.translate.cluster import build_clusters
 from controlplane.translate.endpoint import build_endpoints
 from controlplane.translate.listener import address_problems, build_listeners
 from controlplane.translate.names import cluster_name, parse_cluster_name
-from controlplane.translate.resources import (
-    CLUSTER_TYPE,
-    ENDPOINT_TYPE,
-    LISTENER_TYPE,
-    ROUTE_TYPE,
-    SECRET_TYPE,
-    ResourceSet,
-)
+from controlplane.translate.resources import ResourceSet
 from controlplane.translate.route import (
     build_route_configurations,
     policy_problems,

@@ -1,5 +1,8 @@
 """The xDS resource types this server serves: type URLs, names, push order.
 
+The type URLs themselves are spelled once, in `controlplane.contract`; here they get the
+short names the xDS layer uses (`CLUSTER`, ...).
+
 Only the five v3 types below carry resources. Any other type URL a client asks
 for is answered as a type with no resources (see `sotw` and `delta`), so an
 unexpected subscription never blocks a proxy's initialization.
@@ -11,11 +14,15 @@ from collections.abc import Callable
 
 from google.protobuf.message import Message
 
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+from controlplane.contract import CLUSTER_TYPE as CLUSTER
+from controlplane.contract import ENDPOINT_TYPE as ENDPOINT
+from controlplane.contract import LISTENER_TYPE as LISTENER
+from controlplane.contract import ROUTE_TYPE as ROUTE
+from controlplane.contract import SECRET_TYPE as SECRET
+
+__all__ = ["CLUSTER", "ENDPOINT", "KNOWN_TYPES", "LISTENER", "PUSH_ORDER", "ROUTE", "SECRET",
+           "WILDCARD_TYPES", "matches_type", "push_rank", "resource_name", "short_kind",
+           "type_url_of"]
 
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 """After a snapshot change, types are pushed in this order (make-before-break)."""

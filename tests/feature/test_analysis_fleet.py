@@ -1,5 +1,5 @@
 """Analysis across replicas against a real etcd: two replicas' windows reach etcd through
-their MetricsReporters, the leader's engine judges their sum, and failed checks in a row
+their AnalysisReporters, the leader's engine judges their sum, and failed checks in a row
 roll the canary back; the check's numbers land in the rollout status."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from controlplane.analysis import Counts, Window
 from controlplane.analysis.window import decode, total
 from controlplane.model import DesiredState, parse_yaml
 from controlplane.model.status import Phase
+from controlplane.rollout.analysis_reports import AnalysisReporter, EtcdAnalysis
 from controlplane.rollout.engine import FleetProgress, RolloutEngine
-from controlplane.rollout.metrics import EtcdAnalysis, MetricsReporter
 from controlplane.store import EmbeddedEtcd, Store
 from controlplane.store.leader import Fence
 from tests.support.states import PAYMENTS_EDGE
@@ -63,7 +63,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def reported(store: Store, requests: int) -> bool:
     """The replicas' reports in etcd add up to `requests` to v2, all time."""
-    got = await store.kv.range(store.keys.metrics)
+    got = await store.kv.range(store.keys.request_counts)
     reports = [decode(kv.value) for kv in got.kvs]
     return total(reports, V2, start=0, end=2e9).requests == requests
 
@@ -81,7 +81,7 @@ async def test_two_replicas_reports_add_up_and_failures_in_a_row_roll_back(
 ) -> None:
     clock = Clock()
     windows = [Window(), Window()]
-    reporters = [MetricsReporter(store, w, f"replica-{i}", clock=clock)
+    reporters = [AnalysisReporter(store, w, f"replica-{i}", clock=clock)
                  for i, w in enumerate(windows)]
     tasks = [asyncio.create_task(r.run()) for r in reporters]
     engine = RolloutEngine(store, AckedFleet(), identity="t", clock=clock,

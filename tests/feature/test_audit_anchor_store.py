@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,24 +25,6 @@ kind: Upstream
 metadata: {{name: {name}}}
 spec: {{active: v1, versions: {{v1: {{endpoints: ["127.0.0.1:9001"]}}}}}}
 """
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
-    server = await EmbeddedEtcd.start(tmp_path / "data")
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = await Store.connect([etcd.endpoint], tls=etcd.tls)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_an_old_plain_log_is_sealed_by_a_keyed_entry_when_the_key_arrives(

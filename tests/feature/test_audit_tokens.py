@@ -7,7 +7,6 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -50,15 +49,6 @@ class Replica:
 
 def md(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
-    server = await EmbeddedEtcd.start(tmp_path / "data")
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def _replica(etcd: EmbeddedEtcd, stack: list[Any]) -> Replica:

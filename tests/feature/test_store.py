@@ -63,15 +63,6 @@ spec: {{active: v1, versions: {{v1: {{endpoints: ["127.0.0.1:{port}"]}}}}}}
 
 
 @pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
-    server = await EmbeddedEtcd.start(tmp_path / "data")
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
     s = await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=SEALER)
     try:

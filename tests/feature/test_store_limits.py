@@ -3,9 +3,6 @@ names the resource, never reported as "store unavailable", never retried."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from controlplane.errors import RequestTooLargeError
@@ -13,15 +10,6 @@ from controlplane.model import parse_yaml
 from controlplane.secrets import SealingKey
 from controlplane.store import EmbeddedEtcd, Store
 from controlplane.store.embedded import MAX_REQUEST_BYTES
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
-    server = await EmbeddedEtcd.start(tmp_path / "etcd")
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def credential(name: str, size: int) -> str:

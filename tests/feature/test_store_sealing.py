@@ -34,15 +34,6 @@ KEY = SealingKey(SealingKey.generate())
 
 
 @pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
-    server = await EmbeddedEtcd.start(tmp_path / "data")
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
     s = await Store.connect([etcd.endpoint], tls=etcd.tls, sealer=KEY)
     try:

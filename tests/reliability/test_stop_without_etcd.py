@@ -1,6 +1,6 @@
 """`controlplane serve` stops on SIGTERM even when its embedded etcd was SIGKILLed.
 
-Stopping cleans up in etcd (this replica's fleet and metrics reports, the leader's
+Stopping cleans up in etcd (this replica's fleet and analysis reports, the leader's
 resignation) and closes the connection to it. With etcd gone every one of these steps
 must give up within a bounded time, and every task must end when cancelled: serve exits
 within a few seconds, with the exit code of a normal SIGTERM (0), logging what it could

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from controlplane.model.duration import Duration
 from controlplane.model.resources import Analysis, RolloutSpec
 from controlplane.rollout.machine import (
     AnalysisDone,
@@ -121,7 +122,8 @@ def test_nack_message_is_kept() -> None:
     assert decision.status is not None and "unknown field" in decision.status.message
 
 
-BLUEGREEN = ANALYZED.model_copy(update={"strategy": "bluegreen", "rollback_window": "10m"})
+BLUEGREEN = ANALYZED.model_copy(update={"strategy": "bluegreen",
+                                       "rollback_window": Duration("10m")})
 
 
 def _retained(spec: RolloutSpec = SPEC, *, failed: int = 0) -> RolloutStatus:

@@ -1,12 +1,17 @@
-"""Fleet-wide analysis: every replica writes its proxies' recent per-second counts to etcd
-(under its own lease, like the fleet's ACK reports), and the rollout leader adds up all
-replicas' reports to judge a rollout's `to` version.
+"""Fleet-wide analysis reports: every replica writes its proxies' recent per-second
+request counts and their endpoint health to etcd (a `LeasedReport`, like the fleet's ACK
+report), and the rollout leader adds up all replicas' reports to judge a rollout's `to`
+version.
+
+"Metrics" means three things in this code base; this module is the middle one:
+what proxies push (`controlplane.analysis`, Envoy's MetricsService) → per-replica
+analysis reports in etcd (here) → the leader's verdicts. The control plane's own
+Prometheus /metrics are `controlplane.telemetry`, unrelated to analysis.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -15,69 +20,46 @@ from controlplane.analysis import Check, Window, judge, version_cluster
 from controlplane.analysis import health as health_report
 from controlplane.analysis.health import HealthBoard, Membership
 from controlplane.analysis.window import RETENTION_S, decode, encode, total
-from controlplane.errors import StoreUnavailableError
 from controlplane.model import DesiredState
 from controlplane.rollout.engine import AnalysisProvider
 from controlplane.store import Store
+from controlplane.store.report import LeasedReport
 
 log = logging.getLogger(__name__)
 
-REPORT_LEASE_TTL = 10
 REPORT_EVERY_S = 0.5
 """How often a replica writes its slots (when they changed): the analysis lag past
 Envoy's 1 s flush."""
 
 
-class MetricsReporter:
+class AnalysisReporter:
     """Writes this replica's window to `{prefix}/metrics/{identity}` and its proxies'
     endpoint health to `{prefix}/health/{identity}` while they change."""
 
     def __init__(self, store: Store, window: Window, identity: str, *,
                  health: HealthBoard | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self._store = store
         self._window = window
         self._health = health if health is not None else HealthBoard()
-        self._key = store.keys.metrics_member(identity)
+        self._key = store.keys.request_counts_member(identity)
         self._health_key = store.keys.health_member(identity)
         self._clock = clock
+        self._report = LeasedReport(store.kv, f"analysis report of replica {identity}")
 
     async def run(self) -> None:
-        lease: int | None = None
-        written: bytes | None = None
-        health_written: bytes | None = None
-        refreshed = 0.0
-        while True:
-            now = self._clock()
-            self._window.prune(now)
-            current = encode(self._window.slots)
-            health = health_report.encode(self._health.summary())
-            try:
-                if lease is None:
-                    lease = await self._store.kv.grant(REPORT_LEASE_TTL)
-                    written, health_written, refreshed = None, None, now
-                elif now - refreshed >= REPORT_LEASE_TTL / 3:
-                    if await self._store.kv.refresh(lease) <= 0:
-                        lease = None
-                        continue
-                    refreshed = now
-                if current != written:
-                    await self._store.kv.put(self._key, current, lease=lease)
-                    written = current
-                if health != health_written:
-                    await self._store.kv.put(self._health_key, health, lease=lease)
-                    health_written = health
-            except StoreUnavailableError as exc:
-                log.warning("metrics report: %s", exc)
-                lease = None
-                await asyncio.sleep(1.0)
-                continue
-            await asyncio.sleep(REPORT_EVERY_S)
+        await self._report.run(self._values, self._pause)
+
+    def _values(self) -> dict[bytes, bytes]:
+        self._window.prune(self._clock())
+        return {self._key: encode(self._window.slots),
+                self._health_key: health_report.encode(self._health.summary())}
+
+    @staticmethod
+    async def _pause() -> None:
+        await asyncio.sleep(REPORT_EVERY_S)
 
     async def close(self) -> None:
-        with contextlib.suppress(StoreUnavailableError):
-            await self._store.kv.delete(self._key)
-            await self._store.kv.delete(self._health_key)
+        await self._report.close()
 
 
 class ByProvider:
@@ -109,13 +91,13 @@ class EtcdAnalysis:
         assert spec.analysis is not None, "only rollouts with `analysis` are checked"
         status = state.status(rollout)
         start = max(status.since, now - RETENTION_S)
-        got = await self._store.kv.range(self._store.keys.metrics)
+        got = await self._store.kv.range(self._store.keys.request_counts)
         reports = []
         for kv in got.kvs:
             try:
                 reports.append(decode(kv.value))
             except (ValueError, KeyError, TypeError) as exc:  # one bad report, not a dead leader
-                log.warning("metrics report %s unreadable: %s", kv.key.decode(), exc)
+                log.warning("analysis report %s unreadable: %s", kv.key.decode(), exc)
         counts = total(reports, version_cluster(spec.upstream, spec.to), start=start, end=now)
         baseline = total(reports, version_cluster(spec.upstream, spec.from_), start=start,
                          end=now)
