@@ -5,7 +5,7 @@
     xds.add_to_server(server)                             # ADS + SDS
 
 Every stream runs in its own task on the event loop; the protocol logic is in
-`sotw` and `delta`, the shared plumbing in `stream`.
+`sotw` and `delta` over their shared core (`core`), the plumbing in `stream`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
-"""What SotW and Delta streams share: identifying the proxy, and one event queue.
+"""The plumbing under every xDS stream: identifying the proxy, limits, one event queue.
 
 A stream's requests (read by a reader task) and its group's snapshot changes
 (the cache's subscription callback) go into one queue that the stream's own
 task drains, so per-stream state is only ever touched by that task and
-responses leave in the order they were decided. Nothing here polls.
+responses leave in the order they were decided. Nothing here polls. The protocol
+core above it is `core`; what an idle stream holds is kept small (slots, what is
+rarely needed made when first needed, no request kept once applied): thousands of
+streams each hold it for as long as they live.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -112,14 +114,15 @@ T = TypeVar("T")
 
 
 class _Inbox(Generic[T]):
-    """A queue with one consumer: a deque and a future (an asyncio.Queue holds three
-    deques and an Event: ~3 KB for each of thousands of streams). `put` waits while
+    """A queue with one consumer: a list and a future (an asyncio.Queue holds three
+    deques and an Event, ~3 KB, and one deque alone ~600 bytes, for each of thousands
+    of streams; a list of at most `limit` items is as fast here). `put` waits while
     `limit` items are queued; `put_nowait` and `put_once` never wait."""
 
     __slots__ = ("_items", "_limit", "_room", "_waiter")
 
     def __init__(self, limit: int = MAX_QUEUED_REQUESTS) -> None:
-        self._items: collections.deque[T] = collections.deque()
+        self._items: list[T] = []
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
@@ -156,7 +159,7 @@ class _Inbox(Generic[T]):
                 await self._waiter
             finally:
                 self._waiter = None
-        item = self._items.popleft()
+        item = self._items.pop(0)
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
         return item
@@ -169,6 +172,9 @@ class Stream(Generic[Req]):
     and the cache is ready) and `on_snapshot` (the group's snapshot changed).
     """
 
+    __slots__ = ("_after_change", "_end_code", "_end_reason", "_input_log", "_nack_log",
+                 "_new_names", "_nonces", "_queue", "_subscribed", "_wanted", "context",
+                 "deps", "group", "handle", "snapshot")
     protocol = ""
 
     def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -183,11 +189,24 @@ class Stream(Generic[Req]):
         self._end_code = grpc.StatusCode.UNAUTHENTICATED
         self._queue: _Inbox[Any] | None = None
         self._wanted = False  # counted in the cache's streams of `group`: release at end
-        self._new_names: dict[str, int] = {}  # type URL -> names newly subscribed, ever
-        self.nack_log = LogLimiter()
+        self._subscribed = False  # to the cache's changes of `group`: unsubscribe at end
+        self._new_names: dict[str, int] | None = None  # type URL -> names newly subscribed
+        self._nack_log: LogLimiter | None = None
+        self._input_log: LogLimiter | None = None
+
+    @property
+    def nack_log(self) -> LogLimiter:
         """Lines about NACKs: their text is the client's."""
-        self.input_log = LogLimiter()
+        if self._nack_log is None:
+            self._nack_log = LogLimiter()
+        return self._nack_log
+
+    @property
+    def input_log(self) -> LogLimiter:
         """Lines about other client input (unserved types)."""
+        if self._input_log is None:
+            self._input_log = LogLimiter()
+        return self._input_log
 
     def next_nonce(self) -> str:
         """A nonce unique within this stream."""
@@ -223,6 +242,8 @@ class Stream(Generic[Req]):
                 f"{limit} per type")
         if not added:
             return
+        if self._new_names is None:
+            self._new_names = {}
         new = self._new_names[type_url] = self._new_names.get(type_url, 0) + added
         if new > limit * MAX_NEW_NAMES_FACTOR:
             log.warning("ending xDS stream from %s: %d new resource names subscribed for %s "
@@ -250,44 +271,18 @@ class Stream(Generic[Req]):
         queue: _Inbox[Req | _Event] = _Inbox()
         self._queue = queue
         tasks = [asyncio.create_task(self._read(requests, queue), name="xds-read")]
-        unsubscribe: Callable[[], None] | None = None
         try:
-            while True:
-                item = await queue.get()
-                if item is _Event.END:
-                    return
-                if item is _Event.MALFORMED:
-                    await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                             "malformed xDS request")
-                    return  # abort() raises; this is for the type checker
-                if item is _Event.REVOKED:
-                    log.warning("ending xDS stream of node %r (group %r): %s",
-                                self.handle.node_id if self.handle else "?", self.group,
-                                self._end_reason)
-                    await self.context.abort(self._end_code, self._end_reason)
-                    return
-                if item is _Event.SNAPSHOT:
-                    latest = self.deps.cache.get(self.group)
-                    if latest is not None and latest is not self.snapshot:
-                        self.snapshot = latest
-                        self._after_change = True
-                        try:
-                            await self.on_snapshot()
-                        finally:
-                            self._after_change = False
-                    continue
-                if self.handle is None:
-                    await self._identify(item)
-                    # Subscribed right after the snapshot was read (no await between):
-                    # no change can slip through.
-                    unsubscribe = self.deps.cache.subscribe(
-                        self.group, lambda: queue.put_once(_Event.SNAPSHOT))
-                await self.on_request(item)
+            # The item lives only in `_apply`'s frame: an idle stream holds no request
+            # (a parsed request holds ~1 KB of upb arena, a first one with Envoy's
+            # extensions ~100 KB).
+            while await self._apply(await queue.get()):
+                pass
         finally:
             # Synchronous clean-up first: gRPC may cancel this task again while
             # it waits for its helpers below, and the registry must not leak.
-            if unsubscribe is not None:
-                unsubscribe()
+            if self._subscribed:
+                self._subscribed = False
+                self.deps.cache.unsubscribe(self.group, self._snapshot_changed)
             if self._wanted:
                 self._wanted = False
                 self.deps.cache.release(self.group)
@@ -303,6 +298,42 @@ class Stream(Generic[Req]):
             for task in tasks:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("xDS stream helper task failed", exc_info=task.exception())
+
+    async def _apply(self, item: Req | _Event) -> bool:
+        """Apply one item of the inbox; False: the stream ends."""
+        if item is _Event.END:
+            return False
+        if item is _Event.MALFORMED:
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed xDS request")
+            return False  # abort() raises; this is for the type checker
+        if item is _Event.REVOKED:
+            log.warning("ending xDS stream of node %r (group %r): %s",
+                        self.handle.node_id if self.handle else "?", self.group,
+                        self._end_reason)
+            await self.context.abort(self._end_code, self._end_reason)
+            return False
+        if item is _Event.SNAPSHOT:
+            latest = self.deps.cache.get(self.group)
+            if latest is not None and latest is not self.snapshot:
+                self.snapshot = latest
+                self._after_change = True
+                try:
+                    await self.on_snapshot()
+                finally:
+                    self._after_change = False
+            return True
+        if self.handle is None:
+            await self._identify(item)
+            # Subscribed right after the snapshot was read (no await between): no change
+            # can slip through.
+            self.deps.cache.subscribe(self.group, self._snapshot_changed)
+            self._subscribed = True
+        await self.on_request(item)
+        return True
+
+    def _snapshot_changed(self) -> None:
+        if self._queue is not None:
+            self._queue.put_once(_Event.SNAPSHOT)
 
     async def _identify(self, first: Any) -> None:
         """Place the proxy in its group from the first request's node, then wait for config."""
@@ -363,6 +394,7 @@ class Stream(Generic[Req]):
                 # stream's task has nothing else to do, they cost it no wake-up.
                 if not (queue.idle and self.handle is not None and self.acked_inline(request)):
                     await queue.put(request)
+                del request  # not held while the next one is awaited
         except (grpc.RpcError, grpc.aio.AbortError) as exc:  # AbortError: the task aborted
             log.debug("xDS stream read ended: %s", exc)
         except DecodeError as exc:
