@@ -25,6 +25,7 @@ is built (`_flush`, which records what it sends with `_sending`).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
@@ -46,8 +47,10 @@ class TypeState(TypeRecord):
     (`ProxyHandle.types`): one object per type, not one per reader."""
 
     type_url: str = ""
-    nonce: str = ""
-    """The latest nonce sent for this type ("" before the first response)."""
+    nonce: int = 0
+    """The latest nonce sent for this type (0 before the first response)."""
+    new_names: int = 0
+    """Names subscribed over the stream's life that were not subscribed before."""
     must_answer: bool = True
     """A request waits for an answer regardless of versions."""
     unanswered: bool = False
@@ -76,25 +79,37 @@ class CoreStream(Stream[Req], Generic[Req, S]):
         assert self.handle is not None  # requests and pushes come after `_identify`
         return cast(dict[str, S], self.handle.types)
 
-    def _new_type(self, request: Any, make: Callable[[], S]) -> S | None:
-        """The state of a type the stream has not asked for before, made by `make()`;
-        None: the stream holds `MAX_TYPES_PER_STREAM` types already (not answered)."""
+    def _new_type(self, type_url: str, make: Callable[[str], S]) -> S | None:
+        """The state of a type the stream has not asked for before, made by `make` of its
+        type URL; None: the stream holds `MAX_TYPES_PER_STREAM` types already (not
+        answered)."""
         types = self._types
-        type_url: str = request.type_url
         if len(types) >= MAX_TYPES_PER_STREAM:
             return None
         if type_url not in KNOWN_TYPES and (note := self.input_log.allow()) is not None:
             log.info("%s: node %s asked for unserved type %s: answering empty%s",
                      self.protocol, clip(self._node_id()), clip(type_url), note)
-        state: S = make()
+        # Interned: each request's type_url is a new str, ~100 bytes a type a stream.
+        type_url = sys.intern(type_url)
+        state: S = make(type_url)
         types[type_url] = state
         return state
+
+    @staticmethod
+    def _latest(state: S, request: Any) -> bool:
+        """Whether `request` answers the type's latest response (names its nonce)."""
+        return state.nonce != 0 and request.response_nonce == str(state.nonce)
+
+    async def _check_subscription(self, state: S, count: int, added: int) -> None:
+        """`check_names` for a subscription of `count` names, `added` of them new."""
+        state.new_names += added
+        await self.check_names(state.type_url, count, state.new_names)
 
     def acked_inline(self, request: Any) -> bool:
         state = self._types.get(request.type_url)
         if (state is None or state.must_answer or self._held or not state.unanswered
-                or not request.response_nonce or request.response_nonce != state.nonce
-                or request.HasField("error_detail") or self.snapshot is None
+                or not self._latest(state, request) or request.HasField("error_detail")
+                or self.snapshot is None
                 or self.snapshot.version(state.type_url) != state.sent_version
                 or not self._plain_ack(state, request)):
             return False
@@ -143,13 +158,12 @@ class CoreStream(Stream[Req], Generic[Req, S]):
 
     def _sending(self, state: S, version: str) -> str:
         """Record that a response bringing `state`'s type to `version` goes out now;
-        returns its nonce."""
+        returns its nonce's text."""
         assert self.handle is not None
-        nonce = self.next_nonce()
-        state.nonce, state.sent_version = nonce, version
+        state.nonce, state.sent_version = self.next_nonce(), version
         state.must_answer, state.unanswered = False, True
         self.handle.sent(state.type_url, version)
-        return nonce
+        return str(state.nonce)
 
     def _ack_or_nack(self, state: S, request: Any) -> None:
         """Record the answer to the type's latest response (the caller checked the nonce)."""

@@ -60,15 +60,15 @@ class DeltaStream(CoreStream[discovery_pb2.DeltaDiscoveryRequest, DeltaState]):
             return
         state = self._types.get(type_url)
         if state is None:
-            state = self._new_type(request, lambda: self._first(request))
+            state = self._new_type(type_url, lambda url: self._first(url, request))
             if state is None:
                 return
             added = len(state.names)
         else:
-            if request.response_nonce and request.response_nonce == state.nonce:
+            if self._latest(state, request):
                 self._ack_or_nack(state, request)
             added = self._resubscribe(state, request)
-        await self.check_names(type_url, len(state.names), added)
+        await self._check_subscription(state, len(state.names), added)
         # A new subscription is answered at once.
         await self._settle(state, state.must_answer or bool(
             request.resource_names_subscribe or request.resource_names_unsubscribe))
@@ -77,13 +77,12 @@ class DeltaStream(CoreStream[discovery_pb2.DeltaDiscoveryRequest, DeltaState]):
                    ) -> bool:
         return not (request.resource_names_subscribe or request.resource_names_unsubscribe)
 
-    def _first(self, request: discovery_pb2.DeltaDiscoveryRequest) -> DeltaState:
+    def _first(self, type_url: str, request: discovery_pb2.DeltaDiscoveryRequest
+               ) -> DeltaState:
         subscribe = set(request.resource_names_subscribe)
-        wildcard = request.type_url in WILDCARD_TYPES and (
-            not subscribe or _WILDCARD in subscribe
-        )
+        wildcard = type_url in WILDCARD_TYPES and (not subscribe or _WILDCARD in subscribe)
         return DeltaState(
-            type_url=request.type_url,
+            type_url=type_url,
             wildcard=wildcard,
             names=self._shared(subscribe - {_WILDCARD}),
             have=dict(request.initial_resource_versions),

@@ -49,18 +49,18 @@ class SotwStream(CoreStream[discovery_pb2.DiscoveryRequest, TypeState]):
         await self.check_names(type_url, len(request.resource_names))
         state = self._types.get(type_url)
         if state is None:
-            state = self._new_type(request, lambda: TypeState(type_url=type_url))
+            state = self._new_type(type_url, lambda url: TypeState(type_url=url))
             if state is None:
                 return
         elif not request.response_nonce:
             state.must_answer = True  # a re-subscription: answer it like a first request
             state.unanswered = False
-        elif request.response_nonce != state.nonce:
+        elif not self._latest(state, request):
             return  # stale: a newer response is on its way to the client
         elif state.sent_version is not None:
             self._ack_or_nack(state, request)
-        await self.check_names(type_url, len(request.resource_names),
-                               self._subscribe(state, request))
+        await self._check_subscription(state, len(request.resource_names),
+                                       self._subscribe(state, request))
         await self._settle(state, state.must_answer)
 
     def _plain_ack(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> bool:
