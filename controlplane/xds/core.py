@@ -14,8 +14,9 @@ told, the NACK's text logged rate-limited), the fast path for a plain ACK
 brought to the snapshot's version in push order (CDS, EDS, LDS, RDS, SDS), a type whose
 last response is unanswered holding itself and the types after it (make before break)
 until its ACK or NACK, so a slow proxy gets the latest version once, not every version
-in between (as Istio does). Backpressure (the request inbox) and the push budget are in
-`stream`, under every write.
+in between (as Istio does). Backpressure (a stream reads no request while it applies
+one, and a push waits its turn) and the push budget, under every write, are in
+`stream`.
 
 A protocol (`sotw`, `delta`) keeps only what differs: what a request means
 (`on_request`), whether an ACK is no more than an ACK (`_plain_ack`), and how a response
