@@ -11,9 +11,10 @@ the model, the store or rollouts (an import-linter contract enforces it).
 
 Streams: `server` (gRPC methods, stream caps) → `sotw` / `delta` (what differs between
 the protocols) → `core` (ACK/NACK, push order and holding, one vocabulary) → `stream`
-(identity, limits, inbox, push budget). Nothing here waits for ACKs on a rollout's
-behalf: `fleet.py` (outside this package) writes the registry's ACKs and NACKs to etcd,
-and the rollout engine compares them with the render `stage.py` made.
+(identity, limits, taking turns, push budget). Nothing here waits for ACKs on a
+rollout's behalf: `fleet.py` (outside this package) writes the registry's ACKs and NACKs
+to etcd, and the rollout engine compares every replica's with the render `stage.py` made
+(`fleet.EtcdFleet.progress`).
 """
 
 from controlplane.xds.cache import SnapshotCache, SnapshotSource

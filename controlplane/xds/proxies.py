@@ -3,11 +3,11 @@
 Each xDS stream owns one `ProxyHandle`: its per-type `TypeRecord`s are the stream's own
 per-type state (one object per type, read here, written by the stream), and it reports
 sends, ACKs and NACKs through the handle, which wakes `wait_until` waiters. Readers get
-frozen `ProxyStatus` values from `ProxyRegistry.list()` (the admin API's `get proxies`);
+frozen `ProxyStatus` values from `ProxyRegistry.list()` (what `get proxies` shows);
 `fleet.ReportEncoder` reads the live handles (`handles()`, `acked_versions()`, `nacks()`)
-into this replica's fleet report in etcd, which is what rollouts count ACKs and NACKs
-from (`stage.py`, `rollout/`). A stream's entry is removed when the stream ends, however
-it ends.
+into this replica's fleet report in etcd. Rollouts wait on those reports, never on this
+registry: `fleet.EtcdFleet.progress` compares every replica's report with the render of
+`stage.py`. A stream's entry is removed when the stream ends, however it ends.
 
 A proxy is its (group, node id): one stream each. A second stream with the same
 identity replaces the first (a reconnect whose old connection has not died yet); one

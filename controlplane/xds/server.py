@@ -59,7 +59,7 @@ class AggregatedDiscoveryServer:
         group_of: maps (node, context) to the proxy group; default node.cluster.
         observer: told of connections, pushes, ACKs and NACKs (metrics); default none.
         max_streams: streams served at once; one more is refused with RESOURCE_EXHAUSTED
-            (each holds a task, a queue and per-type state: memory stays bounded
+            (each holds a task and per-type state: memory stays bounded
             whatever clients open, identified or not).
         budget: bytes of responses written at once across streams (`PushBudget`);
             default 256 MiB.
