@@ -242,7 +242,12 @@ async def _push_cost(old: Snapshot, new: Snapshot, *, streams: int, delta: bool)
 
     await written.wait(4 * streams)
     subscribed = {t: old.version(t) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
-    if not await registry.wait_acked(GROUP, subscribed, timeout=60, min_proxies=streams):
+    def all_acked() -> bool:
+        handles = [h for h in registry.handles() if h.group == GROUP]
+        return len(handles) >= streams and all(
+            h.acked_versions().items() >= subscribed.items() for h in handles)
+
+    if not await registry.wait_until(all_acked, timeout=60):
         raise RuntimeError("the streams did not ACK the first snapshot")
     for sink in sinks:
         sink.counting = True

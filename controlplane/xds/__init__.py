@@ -7,7 +7,14 @@ the model, the store or rollouts (an import-linter contract enforces it).
     cache     = SnapshotCache(); cache.set_snapshot(group, snapshot); cache.mark_ready()
     registry  = ProxyRegistry()
     AggregatedDiscoveryServer(cache, registry).add_to_server(grpc_aio_server)
-    await registry.wait_acked(group, {ROUTE: snapshot.version(ROUTE)}, timeout=30)
+    registry.handles()   # who is connected, what each ACKed and NACKed, per type
+
+Streams: `server` (gRPC methods, stream caps) → `sotw` / `delta` (what differs between
+the protocols) → `core` (ACK/NACK, push order and holding, one vocabulary) → `stream`
+(identity, limits, taking turns, push budget). Nothing here waits for ACKs on a
+rollout's behalf: `fleet.py` (outside this package) writes the registry's ACKs and NACKs
+to etcd, and the rollout engine compares every replica's with the render `stage.py` made
+(`fleet.EtcdFleet.progress`).
 """
 
 from controlplane.xds.cache import SnapshotCache, SnapshotSource

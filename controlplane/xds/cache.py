@@ -1,9 +1,9 @@
 """The snapshot cache: the one seam between desired state and the xDS streams.
 
 Desired state enters through `set_snapshot(group, snapshot)`; streams read
-through the narrow `SnapshotSource` protocol (`wait_ready`, `get`, `want`,
-`wait_change`, `subscribe`), like go-control-plane's `ConfigWatcher`. Waiting is event-driven
-(one `asyncio.Event` per group, replaced on each change), never polling.
+through the narrow `SnapshotSource` protocol (`wait_ready`, `get`, `want`/`release`,
+`subscribe`/`unsubscribe`), like go-control-plane's `ConfigWatcher`. Waiting is
+event-driven (a stream's callback is called on each change), never polling.
 
 Not thread-safe: call every method from the event loop's thread.
 """
@@ -45,12 +45,12 @@ class SnapshotSource(Protocol):
     def get(self, group: str) -> Snapshot | None:
         """The current snapshot of `group`, or None when it has none yet."""
 
-    async def wait_change(self, group: str, seen: Snapshot | None) -> Snapshot:
-        """Return the current snapshot of `group` as soon as it is not `seen`."""
-
-    def subscribe(self, group: str, changed: Callable[[], None]) -> Callable[[], None]:
+    def subscribe(self, group: str, changed: Callable[[], None]) -> None:
         """Call `changed` (synchronously; it must not block) after each new snapshot of
-        `group`; returns the function that unsubscribes."""
+        `group`, until `unsubscribe(group, changed)`."""
+
+    def unsubscribe(self, group: str, changed: Callable[[], None]) -> None:
+        """Stop calling `changed` (one equal to it) for `group`."""
 
 
 class SnapshotCache:
@@ -78,7 +78,6 @@ class SnapshotCache:
         self._streams: dict[str, int] = {}  # group -> streams that want it
         self._unconfigured: set[str] = set()  # held, not configured, not yet forgotten
         self._snapshots: dict[str, Snapshot] = {}
-        self._changed: dict[str, asyncio.Event] = {}
         self._subscribers: dict[str, set[Callable[[], None]]] = {}
         self._asked: set[str] = set()
         self._ready = asyncio.Event()
@@ -100,31 +99,24 @@ class SnapshotCache:
         if current is not None:
             snapshot.note_predecessor(current)
         self._snapshots[group] = snapshot
-        event = self._changed.pop(group, None)
-        if event is not None:
-            event.set()
         for changed in list(self._subscribers.get(group, ())):
             changed()
         log.debug("group %s: %r", group, snapshot)
 
-    def subscribe(self, group: str, changed: Callable[[], None]) -> Callable[[], None]:
+    def subscribe(self, group: str, changed: Callable[[], None]) -> None:
         """Call `changed` (synchronously; it must not block) after each new snapshot of
-        `group`; returns the function that unsubscribes. Cheaper than a task per stream
-        waiting in `wait_change`: one call per stream and change, no wake-up chain."""
+        `group`, until `unsubscribe(group, changed)`. Cheaper than a task per stream
+        waiting for a change: one call per stream and change, no wake-up chain; and a
+        bound method costs an idle stream less than a closure to unsubscribe with."""
         self._subscribers.setdefault(group, set()).add(changed)
 
-        def unsubscribe() -> None:
-            subscribers = self._subscribers.get(group)
-            if subscribers is not None:
-                subscribers.discard(changed)
-                if not subscribers:
-                    del self._subscribers[group]
-        return unsubscribe
-
-    def clear(self, group: str) -> None:
-        """Forget `group`'s snapshot (its streams keep what they were sent)."""
-        self._snapshots.pop(group, None)
-        self._asked.discard(group)
+    def unsubscribe(self, group: str, changed: Callable[[], None]) -> None:
+        """Stop calling `changed` (one equal to it: a bound method of the same object)."""
+        subscribers = self._subscribers.get(group)
+        if subscribers is not None:
+            subscribers.discard(changed)
+            if not subscribers:
+                del self._subscribers[group]
 
     def get(self, group: str) -> Snapshot | None:
         """The current snapshot of `group`, or None."""
@@ -178,21 +170,11 @@ class SnapshotCache:
         known = {*self._snapshots, *self._asked, *self._unconfigured}
         gone = sorted(g for g in known if g not in keep and g not in self._streams)
         for group in gone:
-            self.clear(group)
+            self._snapshots.pop(group, None)  # its streams keep what they were sent
+            self._asked.discard(group)
         self._unconfigured.difference_update(gone)
         self._unconfigured.difference_update(self.configured)
         return gone
-
-    async def wait_change(self, group: str, seen: Snapshot | None) -> Snapshot:
-        """Return the current snapshot of `group` once it is not `seen` (identity)."""
-        while True:
-            current = self._snapshots.get(group)
-            if current is not None and current is not seen:
-                return current
-            event = self._changed.get(group)
-            if event is None:
-                event = self._changed[group] = asyncio.Event()
-            await event.wait()
 
     def mark_ready(self) -> None:
         """The first full state is loaded: streams may now be answered."""

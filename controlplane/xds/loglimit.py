@@ -2,8 +2,8 @@
 
 A client chooses the names, NACK messages and type URLs it sends, and how often: logged
 as they come, one stream wrote hundreds of MB of log in seconds. Each stream keeps a
-`LogLimiter` per kind of line; a line held back is counted, and the next one says how
-many were.
+`LogLimiter` per kind of line (made with its first line); a line held back is counted,
+and the next one says how many were.
 """
 
 from __future__ import annotations

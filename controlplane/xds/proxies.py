@@ -1,9 +1,13 @@
 """Who is connected and what each proxy has: sent, ACKed and NACKed versions per type.
 
-Each xDS stream owns one `ProxyHandle` and reports to it; readers get frozen
-`ProxyStatus` values from `ProxyRegistry.list()`. `wait_acked` is what a rollout
-step waits for: "the fleet has ACKed the config that carries it". A stream's
-entry is removed when the stream ends, however it ends.
+Each xDS stream owns one `ProxyHandle`: its per-type `TypeRecord`s are the stream's own
+per-type state (one object per type, read here, written by the stream), and it reports
+sends, ACKs and NACKs through the handle, which wakes `wait_until` waiters. Readers get
+frozen `ProxyStatus` values from `ProxyRegistry.list()` (what `get proxies` shows);
+`fleet.ReportEncoder` reads the live handles (`handles()`, `acked_versions()`, `nacks()`)
+into this replica's fleet report in etcd. Rollouts wait on those reports, never on this
+registry: `fleet.EtcdFleet.progress` compares every replica's report with the render of
+`stage.py`. A stream's entry is removed when the stream ends, however it ends.
 
 A proxy is its (group, node id): one stream each. A second stream with the same
 identity replaces the first (a reconnect whose old connection has not died yet); one
@@ -19,7 +23,7 @@ import asyncio
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controlplane.errors import PermissionDeniedError
@@ -75,31 +79,23 @@ class ProxyStatus:
         """The state of one type, or None if the proxy never asked for it."""
         return next((t for t in self.types if t.type_url == type_url), None)
 
-    def has_acked(self, versions: Mapping[str, str]) -> bool:
-        """Whether the proxy ACKed exactly `versions` ({type URL: version})."""
-        return all(
-            (t := self.type(url)) is not None and t.acked_version == v
-            for url, v in versions.items()
-        )
-
-    def has_nacked(self, versions: Mapping[str, str]) -> bool:
-        """Whether the proxy's last NACK of any type rejected the version in `versions`."""
-        return any(
-            (t := self.type(url)) is not None
-            and t.last_nack_version == v
-            and t.acked_version != v
-            for url, v in versions.items()
-        )
 
 
 @dataclass(slots=True)
-class _TypeRecord:
+class TypeRecord:
+    """What the registry reads of one type on one stream. A stream keeps its own per-type
+    state in a subclass of this (`core.TypeState`): one object per type serves both."""
+
     sent_version: str | None = None
     acked_version: str | None = None
     last_nack: str | None = None
     last_nack_version: str | None = None
     responses: int = 0
-    names: frozenset[str] | None = None
+    wildcard: bool = True
+    """Subscribed to every resource of the type (and to `names`, which Delta allows)."""
+    names: frozenset[str] = frozenset()
+    """Explicitly subscribed names, shared by the streams that subscribe to equal names
+    (`ProxyRegistry.shared`)."""
 
 
 @dataclass(slots=True)
@@ -115,7 +111,8 @@ class ProxyHandle:
     build_version: str
     extensions: frozenset[str]
     _registry: ProxyRegistry
-    _types: dict[str, _TypeRecord] = field(default_factory=dict)
+    types: dict[str, TypeRecord] = field(default_factory=dict)
+    """Per type URL: the stream's state of the type (only the stream adds or writes)."""
     outcomes: int = 0
     """Counts this proxy's ACKs and NACKs: what it has changed when this did."""
     peer_serial: str = ""
@@ -128,13 +125,8 @@ class ProxyHandle:
         """(group, node id): what the fleet's ACK accounting counts as one proxy."""
         return (self.group, self.node_id)
 
-    def _type(self, type_url: str) -> _TypeRecord:
-        return self._types.setdefault(type_url, _TypeRecord())
-
-    def subscribed(self, type_url: str, names: Iterable[str] | None) -> None:
-        """The proxy's subscription for a type (None: wildcard)."""
-        self._type(type_url).names = None if names is None else \
-            self._registry.shared(frozenset(names))
+    def _type(self, type_url: str) -> TypeRecord:
+        return self.types.setdefault(type_url, TypeRecord())
 
     def sent(self, type_url: str, version: str, *, response: bool = True) -> None:
         """A response bringing the proxy to `version` was sent (response=False: no
@@ -164,27 +156,13 @@ class ProxyHandle:
         """The stream ended: forget it."""
         self._registry._remove(self)
 
-    def _acked_all(self, versions: Mapping[str, str]) -> bool:
-        return all(
-            (r := self._types.get(url)) is not None and r.acked_version == v
-            for url, v in versions.items()
-        )
-
-    def _nacked_any(self, versions: Mapping[str, str]) -> bool:
-        return any(
-            (r := self._types.get(url)) is not None
-            and r.last_nack_version == v
-            and r.acked_version != v
-            for url, v in versions.items()
-        )
-
     def acked_versions(self) -> dict[str, str]:
         """{type URL: last ACKed version}."""
-        return {url: r.acked_version for url, r in self._types.items() if r.acked_version}
+        return {url: r.acked_version for url, r in self.types.items() if r.acked_version}
 
     def nacks(self) -> dict[str, tuple[str, str]]:
         """{type URL: (last NACKed version, its error_detail message)}."""
-        return {url: (r.last_nack_version, r.last_nack) for url, r in self._types.items()
+        return {url: (r.last_nack_version, r.last_nack) for url, r in self.types.items()
                 if r.last_nack and r.last_nack_version}
 
     def status(self) -> ProxyStatus:
@@ -197,9 +175,9 @@ class ProxyHandle:
                 last_nack=r.last_nack,
                 last_nack_version=r.last_nack_version,
                 responses=r.responses,
-                resource_names=None if r.names is None else tuple(sorted(r.names)),
+                resource_names=None if r.wildcard else tuple(sorted(r.names)),
             )
-            for url, r in sorted(self._types.items(), key=lambda kv: (push_rank(kv[0]), kv[0]))
+            for url, r in sorted(self.types.items(), key=lambda kv: (push_rank(kv[0]), kv[0]))
         )
         return ProxyStatus(
             stream_id=self.stream_id,
@@ -324,49 +302,6 @@ class ProxyRegistry:
 
     def __len__(self) -> int:
         return len(self._streams)
-
-    def ack_progress(self, group: str, versions: Mapping[str, str]) -> tuple[int, int]:
-        """(proxies of `group` that ACKed `versions`, proxies of `group` connected)."""
-        proxies = [h for h in self._streams.values() if h.group == group]
-        return sum(1 for h in proxies if h._acked_all(versions)), len(proxies)
-
-    async def wait_acked(
-        self,
-        group: str,
-        versions: Mapping[str, str],
-        *,
-        timeout: float,
-        min_proxies: int = 1,
-    ) -> bool:
-        """Wait until every connected proxy of `group` has ACKed `versions`.
-
-        Args:
-            group: the proxy group.
-            versions: {type URL: version}, e.g. `{ROUTE: snapshot.version(ROUTE)}`;
-                only the types the caller cares about (a proxy that never
-                subscribed to a type never ACKs it).
-            timeout: seconds to wait at most.
-            min_proxies: how many proxies must be connected for a True (with
-                none connected, nothing was ACKed).
-
-        Returns:
-            True once at least `min_proxies` proxies are connected and all of
-            them ACKed; False on timeout or as soon as one of them NACKed one
-            of these versions.
-        """
-        outcome: list[bool] = []
-
-        def decided() -> bool:  # runs on every registry change: no copies
-            proxies = [h for h in self._streams.values() if h.group == group]
-            if any(h._nacked_any(versions) for h in proxies):
-                outcome.append(False)
-                return True
-            if len(proxies) >= min_proxies and all(h._acked_all(versions) for h in proxies):
-                outcome.append(True)
-                return True
-            return False
-
-        return await self.wait_until(decided, timeout=timeout) and outcome[-1]
 
     async def wait_until(
         self, condition: Callable[[], bool], *, timeout: float

@@ -5,11 +5,12 @@
     xds.add_to_server(server)                             # ADS + SDS
 
 Every stream runs in its own task on the event loop; the protocol logic is in
-`sotw` and `delta`, the shared plumbing in `stream`.
+`sotw` and `delta` over their shared core (`core`), the plumbing in `stream`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -29,7 +30,13 @@ from controlplane.xds.peers import MAX_STREAMS_PER_PEER, peer_key
 from controlplane.xds.proxies import ProxyRegistry
 from controlplane.xds.resources import SECRET
 from controlplane.xds.sotw import SotwStream
-from controlplane.xds.stream import MAX_SECRET_NAMES, GroupOf, StreamDeps, node_cluster
+from controlplane.xds.stream import (
+    MAX_SECRET_NAMES,
+    ContextReads,
+    GroupOf,
+    StreamDeps,
+    node_cluster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ class AggregatedDiscoveryServer:
         group_of: maps (node, context) to the proxy group; default node.cluster.
         observer: told of connections, pushes, ACKs and NACKs (metrics); default none.
         max_streams: streams served at once; one more is refused with RESOURCE_EXHAUSTED
-            (each holds a task, a queue and per-type state: memory stays bounded
+            (each holds a task and per-type state: memory stays bounded
             whatever clients open, identified or not).
         budget: bytes of responses written at once across streams (`PushBudget`);
             default 256 MiB.
@@ -88,57 +95,35 @@ class AggregatedDiscoveryServer:
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register ADS and SDS on a grpc.aio server (before it starts).
 
+        StreamAggregatedResources and StreamSecrets are SotW (`sotw`),
+        DeltaAggregatedResources and DeltaSecrets incremental (`delta`): SDS on its own
+        stream is the same protocol as ADS. Each is `_serve` of its stream class bound
+        with a partial (no wrapper coroutine: its frame would be held by every stream).
         Streams write responses already serialized (`wire`): the methods are
         registered with a serializer that passes bytes through.
         """
         sotw = discovery_pb2.DiscoveryRequest.FromString
         delta = discovery_pb2.DeltaDiscoveryRequest.FromString
 
-        def stream(behaviour: Any, parse: Any) -> grpc.RpcMethodHandler:
+        def stream(protocol: type[SotwStream | DeltaStream], parse: Any
+                   ) -> grpc.RpcMethodHandler:
             return grpc.stream_stream_rpc_method_handler(
-                behaviour, request_deserializer=parse, response_serializer=wire.serialize)
+                functools.partial(self._serve, protocol), request_deserializer=parse,
+                response_serializer=wire.serialize)
 
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler(_ADS, {
-                "StreamAggregatedResources": stream(self.StreamAggregatedResources, sotw),
-                "DeltaAggregatedResources": stream(self.DeltaAggregatedResources, delta),
+                "StreamAggregatedResources": stream(SotwStream, sotw),
+                "DeltaAggregatedResources": stream(DeltaStream, delta),
             }),
             grpc.method_handlers_generic_handler(_SDS, {
-                "StreamSecrets": stream(self.StreamSecrets, sotw),
-                "DeltaSecrets": stream(self.DeltaSecrets, delta),
+                "StreamSecrets": stream(SotwStream, sotw),
+                "DeltaSecrets": stream(DeltaStream, delta),
                 "FetchSecrets": grpc.unary_unary_rpc_method_handler(
                     self.FetchSecrets, request_deserializer=sotw,
                     response_serializer=wire.serialize),
             }),
         ))
-
-    async def StreamAggregatedResources(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
-    ) -> None:
-        """SotW ADS: see `sotw`."""
-        await self._serve(SotwStream(self._deps, context), request_iterator, context)
-
-    async def DeltaAggregatedResources(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: Context,
-    ) -> None:
-        """Incremental ADS: see `delta`."""
-        await self._serve(DeltaStream(self._deps, context), request_iterator, context)
-
-    async def StreamSecrets(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
-    ) -> None:
-        """SotW SDS on its own stream: the same protocol as ADS."""
-        await self._serve(SotwStream(self._deps, context), request_iterator, context)
-
-    async def DeltaSecrets(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: Context,
-    ) -> None:
-        """Incremental SDS on its own stream."""
-        await self._serve(DeltaStream(self._deps, context), request_iterator, context)
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: Context
@@ -167,9 +152,15 @@ class AggregatedDiscoveryServer:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no config for group {group!r} yet")
         return response
 
-    async def _serve(self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any],
-                     context: Context) -> None:
-        """Serve a stream in one of `max_streams` slots, or refuse it."""
+    async def _serve(self, protocol: type[SotwStream | DeltaStream],
+                     requests: AsyncIterator[Any], context: Context) -> None:
+        """Serve a stream in one of `max_streams` slots, or refuse it.
+
+        `requests` (gRPC's request iterator) is left unused: it is an async generator
+        whose frame keeps the last request while it waits for the next, ~1 KB of upb
+        arena per idle stream; `ContextReads` keeps none.
+        """
+        del requests
         if self._streams >= self._max_streams:
             if (note := self._deps.refusals.allow()) is not None:
                 log.warning("refusing xDS stream from %s: %d streams open (at most %d)%s",
@@ -192,7 +183,7 @@ class AggregatedDiscoveryServer:
         if peer is not None:
             self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         try:
-            await stream.run(requests)
+            await protocol(self._deps, context).run(ContextReads(context))
         except BaseException as exc:
             # gRPC keeps an aborted call's exception, whose traceback holds our frames and
             # their locals (a 100k-name request, a response being written) in a cycle

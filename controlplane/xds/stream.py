@@ -1,16 +1,21 @@
-"""What SotW and Delta streams share: identifying the proxy, and one event queue.
+"""The plumbing under every xDS stream: identifying the proxy, limits, taking turns.
 
-A stream's requests (read by a reader task) and its group's snapshot changes
-(the cache's subscription callback) go into one queue that the stream's own
-task drains, so per-stream state is only ever touched by that task and
-responses leave in the order they were decided. Nothing here polls.
+A stream is gRPC's handler task, which reads a request, applies it and reads the
+next; while it applies one it reads nothing, so gRPC's flow control holds back a
+client that floods requests (however slowly it reads its responses). A change of
+the group's snapshot (the cache's callback) starts a short-lived push task. The two
+take turns (`_take_turn`), so per-stream state is touched by one of them at a time
+and responses leave in the order they were decided. Nothing here polls.
+
+What an idle stream holds is kept small, because thousands of streams each hold it
+as long as they live: one task and no queue, slots, no request once applied, and
+what is rarely needed (log limiters, counters) made when first needed. The protocol
+core above this is `core`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import enum
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,13 +76,6 @@ class StreamDeps:
     """Lines about refused streams, across streams: a refused client may retry at once."""
 
 
-class _Event(enum.Enum):
-    SNAPSHOT = "snapshot"
-    END = "end"
-    MALFORMED = "malformed"
-    REVOKED = "revoked"
-
-
 MAX_IDENTITY_BYTES = 256
 """The longest node.id and node.cluster accepted: each is held per stream, written into
 the fleet report in etcd and printed in logs, so neither may be as large as a client
@@ -101,65 +99,29 @@ in names it did not subscribe before (counted as they come, not remembered): a c
 naming fresh names every round ends with RESOURCE_EXHAUSTED, a proxy whose config
 changes now and then never comes near."""
 
-MAX_QUEUED_REQUESTS = 64
-"""Requests read ahead of the stream's task at most. Past this the reader stops reading
-and gRPC's flow control holds the client back: a client that floods requests while not
-reading its responses (so the task waits in a write) cannot make the server hold any
-amount of them. Envoy sends one request per response: it never comes near."""
-
 Req = TypeVar("Req")
-T = TypeVar("T")
+
+_ENDED = "ended from outside"
+"""The message of the cancellation `Stream._end` asks for (a revoked or replaced stream)."""
 
 
-class _Inbox(Generic[T]):
-    """A queue with one consumer: a deque and a future (an asyncio.Queue holds three
-    deques and an Event: ~3 KB for each of thousands of streams). `put` waits while
-    `limit` items are queued; `put_nowait` and `put_once` never wait."""
+class ContextReads:
+    """The requests of a grpc.aio stream, each read with `context.read()` when asked for,
+    none kept after it is handed out."""
 
-    __slots__ = ("_items", "_limit", "_room", "_waiter")
+    __slots__ = ("_context",)
 
-    def __init__(self, limit: int = MAX_QUEUED_REQUESTS) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
 
-    def put_nowait(self, item: T) -> None:
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    def __aiter__(self) -> ContextReads:
+        return self
 
-    def put_once(self, item: T) -> None:
-        """`put_nowait(item)` unless `item` (the same object) is queued already."""
-        if not any(queued is item for queued in self._items):
-            self.put_nowait(item)
-
-    async def put(self, item: T) -> None:
-        """Queue `item`, then wait until fewer than `limit` items are queued."""
-        self.put_nowait(item)
-        while len(self._items) >= self._limit:
-            self._room = asyncio.get_running_loop().create_future()
-            try:
-                await self._room
-            finally:
-                self._room = None
-
-    @property
-    def idle(self) -> bool:
-        """Whether the consumer waits in `get` with nothing queued."""
-        return self._waiter is not None and not self._waiter.done() and not self._items
-
-    async def get(self) -> T:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
-        return item
+    async def __anext__(self) -> Any:
+        request = await self._context.read()
+        if request is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return request
 
 
 class Stream(Generic[Req]):
@@ -169,6 +131,9 @@ class Stream(Generic[Req]):
     and the cache is ready) and `on_snapshot` (the group's snapshot changed).
     """
 
+    __slots__ = ("_after_change", "_end_code", "_end_reason", "_input_log", "_nack_log",
+                 "_nonces", "_pusher", "_subscribed", "_task", "_turn",
+                 "_wanted", "context", "deps", "group", "handle", "snapshot")
     protocol = ""
 
     def __init__(self, deps: StreamDeps, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -181,18 +146,33 @@ class Stream(Generic[Req]):
         self._after_change = False
         self._end_reason = ""
         self._end_code = grpc.StatusCode.UNAUTHENTICATED
-        self._queue: _Inbox[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None  # gRPC's handler task, serving `run`
+        self._pusher: asyncio.Task[None] | None = None  # the push task while there is one
+        self._turn: asyncio.Future[None] | None = None  # done when the turn is given back
         self._wanted = False  # counted in the cache's streams of `group`: release at end
-        self._new_names: dict[str, int] = {}  # type URL -> names newly subscribed, ever
-        self.nack_log = LogLimiter()
-        """Lines about NACKs: their text is the client's."""
-        self.input_log = LogLimiter()
-        """Lines about other client input (unserved types)."""
+        self._subscribed = False  # to the cache's changes of `group`: unsubscribe at end
+        self._nack_log: LogLimiter | None = None
+        self._input_log: LogLimiter | None = None
 
-    def next_nonce(self) -> str:
-        """A nonce unique within this stream."""
+    @property
+    def nack_log(self) -> LogLimiter:
+        """Lines about NACKs: their text is the client's."""
+        if self._nack_log is None:
+            self._nack_log = LogLimiter()
+        return self._nack_log
+
+    @property
+    def input_log(self) -> LogLimiter:
+        """Lines about other client input (unserved types)."""
+        if self._input_log is None:
+            self._input_log = LogLimiter()
+        return self._input_log
+
+    def next_nonce(self) -> int:
+        """A nonce unique within this stream (positive; its text is what goes on the wire):
+        held as a small int, it costs a stream nothing, a str ~50 bytes a type."""
         self._nonces += 1
-        return str(self._nonces)
+        return self._nonces
 
     async def on_request(self, request: Req) -> None:
         """Apply one request (the proxy is identified and the cache ready); maybe respond."""
@@ -205,14 +185,14 @@ class Stream(Generic[Req]):
     def acked_inline(self, request: Req) -> bool:
         """Record `request` now if it is an ACK `on_request` would only record (no
         response, no change of subscription); False: leave it to `on_request`. Called
-        only while the stream's task waits for work, so the two never interleave."""
+        only while nothing else is applied (no push, no other request)."""
         del request
         return False
 
-    async def check_names(self, type_url: str, count: int, added: int = 0) -> None:
+    async def check_names(self, type_url: str, count: int, new: int = 0) -> None:
         """End the stream (RESOURCE_EXHAUSTED) if `count` names of a type are too many, or
-        if with `added` names it did not subscribe before, the stream has subscribed too
-        many new names of the type over its life."""
+        if `new`, the names of the type it subscribed over its life that it had not
+        subscribed before (counted by the caller), are too many."""
         limit = max_names(type_url)
         if count > limit:
             log.warning("refusing xDS stream from %s: %d resource names for %s (at most %d)",
@@ -221,9 +201,6 @@ class Stream(Generic[Req]):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{count} resource names subscribed for {clip(type_url)}: at most "
                 f"{limit} per type")
-        if not added:
-            return
-        new = self._new_names[type_url] = self._new_names.get(type_url, 0) + added
         if new > limit * MAX_NEW_NAMES_FACTOR:
             log.warning("ending xDS stream from %s: %d new resource names subscribed for %s "
                         "over its life (at most %d)", self.context.peer(), new,
@@ -247,65 +224,110 @@ class Stream(Generic[Req]):
 
     async def run(self, requests: AsyncIterator[Req]) -> None:
         """Serve the stream until the client closes it or goes away."""
-        queue: _Inbox[Req | _Event] = _Inbox()
-        self._queue = queue
-        tasks = [asyncio.create_task(self._read(requests, queue), name="xds-read")]
-        unsubscribe: Callable[[], None] | None = None
+        self._task = asyncio.current_task()
+        reads = aiter(requests)
         try:
             while True:
-                item = await queue.get()
-                if item is _Event.END:
+                try:
+                    request = await anext(reads)
+                except StopAsyncIteration:
                     return
-                if item is _Event.MALFORMED:
+                except grpc.RpcError as exc:
+                    log.debug("xDS stream read ended: %s", exc)
+                    return
+                except DecodeError as exc:
+                    log.warning("malformed xDS request from %s: %s", self.context.peer(), exc)
                     await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                              "malformed xDS request")
-                    return  # abort() raises; this is for the type checker
-                if item is _Event.REVOKED:
-                    log.warning("ending xDS stream of node %r (group %r): %s",
-                                self.handle.node_id if self.handle else "?", self.group,
-                                self._end_reason)
-                    await self.context.abort(self._end_code, self._end_reason)
-                    return
-                if item is _Event.SNAPSHOT:
-                    latest = self.deps.cache.get(self.group)
-                    if latest is not None and latest is not self.snapshot:
-                        self.snapshot = latest
-                        self._after_change = True
-                        try:
-                            await self.on_snapshot()
-                        finally:
-                            self._after_change = False
-                    continue
-                if self.handle is None:
-                    await self._identify(item)
-                    # Subscribed right after the snapshot was read (no await between):
-                    # no change can slip through.
-                    unsubscribe = self.deps.cache.subscribe(
-                        self.group, lambda: queue.put_once(_Event.SNAPSHOT))
-                await self.on_request(item)
+                await self._apply(request)
+                # Not held while the next one is read: a parsed request holds ~1 KB of
+                # upb arena, a first one with Envoy's extensions ~100 KB.
+                del request
+        except asyncio.CancelledError as exc:
+            if not self._ended(exc):
+                raise
+            log.warning("ending xDS stream of node %r (group %r): %s",
+                        self.handle.node_id if self.handle else "?", self.group,
+                        self._end_reason)
+            await self.context.abort(self._end_code, self._end_reason)
         finally:
             # Synchronous clean-up first: gRPC may cancel this task again while
-            # it waits for its helpers below, and the registry must not leak.
-            if unsubscribe is not None:
-                unsubscribe()
+            # it waits for the push task below, and the registry must not leak.
+            if self._subscribed:
+                self._subscribed = False
+                self.deps.cache.unsubscribe(self.group, self._snapshot_changed)
             if self._wanted:
                 self._wanted = False
                 self.deps.cache.release(self.group)
-            self._queue = None  # no cycle stream -> handle -> stream outlives the stream
+            self._task = None  # no cycle stream -> handle -> stream outlives the stream
             if self.handle is not None:
                 self.handle.on_end = None
                 self.handle.close()
                 self.deps.observer.disconnected(self.group)
                 log.debug("%s stream %d ended", self.protocol, self.handle.stream_id)
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
-            for task in tasks:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("xDS stream helper task failed", exc_info=task.exception())
+            pusher = self._pusher
+            if pusher is not None:
+                pusher.cancel()
+                await asyncio.wait((pusher,))
+
+    async def _apply(self, request: Req) -> None:
+        """Apply one request in the stream's turn."""
+        if self.handle is not None and self._turn is None and self.acked_inline(request):
+            return
+        await self._take_turn()
+        try:
+            if self.handle is None:
+                await self._identify(request)
+                # Subscribed right after the snapshot was read (no await between): no
+                # change can slip through.
+                self.deps.cache.subscribe(self.group, self._snapshot_changed)
+                self._subscribed = True
+            await self.on_request(request)
+        finally:
+            self._give_turn()
+
+    def _snapshot_changed(self) -> None:
+        if self._pusher is None and self._task is not None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_changes(),
+                                                                  name="xds-push")
+
+    async def _push_changes(self) -> None:
+        """The push task: apply the group's latest snapshot in the stream's turn, until
+        the stream has the latest (a change meanwhile is applied next round)."""
+        try:
+            while True:
+                await self._take_turn()
+                try:
+                    latest = self.deps.cache.get(self.group)
+                    if latest is None or latest is self.snapshot:
+                        return
+                    self.snapshot = latest
+                    self._after_change = True
+                    await self.on_snapshot()
+                finally:
+                    self._after_change = False
+                    self._give_turn()
+        except Exception as exc:  # a failed write: the call is gone or going
+            log.debug("xDS push ended: %r", exc)
+            self._stop("push failed", grpc.StatusCode.UNAVAILABLE)
+        finally:
+            self._pusher = None
+
+    async def _take_turn(self) -> None:
+        """Wait until neither a request nor a push is being applied, then take the turn.
+        Costs a future per turn, and an idle stream nothing."""
+        while self._turn is not None:
+            await asyncio.wait((self._turn,))  # wait() never cancels the turn's future
+        self._turn = asyncio.get_running_loop().create_future()
+
+    def _give_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.set_result(None)
 
     async def _identify(self, first: Any) -> None:
-        """Place the proxy in its group from the first request's node, then wait for config."""
+        """Place the proxy in its group from the first request's node (which is left without
+        its identity fields: see `_build_key`), then wait for config."""
         node = first.node
         try:
             _check_identity(node)
@@ -314,17 +336,20 @@ class Stream(Generic[Req]):
             # nothing (the cache would hold its snapshot, telemetry its labels).
             self.deps.cache.want(self.group)
             self._wanted = True
+            node_id: str = node.id
+            # A certificate issued for this node id: the identity's own proof.
+            node_bound = bool(node_id) and peer_node(self.context) == node_id
+            build_version = _build_version(node)
             self.handle = self.deps.registry.connect(
-                node_id=node.id,
+                node_id=node_id,
                 group=self.group,
                 protocol=self.protocol,
                 peer=self.context.peer(),
-                build_version=_build_version(node),
+                build_version=build_version,
                 extensions=self.deps.registry.shared_by_key(
                     _build_key(node), lambda: [e.name for e in node.extensions]),
                 peer_serial=peer_serial(self.context),
-                # A certificate issued for this node id: the identity's own proof.
-                node_bound=bool(node.id) and peer_node(self.context) == node.id,
+                node_bound=node_bound,
             )
         except (AuthenticationError, PermissionDeniedError, InvalidInputError,
                 ResourceExhaustedError) as exc:
@@ -343,33 +368,33 @@ class Stream(Generic[Req]):
         self.handle.on_end = self._end
         self.deps.observer.connected(self.group)
         log.info("%s stream %d: node %r group %r from %s", self.protocol,
-                 self.handle.stream_id, node.id, self.group, self.handle.peer)
+                 self.handle.stream_id, self.handle.node_id, self.group, self.handle.peer)
         await self.deps.cache.wait_ready()
         self.snapshot = self.deps.cache.get(self.group)
 
     def _end(self, reason: str, why: str) -> None:
         """Asked from outside: a revoked certificate (`ProxyRegistry.end_streams`) aborts
         with UNAUTHENTICATED, a newer stream of the same proxy with ABORTED."""
-        self._end_reason = reason
-        self._end_code = (grpc.StatusCode.ABORTED if why == "replaced"
-                          else grpc.StatusCode.UNAUTHENTICATED)
-        if self._queue is not None:
-            self._queue.put_once(_Event.REVOKED)
+        self._stop(reason, grpc.StatusCode.ABORTED if why == "replaced"
+                   else grpc.StatusCode.UNAUTHENTICATED)
 
-    async def _read(self, requests: AsyncIterator[Req], queue: _Inbox[Req | _Event]) -> None:
-        try:
-            async for request in requests:
-                # Most requests are ACKs that need no answer: recorded here when the
-                # stream's task has nothing else to do, they cost it no wake-up.
-                if not (queue.idle and self.handle is not None and self.acked_inline(request)):
-                    await queue.put(request)
-        except (grpc.RpcError, grpc.aio.AbortError) as exc:  # AbortError: the task aborted
-            log.debug("xDS stream read ended: %s", exc)
-        except DecodeError as exc:
-            log.warning("malformed xDS request from %s: %s", self.context.peer(), exc)
-            queue.put_nowait(_Event.MALFORMED)
-        finally:
-            queue.put_nowait(_Event.END)
+    def _stop(self, reason: str, code: grpc.StatusCode) -> None:
+        """End the stream with `code` and `reason`: its task is cancelled (it may wait in a
+        read) and aborts the call (see `run`). Only the first reason counts."""
+        if self._end_reason or self._task is None:
+            return
+        self._end_reason, self._end_code = reason, code
+        self._task.cancel(_ENDED)
+
+    def _ended(self, exc: asyncio.CancelledError) -> bool:
+        """Whether `exc` is the cancellation `_stop` asked for and nothing else (not gRPC
+        ending the call as well); if so it is withdrawn, for `run` to abort instead."""
+        task = asyncio.current_task()
+        if not self._end_reason or task is None or exc.args != (_ENDED,) or (
+                task.cancelling() != 1):
+            return False
+        task.uncancel()
+        return True
 
 
 def max_names(type_url: str) -> int:
@@ -388,12 +413,13 @@ def _check_identity(node: base_pb2.Node) -> None:
 
 
 def _build_key(node: base_pb2.Node) -> bytes:
-    """The node without what differs between proxies of one build (identity, placement)."""
-    build = base_pb2.Node()
-    build.CopyFrom(node)
+    """The node without what differs between proxies of one build (identity, placement),
+    serialized. Those fields are cleared in place: read them first. Not on a copy: a copy
+    of Envoy's node (~500 extensions) is ~100 KB of upb arena per connecting proxy, which
+    thousands connecting at once leave behind as a fragmented heap."""
     for name in ("id", "cluster", "metadata", "locality", "dynamic_parameters"):
-        build.ClearField(name)
-    key: bytes = build.SerializeToString(deterministic=True)
+        node.ClearField(name)
+    key: bytes = node.SerializeToString(deterministic=True)
     return key
 
 

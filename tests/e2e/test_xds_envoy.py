@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.xds.snapshot import Snapshot
+from tests.support.acks import wait_acked
 from tests.support.ads import XdsHarness, xds_server
 from tests.support.controlplane import envoy_bootstrap
 from tests.support.envoy import Envoy, start_envoy_async
@@ -80,14 +81,14 @@ async def test_requests_follow_renamed_clusters_and_routes(stack: Stack) -> None
     first = stack.app(1, "v1")
     stack.xds.cache.set_snapshot(GROUP, first)
     await wait_for(lambda: stack.served_by("v1"), timeout=15, message="first request via Envoy")
-    assert await stack.xds.registry.wait_acked(GROUP, full_versions(first), timeout=5)
+    assert await wait_acked(stack.xds.registry, GROUP, full_versions(first), timeout=5)
 
     for generation, version in ((2, "v2"), (3, "v1"), (4, "v2")):
         snapshot = stack.app(generation, version)
         stack.xds.cache.set_snapshot(GROUP, snapshot)
         await wait_for(lambda v=version: stack.served_by(v), timeout=SWITCH_DEADLINE,  # type: ignore[misc]
                        message=f"generation {generation} serves {version}")
-        assert await stack.xds.registry.wait_acked(GROUP, full_versions(snapshot), timeout=5)
+        assert await wait_acked(stack.xds.registry, GROUP, full_versions(snapshot), timeout=5)
         await wait_for(lambda g=generation: stack.envoy.dynamic_names("clusters") == [f"app-{g}"],  # type: ignore[misc]
                        timeout=SWITCH_DEADLINE, message="old clusters removed")
 
@@ -118,7 +119,7 @@ async def test_nack_keeps_old_config_and_does_not_loop(stack: Stack) -> None:
     good = stack.app(1, "v1")
     stack.xds.cache.set_snapshot(GROUP, good)
     await wait_for(lambda: stack.served_by("v1"), timeout=15)
-    assert await stack.xds.registry.wait_acked(GROUP, full_versions(good), timeout=5)
+    assert await wait_acked(stack.xds.registry, GROUP, full_versions(good), timeout=5)
 
     resources = simple_app(cluster="app-1", upstream=stack.upstreams["v1"].address,
                            listener="http", listener_port=stack.listener_port, route="routes-1")
@@ -138,7 +139,7 @@ async def test_nack_keeps_old_config_and_does_not_loop(stack: Stack) -> None:
     cds = proxy.type(CLUSTER)
     assert cds is not None and cds.last_nack_version == bad.version(CLUSTER)
     assert cds.acked_version == good.version(CLUSTER)
-    assert not await stack.xds.registry.wait_acked(GROUP, {CLUSTER: bad.version(CLUSTER)},
+    assert not await wait_acked(stack.xds.registry, GROUP, {CLUSTER: bad.version(CLUSTER)},
                                                    timeout=1)
 
     # Envoy keeps serving the old config, and the server does not resend the rejected version.
@@ -154,7 +155,7 @@ async def test_nack_keeps_old_config_and_does_not_loop(stack: Stack) -> None:
     fixed = stack.app(2, "v2")
     stack.xds.cache.set_snapshot(GROUP, fixed)
     await wait_for(lambda: stack.served_by("v2"), timeout=SWITCH_DEADLINE)
-    assert await stack.xds.registry.wait_acked(GROUP, full_versions(fixed), timeout=5)
+    assert await wait_acked(stack.xds.registry, GROUP, full_versions(fixed), timeout=5)
 
 
 async def test_envoy_rejoins_a_restarted_server_without_config_change(
@@ -163,12 +164,12 @@ async def test_envoy_rejoins_a_restarted_server_without_config_change(
     snapshot = stack.app(1, "v1")
     stack.xds.cache.set_snapshot(GROUP, snapshot)
     await wait_for(lambda: stack.served_by("v1"), timeout=15)
-    assert await stack.xds.registry.wait_acked(GROUP, full_versions(snapshot), timeout=5)
+    assert await wait_acked(stack.xds.registry, GROUP, full_versions(snapshot), timeout=5)
     port = stack.xds.port
     await stack.xds.server.stop(None)
     async with xds_server(port=port) as second:
         second.cache.set_snapshot(GROUP, stack.app(1, "v1"))  # rebuilt: same versions
-        assert await second.registry.wait_acked(GROUP, full_versions(snapshot), timeout=10)
+        assert await wait_acked(second.registry, GROUP, full_versions(snapshot), timeout=10)
         [proxy] = second.registry.list()
         assert all(t.last_nack is None for t in proxy.types)
         assert await stack.served_by("v1")
@@ -181,7 +182,7 @@ async def test_a_changed_cluster_with_the_same_endpoints_warms_at_once(stack: St
     first = stack.app(1, "v1")
     stack.xds.cache.set_snapshot(GROUP, first)
     await wait_for(lambda: stack.served_by("v1"), timeout=15)
-    assert await stack.xds.registry.wait_acked(GROUP, full_versions(first), timeout=5)
+    assert await wait_acked(stack.xds.registry, GROUP, full_versions(first), timeout=5)
 
     resources = simple_app(cluster="app-1", upstream=stack.upstreams["v1"].address,
                            listener="http", listener_port=stack.listener_port, route="routes-1")

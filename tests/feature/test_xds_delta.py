@@ -6,6 +6,7 @@ import pytest
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER
 from controlplane.xds.snapshot import Snapshot
+from tests.support.acks import wait_acked
 from tests.support.ads import AdsClient, XdsHarness, node, xds_server
 from tests.support.wait import wait_for
 from tests.support.xds_resources import eds_cluster, endpoints, resources
@@ -42,7 +43,7 @@ async def test_wildcard_cds_then_only_changed_and_removed(xds: XdsHarness) -> No
         assert sorted(versions(full)) == ["a", "b"]
         assert full.system_version_info == first_snap.version(CLUSTER)
         await client.ack(full)
-        assert await xds.registry.wait_acked("edge", {CLUSTER: full.system_version_info},
+        assert await wait_acked(xds.registry, "edge", {CLUSTER: full.system_version_info},
                                              timeout=5)
         assert xds.registry.list()[0].protocol == "delta"
 
@@ -88,7 +89,7 @@ async def test_eds_subscribe_and_unsubscribe(xds: XdsHarness) -> None:
         changed = xds.cache.get("edge")
         assert changed is not None
         # The client is at the new version without a response: a rollout wait still ends.
-        assert await xds.registry.wait_acked("edge", {ENDPOINT: changed.version(ENDPOINT)},
+        assert await wait_acked(xds.registry, "edge", {ENDPOINT: changed.version(ENDPOINT)},
                                              timeout=5)
         xds.cache.set_snapshot("edge", snap({"a": 10, "b": 20}))
         third = await client.recv()

@@ -92,9 +92,9 @@ async def test_with_a_one_byte_push_budget_every_proxy_is_still_served() -> None
 
 
 async def test_a_client_flooding_requests_is_held_back_while_its_stream_is_busy() -> None:
-    """While the stream's task waits (here for the first config; as well in a write the
-    client does not read), its reader stops after MAX_QUEUED_REQUESTS: gRPC's flow
-    control stops the client's writes instead of the server queueing them all."""
+    """While the stream's task applies a request (here it waits for the first config; as
+    well in a write the client does not read), it reads no other: gRPC's flow control
+    stops the client's writes instead of the server queueing them all."""
     async with xds_server(ready=False) as xds:
         xds.cache.set_snapshot("edge", app())
         async with AdsClient(xds.target) as client:

@@ -9,6 +9,7 @@ from envoy.config.core.v3 import base_pb2
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT
 from controlplane.xds.snapshot import Snapshot
+from tests.support.acks import ack_progress, has_acked, wait_acked
 from tests.support.ads import AdsClient, node, xds_server
 from tests.support.wait import wait_for
 from tests.support.xds_resources import eds_cluster, endpoints, resources
@@ -58,21 +59,21 @@ async def test_wait_acked_counts_the_whole_group() -> None:
         first = big_snapshot(2, port=1)
         xds.cache.set_snapshot("edge", first)
         want = {CLUSTER: first.version(CLUSTER), ENDPOINT: first.version(ENDPOINT)}
-        assert not await xds.registry.wait_acked("edge", want, timeout=0.1)  # nobody connected
+        assert not await wait_acked(xds.registry, "edge", want, timeout=0.1)  # nobody connected
         async with AdsClient(xds.target) as p1, AdsClient(xds.target) as p2:
             for i, client in enumerate((p1, p2)):
                 await client.request(CLUSTER, node=node(f"p{i}"))
                 await client.ack(await client.recv())
                 await client.request(ENDPOINT, ["cluster-0000", "cluster-0001"])
-            waiter = asyncio.create_task(xds.registry.wait_acked("edge", want, timeout=5))
+            waiter = asyncio.create_task(wait_acked(xds.registry, "edge", want, timeout=5))
             eds1 = await p1.recv()
             await p1.ack(eds1, names=["cluster-0000", "cluster-0001"])
-            await wait_for(lambda: xds.registry.list()[0].has_acked(want))
-            assert xds.registry.ack_progress("edge", want) == (1, 2)
+            await wait_for(lambda: has_acked(xds.registry.list()[0], want))
+            assert ack_progress(xds.registry, "edge", want) == (1, 2)
             assert not waiter.done()  # p2 has not ACKed EDS yet
             await p2.ack(await p2.recv(), names=["cluster-0000", "cluster-0001"])
             assert await waiter
-            assert xds.registry.ack_progress("edge", want) == (2, 2)
+            assert ack_progress(xds.registry, "edge", want) == (2, 2)
             statuses = xds.registry.list("edge")
             assert [p.node_id for p in statuses] == ["p0", "p1"]
             assert all(p.peer.startswith("ipv4:127.0.0.1") for p in statuses)

@@ -6,6 +6,7 @@ import pytest
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from controlplane.xds.snapshot import Snapshot
+from tests.support.acks import wait_acked
 from tests.support.ads import AdsClient, XdsHarness, node, xds_server
 from tests.support.wait import wait_for
 from tests.support.xds_resources import (
@@ -75,7 +76,7 @@ async def test_initial_fetch_cds_eds_lds_rds_and_acks_recorded(xds: XdsHarness) 
         await client.ack(rds, names=["r1"])
 
         versions = {t: snap.version(t) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
-        assert await xds.registry.wait_acked("edge", versions, timeout=5)
+        assert await wait_acked(xds.registry, "edge", versions, timeout=5)
         [proxy] = xds.registry.list()
         assert (proxy.node_id, proxy.group, proxy.protocol) == ("proxy-1", "edge", "sotw")
         assert proxy.type(ENDPOINT).resource_names == ("a", "b")  # type: ignore[union-attr]
@@ -95,8 +96,8 @@ async def test_nack_is_recorded_and_the_same_version_is_not_resent(xds: XdsHarne
         assert status.last_nack_version == cds.version_info
         assert status.acked_version is None
         assert await client.silent_for(SILENCE)  # no loop
-        assert not await xds.registry.wait_acked(
-            "edge", {CLUSTER: cds.version_info}, timeout=0.1
+        assert not await wait_acked(
+            xds.registry, "edge", {CLUSTER: cds.version_info}, timeout=0.1
         )  # a NACK of the awaited version ends the wait early with False
 
         # An unrelated change (EDS only) pushes nothing for CDS either.
@@ -191,8 +192,8 @@ async def test_restarted_control_plane_answers_last_version_with_same_version() 
             after = await client.recv()
             assert after.version_info == before.version_info
             await client.ack(after)
-            assert await second_server.registry.wait_acked(
-                "edge", {CLUSTER: before.version_info}, timeout=5
+            assert await wait_acked(
+                second_server.registry, "edge", {CLUSTER: before.version_info}, timeout=5
             )
 
 

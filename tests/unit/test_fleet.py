@@ -25,7 +25,7 @@ from controlplane.secrets.ca import CertificateAuthority
 from controlplane.stage import RenderStage
 from controlplane.translate import GroupCertificate, SecretMaterial, translate
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.proxies import ProxyRegistry, TypeRecord
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.stream import MAX_IDENTITY_BYTES
@@ -205,7 +205,7 @@ def test_shards_stay_under_the_limit_at_10000_proxies_with_maximal_ids() -> None
         for url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET):
             handle.acked(url, "0123456789abcdef")
             handle.nacked(url, "fedcba9876543210", "\u00e9" * 10_000)
-        handle.subscribed("type.example/" + "t" * 10_000, None)  # not reported
+        handle.types["type.example/" + "t" * 10_000] = TypeRecord()  # not reported
         handles.append(handle)
     encoder = ReportEncoder(registry)
     shards = encoder.encode()

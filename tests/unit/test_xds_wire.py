@@ -7,7 +7,7 @@ import gc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import wire
-from controlplane.xds.proxies import ProxyRegistry
+from controlplane.xds.proxies import ProxyRegistry, TypeRecord
 from controlplane.xds.resources import CLUSTER, ENDPOINT, ROUTE
 from controlplane.xds.snapshot import Snapshot
 from tests.support.xds_resources import eds_cluster, endpoints, resources
@@ -78,8 +78,10 @@ def test_the_registry_keeps_one_copy_of_equal_name_sets_while_they_are_used() ->
     b = registry.connect(node_id="b", group="g", protocol="sotw",
                          extensions=[f"envoy.ext.{i}" for i in reversed(range(500))])
     assert a.extensions is b.extensions
-    a.subscribed(ENDPOINT, ["c1", "c2"])
-    b.subscribed(ENDPOINT, ("c2", "c1"))
+    # What a stream does with a subscription: one shared set in its type's record.
+    a.types[ENDPOINT] = TypeRecord(wildcard=False, names=registry.shared(frozenset(["c1", "c2"])))
+    b.types[ENDPOINT] = TypeRecord(wildcard=False, names=registry.shared(frozenset(("c2", "c1"))))
+    assert a.types[ENDPOINT].names is b.types[ENDPOINT].names
     assert registry.list()[1].type(ENDPOINT).resource_names == ("c1", "c2")
     a.close()
     b.close()
