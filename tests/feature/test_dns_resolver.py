@@ -36,11 +36,8 @@ UNNAMED = UPSTREAM.format(v1='"10.0.0.9:8080"')
 
 @pytest.fixture
 def dns() -> Iterator[DnsServer]:
-    server = DnsServer().start()
-    try:
+    with DnsServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -6,6 +6,7 @@
     dns.fail("payments.test")          # SERVFAIL for it from now on
     dns.remove("payments.test")        # NXDOMAIN
     dns.stop()
+    with DnsServer() as dns: ...        # started, and stopped on the way out
 
 Built on dnspython's message API (dnslib is not installed). Every name it does not
 know is NXDOMAIN; `queries` counts the questions asked, per name.
@@ -42,6 +43,12 @@ class DnsServer:
     def start(self) -> DnsServer:
         self._thread.start()
         return self
+
+    def __enter__(self) -> DnsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def set(self, name: str, addresses: list[str], *, ttl: int = 1) -> None:
         with self._lock:

@@ -16,27 +16,12 @@ from controlplane.model.endpoints import (
     parse_endpoint,
 )
 from controlplane.translate import translate
+from tests.support.states import PAYMENTS_EDGE
 
-STATE = """
-apiVersion: controlplane/v1
-kind: Listener
-metadata: {name: http}
-spec: {group: edge, port: 10000}
----
-apiVersion: controlplane/v1
-kind: Route
-metadata: {name: r}
-spec: {listener: http, upstream: payments}
----
-apiVersion: controlplane/v1
-kind: Upstream
-metadata: {name: payments}
-spec:
-  active: v1
-  versions:
-    v1: {endpoints: ["payments-v1.internal:8080", "10.0.0.9:8080", "other.internal:9090"]}
-    v2: {endpoints: ["10.0.0.7:80"]}
-"""
+STATE = PAYMENTS_EDGE.replace(
+    'versions: {v1: {endpoints: ["127.0.0.1:9001"]}, v2: {endpoints: ["127.0.0.1:9002"]}}',
+    'versions: {v1: {endpoints: ["payments-v1.internal:8080", "10.0.0.9:8080", '
+    '"other.internal:9090"]}, v2: {endpoints: ["10.0.0.7:80"]}}')
 
 
 @pytest.mark.parametrize(("text", "host", "port", "is_name"), [
