@@ -123,10 +123,13 @@ def _get_endpoints(conn: Connection, upstream: str | None, fmt: str | None) -> i
     rows = []
     for version in doc["versions"]:
         names = {n["name"]: n for n in version["names"]}
+        shown = set()
         for address in version["addresses"]:
-            rows.append([version["version"], address["address"], address["source"],
-                         _name_status(names.get(address["source"].removeprefix("dns:")))])
-        shown = {a["source"].removeprefix("dns:") for a in version["addresses"]}
+            source: str = address["source"]
+            name = source.removeprefix("dns:") if source.startswith("dns:") else None
+            shown.add(name)
+            rows.append([version["version"], address["address"], source,
+                         _name_status(names.get(name) if name else None)])
         for name, status in names.items():  # names with no address to show
             if name not in shown:
                 rows.append([version["version"], "-", f"dns:{name}", _name_status(status)])

@@ -176,7 +176,8 @@ class VersionSpec(Model):
                 problems.append(str(exc))
         if problems:  # every bad one at once, not the first
             raise ValueError("; ".join(problems))
-        if len(set(value)) != len(value):
+        # Names are case-insensitive: `A.example:80` and `a.example:80` are one endpoint.
+        if len({parse_endpoint(e).address() for e in value}) != len(value):
             raise ValueError("endpoints must be unique")
         return value
 

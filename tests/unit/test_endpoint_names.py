@@ -65,6 +65,12 @@ def test_every_bad_endpoint_is_named_at_once() -> None:
     assert "ftp://x:1" in error.reason and "'y:0'" in error.reason
 
 
+def test_names_differing_in_case_are_one_endpoint() -> None:
+    text = STATE.replace('["10.0.0.7:80"]', '["A.example:80", "a.example:80"]')
+    with pytest.raises(InvalidInputError, match="unique"):
+        parse_yaml(text)
+
+
 def test_discovered_round_trips_and_rejects_garbage() -> None:
     items = (Discovered("10.0.0.1:80", "dns:a.example"), Discovered("[::1]:80", "dns:a.example"))
     assert discovered_from_json(discovered_to_json(items)) == items
