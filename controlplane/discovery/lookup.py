@@ -171,7 +171,7 @@ class DnsLookup:
             raise ResolutionError(f"{name}: no server answered ({exc})") from None
         except dns.exception.Timeout:
             raise ResolutionError(f"{name}: no answer within {LOOKUP_TIMEOUT_S:g}s") from None
-        except dns.exception.DNSException as exc:
+        except (dns.exception.DNSException, OSError) as exc:  # OSError: e.g. no route
             raise ResolutionError(f"{name}: {exc}") from None
         if answer.rrset is None:
             return None

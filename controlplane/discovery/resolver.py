@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from controlplane.discovery.lookup import MAX_TTL_S, MIN_TTL_S, Lookup
-from controlplane.errors import ResolutionError, StoreUnavailableError
+from controlplane.errors import ControlPlaneError, ResolutionError
 from controlplane.model import DesiredState
 from controlplane.model.endpoints import (
     DNS,
@@ -36,6 +37,8 @@ from controlplane.store.leader import Fence
 log = logging.getLogger(__name__)
 
 CONCURRENT_LOOKUPS = 64
+TXN_OPS = 100
+"""Keys per write: under etcd's default --max-txn-ops (128), with the fence's own."""
 STATUS_REFRESH_S = 30.0
 """A name's `resolvedAt` in etcd is refreshed this often at most (not at every lookup:
 1,000 names at a 1 s TTL would be 1,000 writes a second)."""
@@ -123,6 +126,7 @@ class NameResolver:
     async def lead(self, fence: Fence) -> None:
         """Resolve and write until cancelled (the leadership ends)."""
         names: dict[str, NameState] = {}
+        stale: set[str] = set()  # names no longer used whose status key is not deleted yet
         written = dict(self._state.discovered)  # the last leader's answers: our last good
         for items in written.values():
             for item in items:
@@ -134,16 +138,17 @@ class NameResolver:
             self._wake.clear()
             wanted = names_by_version(self._state)
             used = {hp.host for hps in wanted.values() for hp in hps}
-            gone = set(names) - used
-            for name in gone:
+            for name in set(names) - used:
                 del names[name]
+                stale.add(name)
+            stale -= used
             now = self._monotonic()
             due = [n for n in sorted(used) if names.setdefault(n, NameState()).next_at <= now]
             await asyncio.gather(*(self._resolve(n, names[n]) for n in due))
             self._on_failing(sum(1 for s in names.values() if s.error is not None))
             try:
-                await self._write(fence, wanted, names, written, gone)
-            except StoreUnavailableError as exc:
+                await self._write(fence, wanted, names, written, stale)
+            except ControlPlaneError as exc:  # etcd down, a write too large: not fatal
                 log.warning("discovered addresses not written (retried): %s", exc)
                 for state in names.values():
                     state.next_at = min(state.next_at, self._monotonic() + MIN_TTL_S)
@@ -187,33 +192,39 @@ class NameResolver:
 
     async def _write(self, fence: Fence, wanted: Mapping[Version, list[HostPort]],
                      names: Mapping[str, NameState],
-                     written: dict[Version, tuple[Discovered, ...]], gone: set[str]) -> None:
-        """One fenced transaction: the versions whose sets changed, the names whose
-        status is new or due, and the keys of what no version uses any more."""
+                     written: dict[Version, tuple[Discovered, ...]], stale: set[str]) -> None:
+        """Fenced transactions of at most `TXN_OPS` keys (etcd's --max-txn-ops is 128):
+        the versions whose sets changed first, then the names whose status is new or
+        due, and the keys of names no version uses any more (`stale`, until deleted)."""
         keys = self._store.keys
         desired = discovered_sets(wanted, names)
-        puts: dict[bytes, bytes] = {}
-        deletes = [keys.discovered(*k) for k in written if k not in desired]
-        deletes += [keys.dns_name(n) for n in sorted(gone)]
+        ops: list[tuple[bytes, bytes | None, Callable[[], object]]] = []
+        for key in [k for k in written if k not in desired]:
+            ops.append((keys.discovered(*key), None, functools.partial(written.pop, key)))
         for key, items in desired.items():
             if written.get(key) != items:
-                puts[keys.discovered(*key)] = discovered_to_json(items)
+                ops.append((keys.discovered(*key), discovered_to_json(items),
+                            functools.partial(written.__setitem__, key, items)))
         now = self._monotonic()
-        due_status = {}
         for name, state in names.items():
             record = state.record()
             if record != state.written or now - state.written_at >= STATUS_REFRESH_S:
-                puts[keys.dns_name(name)] = json.dumps(record).encode()
-                due_status[name] = record
-        if not puts and not deletes:
-            return
-        revision = await self._store.commit(puts=puts, expect={}, audit=[], deletes=deletes,
-                                            lease=fence.lease, expect_values=fence.values)
-        if revision is None:
-            log.warning("discovered addresses not written: no longer the leader")
-            return
-        for key in [k for k in written if k not in desired]:
-            del written[key]
-        written.update(desired)
-        for name, record in due_status.items():
-            names[name].written, names[name].written_at = record, now
+                ops.append((keys.dns_name(name), json.dumps(record).encode(),
+                            functools.partial(_noted, state, record, now)))
+        for name in sorted(stale):
+            ops.append((keys.dns_name(name), None, functools.partial(stale.discard, name)))
+        for start in range(0, len(ops), TXN_OPS):
+            chunk = ops[start:start + TXN_OPS]
+            revision = await self._store.commit(
+                puts={k: v for k, v, _ in chunk if v is not None}, expect={}, audit=[],
+                deletes=[k for k, v, _ in chunk if v is None],
+                lease=fence.lease, expect_values=fence.values)
+            if revision is None:
+                log.warning("discovered addresses not written: no longer the leader")
+                return
+            for _, _, done in chunk:
+                done()
+
+
+def _noted(state: NameState, record: dict[str, object], at: float) -> None:
+    state.written, state.written_at = record, at

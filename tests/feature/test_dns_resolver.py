@@ -138,3 +138,21 @@ async def test_a_name_no_longer_listed_leaves_nothing_behind(
     assert await running.addresses() == [("10.0.0.9:8080", "static")]
     state, _ = await store.load()
     assert isinstance(state, DesiredState) and ("payments", "v1") not in state.discovered
+
+
+async def test_more_names_than_one_etcd_transaction_holds(
+        running: Running, dns: DnsServer) -> None:
+    store = running.store
+    many = ", ".join(f'"n{i}.test:80"' for i in range(150))  # etcd takes 128 ops per txn
+    for i in range(0, 150, 2):
+        dns.set(f"n{i}.test", [f"10.9.{i // 250}.{i % 250 + 1}"], ttl=30)
+    await store.apply(parse_yaml(UPSTREAM.format(v1=many)), actor="test")
+
+    async def every_status() -> bool:
+        got = await store.kv.range(store.keys.dns)
+        return len(got.kvs) == 151  # and ghost.test
+    await wait_for(every_status, 20, message="a status key per name")
+
+    async def resolved() -> bool:
+        return len(await running.addresses()) == 75
+    await wait_for(resolved, 20, message="the even names' addresses stored")
