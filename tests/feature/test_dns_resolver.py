@@ -45,6 +45,7 @@ class Running:
     store: Store
     resolver: NameResolver
     failing: list[int]
+    election: LeaderElection
 
     async def addresses(self, version: str = "v1") -> list[tuple[str, str]]:
         state, _ = await self.store.load()
@@ -72,7 +73,7 @@ async def running(tmp_path: Path, dns: DnsServer) -> AsyncIterator[Running]:
     election.start(together(resolver.lead))
     following = asyncio.create_task(follow())
     try:
-        yield Running(store, resolver, failing)
+        yield Running(store, resolver, failing, election)
     finally:
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -156,3 +157,31 @@ async def test_more_names_than_one_etcd_transaction_holds(
     async def resolved() -> bool:
         return len(await running.addresses()) == 75
     await wait_for(resolved, 20, message="the even names' addresses stored")
+
+
+async def test_a_new_leader_keeps_the_last_good_set_of_a_dead_name(
+        running: Running, dns: DnsServer) -> None:
+    store = running.store
+    dns.set("payments.test", ["127.0.0.2"], ttl=1)
+    await wait_for(lambda: running.resolved("127.0.0.2:8080"), 10, message="resolved")
+    dns.fail("payments.test")
+    state, _ = await store.load()
+    successor = NameResolver(store, DnsLookup([("127.0.0.1", dns.port)]), state)
+    election = LeaderElection(store, "successor", ttl=2)
+    election.start(successor.lead)
+    try:
+        await running.election.stop()  # resigns: the successor leads, its lookups fail
+
+        async def taken_over() -> bool:
+            holder = await store.kv.get(store.keys.leader)
+            return holder is not None and holder.value == b"successor"
+        await wait_for(taken_over, 10, message="the successor leads")
+        key = store.keys.dns_name("payments.test")
+
+        async def failing_seen() -> bool:
+            got = await store.kv.get(key)
+            return got is not None and b"SERVFAIL" in got.value
+        await wait_for(failing_seen, 10, message="the successor's failed lookup recorded")
+        assert await running.resolved("127.0.0.2:8080")  # not dropped by the new leader
+    finally:
+        await election.stop()
