@@ -22,7 +22,7 @@ from typing import Any
 
 from controlplane.errors import NotFoundError
 from controlplane.model import DesiredState
-from controlplane.model.endpoints import parse_endpoint
+from controlplane.model.endpoints import names_of
 from controlplane.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def report(state: DesiredState, upstream: str,
     versions = []
     for version in sorted(spec.versions):
         endpoints = spec.versions[version].endpoints
-        names = sorted({hp.host for hp in map(parse_endpoint, endpoints) if hp.is_name})
+        names = sorted(names_of(endpoints))
         versions.append({
             "version": version,
             "endpoints": list(endpoints),
