@@ -10,7 +10,8 @@
     ├── PermissionDeniedError  the principal's role does not allow the call
     ├── TranslationError       desired state cannot be turned into xDS
     ├── InconsistentSnapshotError  a snapshot names resources it does not carry
-    └── ResourceExhaustedError  a client asks for more than its share (groups, streams)
+    ├── ResourceExhaustedError  a client asks for more than its share (groups, streams)
+    └── ResolutionError        a DNS name did not resolve (its last good addresses stay)
 
 The admin API maps these to gRPC status codes at its edge and names the class in the
 `error-class` trailing metadata (`controlplane.contract.ERROR_CLASS_KEY`); the CLI finds
@@ -96,6 +97,10 @@ class AnalysisProviderError(ControlPlaneError):
 class ResourceExhaustedError(ControlPlaneError):
     """A client asked for more than the server holds for it (e.g. proxy groups without
     config); nothing was kept for the request. Retry later, or configure what it names."""
+
+
+class ResolutionError(ControlPlaneError):
+    """A DNS name gave no address this time (NXDOMAIN, no A/AAAA, timeout, refused)."""
 
 
 def error_class(name: str) -> type[ControlPlaneError] | None:

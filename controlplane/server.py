@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 
+from controlplane.discovery.lookup import parse_servers
 from controlplane.errors import (
     ControlPlaneError,
     FieldError,
@@ -90,7 +91,7 @@ class ControlPlane:
         self._spawn(r.secret_sync.run(), "secrets")
         self._spawn(r.fleet_reporter.run(), "fleet-report")
         self._spawn(r.analysis_reporter.run(), "analysis-report")
-        self._spawn(r.election.run(r.engine.lead), "rollout-leader")
+        self._spawn(r.election.run(r.leader_work), "rollout-leader")
         if r.server_trust is not None:
             r.revoked.listen(self._end_revoked)
             self._spawn(self._follow_revocations(), "revocations")
@@ -125,6 +126,7 @@ class ControlPlane:
             r.routed.update(state)
             r.secret_sync.update(state)
             r.engine.poke()
+            r.resolver.update(state)
 
     async def _follow_revocations(self) -> None:
         """Other replicas' `cert revoke`s, within `REVOKE_REFRESH_S`."""
@@ -215,6 +217,9 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="xDS streams one client (its certificate, or its address without "
                         "TLS; plaintext loopback is not capped) may hold open at once "
                         f"(default {MAX_STREAMS_PER_PEER})")
+    p.add_argument("--dns-server", metavar="HOST:PORT[,HOST:PORT]",
+                   help="DNS servers that resolve endpoint names (IP:PORT, tried in turn); "
+                        "default: the system's (/etc/resolv.conf, /etc/hosts first)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=list(FORMATS),
                    help="json: one JSON object per line (ts, level, logger, msg, fields)")
@@ -281,6 +286,7 @@ def serve_command(args: argparse.Namespace) -> int:
     endpoints = tuple(u for u in (args.etcd or "").split(",") if u)
     try:
         etcd_tls = _etcd_tls(args, endpoints)
+        dns_servers = parse_servers(args.dns_server) if args.dns_server is not None else ()
     except InvalidInputError as exc:
         log.error("%s", exc)
         return 2
@@ -295,6 +301,7 @@ def serve_command(args: argparse.Namespace) -> int:
         credentials_dirs=tuple(Path(d) for arg in args.credentials_dir
                                for d in arg.split(",") if d),
         max_streams_per_peer=args.max_streams_per_peer,
+        dns_servers=dns_servers,
     )
     return asyncio.run(_serve(config, json_logs=args.log_format == "json"))
 

@@ -33,6 +33,11 @@ Metrics (all prefixed `controlplane_`):
                                               xDS proxy of its group here) or
                                               foreign_clusters (samples of clusters its
                                               group does not route to were dropped)
+    dns_lookups_total{outcome}                counter  DNS lookups of endpoint names by the
+                                              leader's resolver (ok, failed)
+    dns_names_failing                         gauge    names whose last lookup failed (they
+                                              keep their last good addresses); the
+                                              leader's, 0 elsewhere
 
 plus the process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`).
 prometheus_client's metrics are thread-safe: its HTTP thread reads while the event
@@ -101,6 +106,12 @@ class Telemetry:
             "controlplane_metrics_ignored",
             "MetricsService flushes ignored (wholly or in part), by reason",
             ["reason"], registry=r)
+        self.dns_lookups = Counter("controlplane_dns_lookups",
+                                   "DNS lookups of endpoint names, by outcome (ok, failed)",
+                                   ["outcome"], registry=r)
+        self.dns_failing = Gauge("controlplane_dns_names_failing",
+                                 "Endpoint names whose last lookup failed (their last good "
+                                 "addresses stay)", registry=r)
         # (group, type URL) → (version, monotonic time it was published)
         self._published: dict[tuple[str, str], tuple[str, float]] = {}
         self._rollouts: set[str] = set()
@@ -188,6 +199,14 @@ class Telemetry:
     def etcd_error(self, operation: str) -> None:
         """The etcd client's `on_error`: one failed call (or watch) to an endpoint."""
         self.etcd_errors.labels(operation=operation).inc()
+
+    def dns_lookup(self, ok: bool) -> None:
+        """The resolver's `on_lookup`: one lookup of an endpoint name."""
+        self.dns_lookups.labels(outcome="ok" if ok else "failed").inc()
+
+    def dns_names_failing(self, count: int) -> None:
+        """The resolver's `on_failing`: names failing after a round of lookups."""
+        self.dns_failing.set(count)
 
     def fleet_report_failed(self) -> None:
         """The fleet reporter's `on_error`: a write of the report failed."""

@@ -33,6 +33,7 @@ from controlplane.analysis.admission import Admission, RoutedClusters, Sender
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2_grpc
+from controlplane.discovery import DnsLookup, NameResolver
 from controlplane.errors import FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter, fleet_acked_secrets
 from controlplane.model import DesiredState
@@ -45,7 +46,7 @@ from controlplane.store.audit_anchor import ANCHOR_FILE, AUDIT_KEY_PURPOSE, Audi
 from controlplane.store.datadir import DataDirLock
 from controlplane.store.embedded import MAX_REQUEST_BYTES
 from controlplane.store.kv import parse_endpoint
-from controlplane.store.leader import LeaderElection
+from controlplane.store.leader import LeaderElection, LeadWork, together
 from controlplane.store.revocations import RevocationStore, RevokedSerials
 from controlplane.store.tokens import TOKEN_KEY_PURPOSE, TokenStore
 from controlplane.xds.cache import SnapshotCache
@@ -110,6 +111,9 @@ class ServeConfig:
     max_streams_per_peer: int = MAX_STREAMS_PER_PEER
     etcd_tls: EtcdTLS | None = None
     """How to reach an external etcd over TLS (the embedded one brings its own)."""
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    """(ip, port) of the DNS servers endpoint names are resolved with; empty: the
+    system's (/etc/resolv.conf, /etc/hosts)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,10 @@ class Replica:
     fleet_reporter: FleetReporter
     analysis_reporter: AnalysisReporter
     engine: RolloutEngine
+    resolver: NameResolver
     election: LeaderElection
+    leader_work: LeadWork
+    """What the elected leader runs: the rollout engine and the resolver."""
     revoked: RevokedSerials
     server_trust: ServerTrust | None
     authenticator: TokenAuthenticator | CertificateAuthenticator
@@ -234,6 +241,12 @@ async def assemble(config: ServeConfig) -> AsyncIterator[Replica]:
             analysis=ByProvider({"envoy": analysis, "prometheus": PrometheusAnalysis()}),
             health=analysis)
 
+        # The leader resolves endpoint names and writes the answers to etcd, whence every
+        # replica renders them (model/endpoints.py).
+        resolver = NameResolver(store, DnsLookup(config.dns_servers), state,
+                                on_lookup=telemetry.dns_lookup,
+                                on_failing=telemetry.dns_names_failing)
+
         revoked = RevokedSerials()
         tokens = TokenAuthenticator(store)
         authenticator: TokenAuthenticator | CertificateAuthenticator = tokens
@@ -285,7 +298,7 @@ async def assemble(config: ServeConfig) -> AsyncIterator[Replica]:
             fleet_reporter=FleetReporter(store, registry, identity,
                                    on_error=telemetry.fleet_report_failed),
             analysis_reporter=AnalysisReporter(store, window, identity, health=health),
-            engine=engine,
+            engine=engine, resolver=resolver, leader_work=together(engine.lead, resolver.lead),
             election=LeaderElection(store, identity, ttl=config.leader_ttl),
             revoked=revoked, server_trust=trust, authenticator=authenticator,
             xds_server=xds, admin_server=admin, xds_port=xds_port, admin_port=admin_port,

@@ -14,6 +14,7 @@ from controlplane.admin.rollouts import RolloutMethods, status_document
 from controlplane.admin.secrets_methods import SecretMethods
 from controlplane.admin.traffic import traffic_in_force
 from controlplane.api import admin_pb2, admin_pb2_grpc
+from controlplane.discovery.report import endpoints_report
 from controlplane.errors import FieldError, InvalidInputError
 from controlplane.model import canonical_kind, to_document, validate_documents
 
@@ -93,6 +94,15 @@ class AdminService(
             return admin_pb2.ListProxiesResponse(proxies=list(self._proxies()))
 
         return await self._guard(context, Role.VIEWER, "get proxies", run)
+
+    async def GetEndpoints(
+        self, request: admin_pb2.GetEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetEndpointsResponse:
+        async def run(actor: str) -> admin_pb2.GetEndpointsResponse:
+            document = await endpoints_report(self._store, request.upstream)
+            return admin_pb2.GetEndpointsResponse(document=json.dumps(document))
+
+        return await self._guard(context, Role.VIEWER, "get endpoints", run)
 
 
 def _json(text: str, index: int) -> object:

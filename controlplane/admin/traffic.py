@@ -41,9 +41,9 @@ def _owners(state: DesiredState) -> Owners:
     out: dict[str, dict[tuple[str, int], str]] = {}
     for name, upstream in state.upstreams.items():
         mine = out.setdefault(name, {})
-        for version, spec in sorted(upstream.spec.versions.items()):
-            for endpoint in spec.endpoints:
-                mine.setdefault(split_endpoint(endpoint), version)
+        for version in sorted(upstream.spec.versions):
+            for address in state.addresses(name, version):
+                mine.setdefault(split_endpoint(address.address), version)
     return out
 
 

@@ -34,6 +34,7 @@ _EPILOG = """examples:
   controlplane apply -f examples/edge.yaml
   controlplane get upstreams
   controlplane get upstream payments -o yaml
+  controlplane get endpoints payments
   controlplane bootstrap --node-id edge-1 --group edge > edge.yaml && envoy -c edge.yaml
 """
 
@@ -89,7 +90,8 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
         epilog="example: controlplane get upstreams payments -o yaml",
     )
     p.add_argument(
-        "kind", help="upstreams|routes|listeners|rollouts|proxies|credentials|proxygroups"
+        "kind", help="upstreams|routes|listeners|rollouts|proxies|credentials|proxygroups, "
+                     "or endpoints UPSTREAM (each version's addresses and their sources)"
     )
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=["yaml", "json"])

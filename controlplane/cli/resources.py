@@ -45,6 +45,8 @@ def _read_file(path: str) -> str:
 def get(conn: Connection, kind_text: str, name: str | None, fmt: str | None) -> int:
     if kind_text.lower() in ("proxies", "proxy"):
         return _get_proxies(conn, name, fmt)
+    if kind_text.lower() in ("endpoints", "endpoint"):
+        return _get_endpoints(conn, name, fmt)
     kind = canonical_kind(kind_text)
     response = conn.stub().Get(
         admin_pb2.GetRequest(kind=kind, name=name or ""),
@@ -96,6 +98,46 @@ def _get_proxies(conn: Connection, name: str | None, fmt: str | None) -> int:
         return 0
     print(table(["NODE", "GROUP", "PROTOCOL", "ACKED", "LAST-NACK"], rows))
     return 0
+
+
+def _get_endpoints(conn: Connection, upstream: str | None, fmt: str | None) -> int:
+    from controlplane.errors import FieldError, InvalidInputError
+
+    if not upstream:
+        raise InvalidInputError([FieldError("UPSTREAM", "get endpoints needs the upstream's "
+                                            "name, e.g. `controlplane get endpoints payments`")])
+    response = conn.stub().GetEndpoints(
+        admin_pb2.GetEndpointsRequest(upstream=upstream), metadata=conn.metadata(),
+        timeout=conn.timeout)
+    doc = json.loads(response.document)
+    if fmt:
+        print(documents([doc], fmt, single=True))
+        return 0
+    rows = []
+    for version in doc["versions"]:
+        names = {n["name"]: n for n in version["names"]}
+        shown = set()
+        for address in version["addresses"]:
+            source: str = address["source"]
+            name = source.removeprefix("dns:") if source.startswith("dns:") else None
+            shown.add(name)
+            rows.append([version["version"], address["address"], source,
+                         _name_status(names.get(name) if name else None)])
+        for name, status in names.items():  # names with no address to show
+            if name not in shown:
+                rows.append([version["version"], "-", f"dns:{name}", _name_status(status)])
+    print(table(["VERSION", "ADDRESS", "SOURCE", "STATUS"], rows))
+    return 0
+
+
+def _name_status(status: dict[str, Any] | None) -> str:
+    if status is None:
+        return "-"
+    if status["status"] == "failing":
+        return f"failing: {status['error']} (keeping the last addresses)"
+    if status["status"] == "pending":
+        return "pending: not resolved yet"
+    return "ok"
 
 
 def _proxy_doc(p: admin_pb2.Proxy) -> dict[str, Any]:

@@ -113,8 +113,11 @@ FIELDS: dict[str, str] = {
     "UpstreamSpec.connect_timeout": "Time Envoy waits for a TCP connection to an endpoint.",
     "UpstreamSpec.rate_limit": "A local token bucket on every route to this upstream, per "
                                "proxy (Envoy's local rate limit); over it, Envoy answers 429.",
-    "VersionSpec.endpoints": "`IP:PORT` addresses (IPv6 as `[::1]:8080`); no host names: "
-                             "Envoy does not resolve EDS endpoints.",
+    "VersionSpec.endpoints": "`HOST:PORT`: an IP (IPv6 as `[::1]:8080`) or a DNS name "
+                             "(RFC 1123), mixed freely. The control plane resolves names "
+                             "(A and AAAA, at the record's TTL within 1-30 s) and sends "
+                             "the addresses over EDS; a name that stops resolving keeps "
+                             "its last addresses. README, Where endpoints come from.",
     "VersionSpec.credential": "A Credential whose header Envoy adds to every request to "
                               "this version.",
     "VersionSpec.tls": "Connect to this version's endpoints over TLS (upstream mTLS).",

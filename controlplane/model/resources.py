@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from controlplane.model.duration import Duration
+from controlplane.model.endpoints import parse_endpoint
 
 API_VERSION = "controlplane/v1"
 
@@ -56,15 +57,8 @@ class Metadata(Model):
 
 
 def _check_endpoint(value: str) -> str:
-    # EDS endpoints are addresses, not names: Envoy does not resolve DNS for them.
-    host, sep, port = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{value!r} is not IP:PORT (an IP address, not a host name)") from None
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not IP:PORT with a port in 1-65535")
+    # An IP is sent over EDS as is; a name is resolved by the control plane (model.endpoints).
+    parse_endpoint(value)
     return value
 
 
@@ -174,9 +168,16 @@ class VersionSpec(Model):
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, value: list[str]) -> list[str]:
+        problems = []
         for endpoint in value:
-            _check_endpoint(endpoint)
-        if len(set(value)) != len(value):
+            try:
+                _check_endpoint(endpoint)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:  # every bad one at once, not the first
+            raise ValueError("; ".join(problems))
+        # Names are case-insensitive: `A.example:80` and `a.example:80` are one endpoint.
+        if len({parse_endpoint(e).address() for e in value}) != len(value):
             raise ValueError("endpoints must be unique")
         return value
 

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from controlplane.errors import FieldError, InvalidInputError
+from controlplane.model.endpoints import Discovered, DiscoveredMap, version_addresses
 from controlplane.model.envoy_rules import control_problem, envoy_problems
 from controlplane.model.resources import (
     Credential,
@@ -43,6 +44,8 @@ class DesiredState:
         default_factory=lambda: MappingProxyType({})
     )
     """Rollout name → the status the control plane wrote for it."""
+    discovered: DiscoveredMap = field(default_factory=lambda: MappingProxyType({}))
+    """(upstream, version) → the addresses the resolver stored for its names."""
     fingerprint: str = field(default="", compare=False)
     """A digest of the stored bytes this state was read from ("" for a state built in
     memory): equal fingerprints, equal states. What renders are memoized on."""
@@ -50,7 +53,7 @@ class DesiredState:
     @classmethod
     def of(
         cls, resources: Iterable[Resource], statuses: Mapping[str, RolloutStatus] | None = None,
-        *, fingerprint: str = "",
+        *, fingerprint: str = "", discovered: DiscoveredMap | None = None,
     ) -> DesiredState:
         """Build a state from resources of any kind (a later duplicate wins)."""
         by_kind: dict[str, dict[str, Resource]] = {}
@@ -66,6 +69,7 @@ class DesiredState:
             rollouts=pick("Rollout", Rollout),
             proxy_groups=pick("ProxyGroup", ProxyGroup),
             statuses=MappingProxyType(dict(sorted((statuses or {}).items()))),
+            discovered=MappingProxyType(dict(sorted((discovered or {}).items()))),
             fingerprint=fingerprint,
         )
 
@@ -92,21 +96,33 @@ class DesiredState:
 
     def with_applied(self, resources: Iterable[Resource]) -> DesiredState:
         """The state after creating or replacing `resources`."""
-        return DesiredState.of([*self.resources(), *resources], self.statuses)
+        return DesiredState.of([*self.resources(), *resources], self.statuses,
+                               discovered=self.discovered)
 
     def without(self, kind: str, name: str) -> DesiredState:
         """The state after deleting one resource."""
         return DesiredState.of(
-            (r for r in self.resources() if (r.kind, r.name) != (kind, name)), self.statuses
+            (r for r in self.resources() if (r.kind, r.name) != (kind, name)), self.statuses,
+            discovered=self.discovered,
         )
 
     def with_status(self, name: str, status: RolloutStatus) -> DesiredState:
         """The state with one rollout's status replaced."""
-        return DesiredState.of(self.resources(), {**self.statuses, name: status})
+        return DesiredState.of(self.resources(), {**self.statuses, name: status},
+                               discovered=self.discovered)
 
     def status(self, rollout: str) -> RolloutStatus:
         """A rollout's status; Pending if the control plane has not written one yet."""
         return self.statuses.get(rollout) or RolloutStatus()
+
+    def addresses(self, upstream: str, version: str) -> list[Discovered]:
+        """What the version's endpoints stand for now: its IPs, and its names' stored
+        addresses (`model.endpoints.version_addresses`). A missing version has none."""
+        ups = self.upstreams.get(upstream)
+        if ups is None or version not in ups.spec.versions:
+            return []
+        return version_addresses(ups.spec.versions[version].endpoints,
+                                 self.discovered.get((upstream, version), ()))
 
     def groups(self) -> list[str]:
         """Proxy groups the state configures (declared or named by a listener), sorted."""

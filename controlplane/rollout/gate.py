@@ -36,9 +36,11 @@ def health_gate(state: DesiredState, rollout: str, status: RolloutStatus) -> Hea
     if spec.from_ not in versions or spec.to not in versions or status.phase not in _WAITING:
         return None
     if spec.strategy == "bluegreen" and status.step == 0 and status.weight == 0:
-        return HealthGate(cluster_name(upstream.name, spec.to), len(versions[spec.to].endpoints))
+        return HealthGate(cluster_name(upstream.name, spec.to),
+                          len(state.addresses(upstream.name, spec.to)))
     if spec.strategy == "rolling" and status.weight > 0:
-        endpoints = rolling_endpoints(versions[spec.from_].endpoints,
-                                      versions[spec.to].endpoints, status.weight)
+        endpoints = rolling_endpoints(
+            [a.address for a in state.addresses(upstream.name, spec.from_)],
+            [a.address for a in state.addresses(upstream.name, spec.to)], status.weight)
         return HealthGate(cluster_name(upstream.name, spec.from_), len(endpoints))
     return None

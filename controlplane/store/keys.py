@@ -2,6 +2,14 @@
 
     {prefix}/resources/{Kind}/{name}   a resource as canonical JSON (secrets included)
     {prefix}/status/{Kind}/{name}      status the control plane writes (rollout progress)
+    {prefix}/status/Endpoints/{upstream}/{version}
+                                       the addresses the leader's resolver found for the
+                                       version's DNS names: a JSON list of {address,
+                                       source}, rewritten only when it changes (in the
+                                       state range: every replica renders EDS from it)
+    {prefix}/dns/{name}                how resolving a name went: {resolvedAt, error,
+                                       failingSince, addresses}; outside the state range
+                                       (no re-render), for `get endpoints`
     {prefix}/audit/{seq:020d}          audit entries, hash-chained
     {prefix}/audit-head                {"seq", "hash"} of the last entry
     {prefix}/leader                    the rollout engine's leader, held by a lease
@@ -23,6 +31,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+DISCOVERED_KIND = "Endpoints"
+"""The status kind of discovered addresses: `status/Endpoints/{upstream}/{version}`."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,20 @@ class Keys:
 
     def secret_credential(self, name: str) -> bytes:
         return f"{self.prefix}/vault/credentials/{name}".encode()
+
+    def discovered(self, upstream: str, version: str) -> bytes:
+        return f"{self.prefix}/status/{DISCOVERED_KIND}/{upstream}/{version}".encode()
+
+    @property
+    def discovered_prefix(self) -> bytes:
+        return f"{self.prefix}/status/{DISCOVERED_KIND}/".encode()
+
+    @property
+    def dns(self) -> bytes:
+        return f"{self.prefix}/dns/".encode()
+
+    def dns_name(self, name: str) -> bytes:
+        return f"{self.prefix}/dns/{name}".encode()
 
     def parse_status(self, key: bytes) -> tuple[str, str]:
         """`…/status/Rollout/payments-v2` → ("Rollout", "payments-v2")."""

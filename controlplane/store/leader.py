@@ -46,6 +46,18 @@ class Fence:
 
 NO_FENCE = Fence()
 
+LeadWork = Callable[[Fence], Coroutine[Any, Any, None]]
+
+
+def together(*works: LeadWork) -> LeadWork:
+    """One leader's work made of several (the rollout engine, the resolver): they run
+    side by side; one that fails ends the others, and so the leadership."""
+    async def lead(fence: Fence) -> None:
+        async with asyncio.TaskGroup() as group:
+            for work in works:
+                group.create_task(work(fence))
+    return lead
+
 
 class LeaderElection:
     """Campaigns for `{prefix}/leader`; runs `lead(fence)` while elected.

@@ -34,6 +34,7 @@ from controlplane.model import (
     to_document,
     to_stored,
 )
+from controlplane.model.endpoints import Discovered, discovered_from_json
 from controlplane.model.ownership import supersede, transition_problems, with_from
 from controlplane.model.status import RolloutStatus
 from controlplane.store.audit import (
@@ -46,7 +47,7 @@ from controlplane.store.audit import (
     verify_audit,
 )
 from controlplane.store.audit_anchor import AuditAnchor
-from controlplane.store.keys import Keys
+from controlplane.store.keys import DISCOVERED_KIND, Keys
 from controlplane.store.kv import KV, EtcdKV, EtcdTLS, TxnResult
 from controlplane.store.sealed import Sealer, is_clear, open_stored, seal_stored
 from controlplane.store.watch import watch_state
@@ -193,12 +194,16 @@ class Store:
         got = await self._kv.range(*self.keys.state_range)
         resources: list[Resource] = []
         statuses: dict[str, RolloutStatus] = {}
+        discovered: dict[tuple[str, str], tuple[Discovered, ...]] = {}
         for kv in got.kvs:
             try:
                 if kv.key.startswith(self.keys.statuses):
                     kind, name = self.keys.parse_status(kv.key)
                     if kind == "Rollout":
                         statuses[name] = RolloutStatus.from_json(kv.value)
+                    elif kind == DISCOVERED_KIND:
+                        upstream, _, version = name.partition("/")
+                        discovered[(upstream, version)] = discovered_from_json(kv.value)
                 elif kv.key.startswith(self.keys.resources):
                     resources.append(from_stored(open_stored(kv.value, self._sealer)))
             # Written by hand, by a newer version, or sealed with another key.
@@ -207,7 +212,8 @@ class Store:
         digest = hashlib.sha256()
         for kv in got.kvs:  # in key order: etcd returns a range sorted
             digest.update(b"%d:%b%d:%b" % (len(kv.key), kv.key, len(kv.value), kv.value))
-        return _Snapshot(DesiredState.of(resources, statuses, fingerprint=digest.hexdigest()),
+        return _Snapshot(DesiredState.of(resources, statuses, fingerprint=digest.hexdigest(),
+                                         discovered=discovered),
                          {kv.key: kv for kv in got.kvs}, got.revision)
 
     async def load(self) -> tuple[DesiredState, int]:

@@ -132,7 +132,7 @@ def translate(
         routes=route_configs,
         clusters=build_clusters(upstreams.values(), group=group, edge=edge,
                                 credentials=state.credentials),
-        endpoints=build_endpoints(upstreams.values(), traffic),
+        endpoints=build_endpoints(upstreams.values(), traffic, state.discovered),
         secrets=build_secrets(
             group, tls=[lst.spec.tls for lst in listeners if lst.spec.tls],
             credentials=credentials, material=secrets, problems=problems,

@@ -1,28 +1,38 @@
-"""Upstream versions → ClusterLoadAssignments (EDS), one per cluster `cluster.py` emits."""
+"""Upstream versions → ClusterLoadAssignments (EDS), one per cluster `cluster.py` emits.
+
+A version's IP endpoints are sent as written; its DNS names as the addresses stored
+for them (`discovered`, read from etcd: translate resolves nothing itself).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from controlplane.model import Upstream
+from controlplane.model.endpoints import DiscoveredMap, version_addresses
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.translate.common import split_endpoint
 from controlplane.translate.names import cluster_name
 
+NOTHING_DISCOVERED: DiscoveredMap = MappingProxyType({})
+
 
 def build_endpoints(
-    upstreams: Iterable[Upstream], traffic: Mapping[str, TrafficPolicy]
+    upstreams: Iterable[Upstream], traffic: Mapping[str, TrafficPolicy],
+    discovered: DiscoveredMap = NOTHING_DISCOVERED,
 ) -> list[ClusterLoadAssignment]:
-    """One assignment per version of each upstream, endpoints in the order the user wrote them.
+    """One assignment per version of each upstream, endpoints in the order the user wrote
+    them (a name: its discovered addresses, sorted).
 
     Errors:
         TranslationError: an endpoint is not IP:PORT.
     """
     return [
-        build_load_assignment(upstream, version, traffic.get(upstream.name))
+        build_load_assignment(upstream, version, traffic.get(upstream.name), discovered)
         for upstream in upstreams
         for version in sorted(upstream.spec.versions)
     ]
@@ -39,18 +49,25 @@ def rolling_endpoints(old: Sequence[str], new: Sequence[str], percent: float) ->
     return [*old[:keep_old], *new[:add_new]]
 
 
+def addresses_of(upstream: Upstream, version: str, discovered: DiscoveredMap) -> list[str]:
+    """The `IP:PORT`s a version's endpoints stand for (a name never resolved: none)."""
+    return [d.address for d in version_addresses(upstream.spec.versions[version].endpoints,
+                                                 discovered.get((upstream.name, version), ()))]
+
+
 def build_load_assignment(
-    upstream: Upstream, version: str, policy: TrafficPolicy | None = None
+    upstream: Upstream, version: str, policy: TrafficPolicy | None = None,
+    discovered: DiscoveredMap = NOTHING_DISCOVERED,
 ) -> ClusterLoadAssignment:
     """The endpoints of one version, in a single locality (we know no zones).
 
     Errors:
         TranslationError: an endpoint is not IP:PORT.
     """
-    endpoints = upstream.spec.versions[version].endpoints
+    endpoints = addresses_of(upstream, version, discovered)
     if policy is not None and policy.rolling and version == policy.from_version:
         endpoints = rolling_endpoints(
-            endpoints, upstream.spec.versions[policy.to_version].endpoints, policy.weight
+            endpoints, addresses_of(upstream, policy.to_version, discovered), policy.weight
         )
     assignment = ClusterLoadAssignment(cluster_name=cluster_name(upstream.name, version))
     # Filled in place: nested constructors would copy each sub-message once per level,

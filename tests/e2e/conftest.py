@@ -42,8 +42,9 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
 def upstream_factory() -> Iterator[Callable[..., Upstream]]:
     started: list[Upstream] = []
 
-    def make(version: str, status: int = 200) -> Upstream:
-        up = Upstream(version, status=status).start_in_thread()
+    def make(version: str, status: int = 200, *, host: str = "127.0.0.1",
+             port: int | None = None) -> Upstream:
+        up = Upstream(version, status=status, host=host, port=port).start_in_thread()
         started.append(up)
         return up
 

@@ -1,7 +1,9 @@
 """Golden files: tests/golden/in/<case>.yaml → tests/golden/out/<case>/<group>.<kind>.yaml.
 
 Each input is resource YAML as users write it; `<case>.traffic.yaml`, if present,
-holds the rollout traffic policies ({upstream: TrafficPolicy fields}). Key material
+holds the rollout traffic policies ({upstream: TrafficPolicy fields}), and
+`<case>.discovered.yaml` the addresses stored for DNS names ({upstream: {version:
+[{address, source}]}}, as the resolver writes them to etcd). Key material
 (certificates from a fresh test CA, credential values) is generated per run: secrets
 render redacted, so the golden text does not depend on it. Every group
 of the state is translated and rendered as sorted YAML (proto field names).
@@ -25,6 +27,7 @@ import yaml
 from pydantic import SecretStr
 
 from controlplane.model import DesiredState, parse_yaml
+from controlplane.model.endpoints import Discovered
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.secrets import CertificateAuthority
 from controlplane.translate import GroupCertificate, ResourceSet, SecretMaterial, translate
@@ -36,13 +39,22 @@ HERE = Path(__file__).parent
 IN = HERE / "in"
 OUT = HERE / "out"
 TRAFFIC_SUFFIX = ".traffic.yaml"
+DISCOVERED_SUFFIX = ".discovered.yaml"
 CASES = sorted(
-    p.name.removesuffix(".yaml") for p in IN.glob("*.yaml") if not p.name.endswith(TRAFFIC_SUFFIX)
+    p.name.removesuffix(".yaml") for p in IN.glob("*.yaml")
+    if not p.name.endswith((TRAFFIC_SUFFIX, DISCOVERED_SUFFIX))
 )
 
 
 def load_case(case: str) -> tuple[DesiredState, dict[str, TrafficPolicy]]:
-    state = DesiredState.of(parse_yaml((IN / f"{case}.yaml").read_text()))
+    discovered: dict[tuple[str, str], tuple[Discovered, ...]] = {}
+    discovered_file = IN / f"{case}{DISCOVERED_SUFFIX}"
+    if discovered_file.exists():
+        for upstream, versions in yaml.safe_load(discovered_file.read_text()).items():
+            for version, items in versions.items():
+                discovered[(upstream, version)] = tuple(Discovered(**i) for i in items)
+    state = DesiredState.of(parse_yaml((IN / f"{case}.yaml").read_text()),
+                            discovered=discovered)
     state.check()  # golden inputs are valid states; invalid ones belong in unit tests
     traffic: dict[str, TrafficPolicy] = {}
     traffic_file = IN / f"{case}{TRAFFIC_SUFFIX}"

@@ -7,6 +7,7 @@
     up.status = 503                   # later requests to /anything answer 503
     Upstream("v2", error_ratio=0.3)   # 3 of every 10 requests answer `error_status` (500)
     Upstream("v2", latency_s=0.2)     # every answer waits 200 ms
+    Upstream("v1", host="127.0.0.2")  # on another loopback address (names in DNS tests)
     Upstream("v1", tls=server_context) # HTTPS; with CERT_REQUIRED, `peer_sans` holds the
                                       # last client certificate's SANs ("URI:spiffe://...")
     await up.stop() / up.stop_thread()
@@ -31,18 +32,20 @@ _REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
 
 
 class Upstream:
-    """An echo server on 127.0.0.1:`port` (a free port unless given)."""
+    """An echo server on `host`:`port` (127.0.0.1 and a free port unless given)."""
 
     def __init__(self, version: str, *, status: int = 200, port: int | None = None,
                  error_ratio: float = 0.0, error_status: int = 500,
-                 latency_s: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
+                 latency_s: float = 0.0, tls: ssl.SSLContext | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.version = version
         self.status = status
         self.error_ratio = error_ratio
         self.error_status = error_status
         self.latency_s = latency_s
         self.healthy = True
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.requests = 0
         self.paths: Counter[str] = Counter()
         self.last_headers: dict[str, str] = {}
@@ -55,10 +58,10 @@ class Upstream:
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     async def start(self) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
+        self._server = await asyncio.start_server(self._serve, self.host, self.port,
                                                   ssl=self.tls)
         return self
 

@@ -43,8 +43,28 @@ def test_valid_upstream_round_trips_as_written() -> None:
         pytest.param("bogus: 1", "spec.bogus", "Extra inputs", id="unknown-field"),
         pytest.param("retries: {on: sometimes}", "spec.retries.on", "unknown retry", id="retry-on"),
         pytest.param(
-            "versions: {v1: {endpoints: [payments.local:80]}}",
-            "spec.versions.v1.endpoints", "not IP:PORT", id="hostname-endpoint",
+            "versions: {v1: {endpoints: ['http://payments.local:80']}}",
+            "spec.versions.v1.endpoints", "without a scheme", id="endpoint-scheme",
+        ),
+        pytest.param(
+            "versions: {v1: {endpoints: [payments.local:0]}}",
+            "spec.versions.v1.endpoints", "port must be a number in 1-65535", id="endpoint-port",
+        ),
+        pytest.param(
+            "versions: {v1: {endpoints: [pay_ments.local:80]}}",
+            "spec.versions.v1.endpoints", "RFC 1123", id="endpoint-bad-name",
+        ),
+        pytest.param(
+            "versions: {v1: {endpoints: ['::1:80']}}",
+            "spec.versions.v1.endpoints", "in brackets", id="endpoint-ipv6-brackets",
+        ),
+        pytest.param(
+            "versions: {v1: {endpoints: [10.0.0.300:80]}}",
+            "spec.versions.v1.endpoints", "numeric label", id="endpoint-mistyped-ip",
+        ),
+        pytest.param(
+            "versions: {v1: {endpoints: [payments.local]}}",
+            "spec.versions.v1.endpoints", "port is missing", id="endpoint-no-port",
         ),
     ],
 )

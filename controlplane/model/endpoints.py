@@ -1,0 +1,147 @@
+"""Endpoints as users write them (`HOST:PORT`) and the addresses they stand for.
+
+A version's `endpoints` mix IP literals (`10.0.0.7:8080`, `[::1]:8080`) and DNS names
+(`payments-v2.prod.svc.cluster.local:8080`). An IP is its own address (source
+`static`); a name stands for the addresses the leader's resolver last found for it
+and wrote to etcd (source `dns:NAME`), read back into `DesiredState.discovered`.
+Every replica renders the same EDS from those stored addresses, never from a lookup
+of its own. Later sources (etcd registrations) add their own `source` values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+STATIC = "static"
+DNS = "dns:"
+"""The prefix of a resolved address's source: `dns:payments.internal`."""
+
+# An RFC 1123 label: letters, digits, hyphens inside, 1-63 characters.
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NAME_MAX = 253
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """One endpoint: `host` an IP (no brackets) or a DNS name, `port` 1-65535."""
+
+    host: str
+    port: int
+    is_name: bool
+
+    def address(self) -> str:
+        """As EDS and users write it: `10.0.0.7:80`, `[::1]:80`, `name:80`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> HostPort:
+    """`HOST:PORT` → HostPort. HOST is an IPv4 literal, an IPv6 literal in brackets, or
+    an RFC 1123 name.
+
+    Errors:
+        ValueError: anything else, with the reason (a scheme, a path, a bad port...).
+    """
+    if "://" in text or "/" in text:
+        raise ValueError(f"{text!r}: write HOST:PORT, without a scheme or a path")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (the port is missing)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number in 1-65535")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{text!r}: an IPv6 address is written [ADDRESS]:PORT")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{text!r}: {host[1:-1]!r} is not an IPv6 address") from None
+        return HostPort(host[1:-1], int(port), is_name=False)
+    if ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:{port}")
+    try:
+        ipaddress.IPv4Address(host)
+        return HostPort(host, int(port), is_name=False)
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(host) > _NAME_MAX or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a DNS name "
+                         "(RFC 1123: labels of letters, digits and inner hyphens, 1-63 "
+                         "characters each, 253 in all)")
+    if labels[-1].isdigit():  # e.g. 10.0.0.300: a mistyped IP, not a name
+        raise ValueError(f"{text!r}: {host!r} is not an IP address, and a DNS name does "
+                         "not end in a numeric label")
+    return HostPort(host.lower(), int(port), is_name=True)
+
+
+def names_of(endpoints: Iterable[str]) -> set[str]:
+    """The DNS names among `endpoints` (already validated), lowercased."""
+    return {hp.host for hp in map(parse_endpoint, endpoints) if hp.is_name}
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """An address a version's endpoints stand for, and where it came from."""
+
+    address: str
+    """`IP:PORT`, IPv6 in brackets."""
+    source: str
+    """`static`, or `dns:NAME` for a resolved name."""
+
+
+def discovered_to_json(addresses: Sequence[Discovered]) -> bytes:
+    """The stored form: a JSON list of {address, source}, in the given order."""
+    return json.dumps([{"address": a.address, "source": a.source} for a in addresses],
+                      separators=(",", ":")).encode()
+
+
+def discovered_from_json(raw: bytes) -> tuple[Discovered, ...]:
+    """Errors:
+        ValueError: not a JSON list of {address, source} strings.
+    """
+    data = json.loads(raw)
+    if not isinstance(data, list):
+        raise ValueError("not a JSON list")
+    out = []
+    for item in data:
+        if not (isinstance(item, dict) and isinstance(item.get("address"), str)
+                and isinstance(item.get("source"), str)):
+            raise ValueError(f"{item!r} is not {{address, source}}")
+        parse_endpoint(item["address"])
+        out.append(Discovered(item["address"], item["source"]))
+    return tuple(out)
+
+
+def version_addresses(endpoints: Sequence[str], discovered: Sequence[Discovered]
+                      ) -> list[Discovered]:
+    """What a version's `endpoints` stand for, in the order written: an IP as itself, a
+    name as the addresses `discovered` holds for it at that port (sorted as stored).
+    An address listed twice counts once, with its first source. Discovered addresses of
+    names the version no longer lists are left out, so a stale record changes nothing."""
+    by_name: dict[tuple[str, int], list[str]] = {}
+    for item in discovered:
+        if item.source.startswith(DNS):
+            port = parse_endpoint(item.address).port
+            by_name.setdefault((item.source[len(DNS):], port), []).append(item.address)
+    out: list[Discovered] = []
+    seen: set[str] = set()
+    for text in endpoints:
+        hp = parse_endpoint(text)
+        if hp.is_name:
+            found = [Discovered(a, DNS + hp.host) for a in by_name.get((hp.host, hp.port), [])]
+        else:
+            found = [Discovered(hp.address(), STATIC)]
+        for item in found:
+            if item.address not in seen:
+                seen.add(item.address)
+                out.append(item)
+    return out
+
+
+DiscoveredMap = Mapping[tuple[str, str], tuple[Discovered, ...]]
+"""(upstream, version) → the addresses stored for its names."""
