@@ -27,6 +27,7 @@ from controlplane.errors import (
 )
 from controlplane.logformat import FORMATS
 from controlplane.logformat import configure as configure_logging
+from controlplane.model.duration import parse_duration
 from controlplane.store import EmbeddedEtcd, EtcdTLS
 from controlplane.store.revocations import REFRESH_S as REVOKE_REFRESH_S
 from controlplane.store.revocations import RevocationStore
@@ -213,6 +214,9 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="a directory Credentials' valueFrom.file may name (repeatable or "
                         "DIR,DIR); default none: valueFrom.file is refused. Never the data "
                         "dir or the TLS dir")
+    p.add_argument("--leader-ttl", type=_lease_seconds, default=10, metavar="DURATION",
+                   help="the rollout leader's etcd lease (whole seconds, e.g. 10s, 1m; "
+                        "default 10s): a dead leader is replaced within about 1.2x this")
     p.add_argument("--max-streams-per-peer", type=_positive, default=MAX_STREAMS_PER_PEER,
                    help="xDS streams one client (its certificate, or its address without "
                         "TLS; plaintext loopback is not capped) may hold open at once "
@@ -234,6 +238,18 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 # benchmarks/gc_threshold.py prints both thresholds side by side (benchmarks/README.md,
 # gc_threshold.py). Real cyclic garbage waits a little longer (at most this many objects).
 GC_YOUNG_THRESHOLD = 50_000
+
+
+def _lease_seconds(text: str) -> int:
+    """argparse type: a duration of whole seconds, 1 s to 1 h (etcd leases are seconds)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= 3600 or seconds != int(seconds):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of seconds from 1s to 1h (e.g. 10s)")
+    return int(seconds)
 
 
 def _positive(text: str) -> int:
@@ -301,6 +317,7 @@ def serve_command(args: argparse.Namespace) -> int:
         credentials_dirs=tuple(Path(d) for arg in args.credentials_dir
                                for d in arg.split(",") if d),
         max_streams_per_peer=args.max_streams_per_peer,
+        leader_ttl=args.leader_ttl,
         dns_servers=dns_servers,
     )
     return asyncio.run(_serve(config, json_logs=args.log_format == "json"))

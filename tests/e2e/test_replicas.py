@@ -14,7 +14,7 @@ import pytest
 from controlplane.store import EmbeddedEtcd
 from controlplane.store.kv import EtcdKV
 from tests.e2e.test_backbone import FIRST_CONFIG_S, apply, edge_yaml, version_behind
-from tests.e2e.test_rollout import LEADER_TTL_S, Load, rollout_yaml
+from tests.e2e.test_rollout import Load, rollout_yaml
 from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy
 from tests.support.ports import free_port
@@ -22,6 +22,10 @@ from tests.support.upstream import Upstream
 from tests.support.wait import wait_for_sync
 
 pytestmark = pytest.mark.e2e
+
+
+LEADER_TTL_S = 3
+FAST_LEASE = ("--leader-ttl", f"{LEADER_TTL_S}s")
 
 
 def leader_pid(etcd: EmbeddedEtcd) -> int | None:
@@ -40,8 +44,9 @@ def test_leader_killed_mid_rollout_the_other_replica_finishes_it(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy],
 ) -> None:
-    a = ServeProcess(tmp_path / "a", etcd=etcd).start()
-    b = ServeProcess(tmp_path / "b", etcd=etcd).start()
+    # A short lease (serve --leader-ttl): the takeover is what is tested, not the wait.
+    a = ServeProcess(tmp_path / "a", etcd=etcd, extra_args=FAST_LEASE).start()
+    b = ServeProcess(tmp_path / "b", etcd=etcd, extra_args=FAST_LEASE).start()
     try:
         wait_for_sync(lambda: leader_pid(etcd) == a.proc.pid, timeout=10,  # type: ignore[union-attr]
                       message="the first replica leads")

@@ -21,7 +21,7 @@ import pytest
 from controlplane.store import EmbeddedEtcd
 from tests.e2e.test_backbone import FIRST_CONFIG_S, apply, edge_yaml, version_behind
 from tests.e2e.test_replicas import leader_pid
-from tests.e2e.test_rollout import LEADER_TTL_S, Load, rollout_yaml, status
+from tests.e2e.test_rollout import Load, rollout_yaml, status
 from tests.reliability.conftest import Figures
 from tests.support.controlplane import ServeProcess, cli
 from tests.support.envoy import Envoy
@@ -31,15 +31,17 @@ from tests.support.wait import wait_for_sync
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
-TAKEOVER_S = LEADER_TTL_S + 5.0  # the bound (15 s): lease TTL + campaign poll + load
+LEADER_TTL_S = 3  # serve --leader-ttl: the takeover is what is tested, not the wait
+TAKEOVER_S = LEADER_TTL_S + 5.0  # lease TTL + campaign poll + load
 
 
 def test_partitioned_leader_is_replaced_and_fenced(
     tmp_path: Path, etcd: EmbeddedEtcd, upstream_factory: Callable[..., Upstream],
     envoy_factory: Callable[..., Envoy], figures: Figures,
 ) -> None:
-    a = ServeProcess(tmp_path / "a", etcd=etcd).start()
-    b = ServeProcess(tmp_path / "b", etcd=etcd).start()
+    lease = ("--leader-ttl", f"{LEADER_TTL_S}s")
+    a = ServeProcess(tmp_path / "a", etcd=etcd, extra_args=lease).start()
+    b = ServeProcess(tmp_path / "b", etcd=etcd, extra_args=lease).start()
     assert a.proc is not None and b.proc is not None
     a_pid, b_pid = a.proc.pid, b.proc.pid
     frozen = False
