@@ -122,3 +122,28 @@ async def test_a_version_that_drops_its_source_leaves_nothing_behind(
     await store.apply(parse_yaml(LEASED), actor="test")  # taken again: listed again
     await wait_for(lambda: running.has(("10.0.0.1:8080", f"etcd:{PREFIX}a")), FOLLOW_S,
                    message="the prefix watched again")
+
+
+async def test_a_new_leader_does_not_empty_a_set_before_it_has_listed(
+        etcd: EmbeddedEtcd) -> None:
+    store = await Store.connect([etcd.endpoint], tls=etcd.tls)
+    try:
+        await store.apply(parse_yaml(LEASED), actor="test")
+        await store.kv.put(f"{PREFIX}a".encode(), naming("10.0.0.1:8080"))
+        running, key = Running(store), store.keys.leased("payments", "v1")
+        a, b = (("10.0.0.1:8080", f"etcd:{PREFIX}a"), ("10.0.0.2:8080", f"etcd:{PREFIX}b"))
+        for leader in ("first", "second"):
+            state, _ = await store.load()
+            leased = LeasedEndpoints(store, state)
+            async with leading(store, together(leased.lead), leased.update):
+                if leader == "first":
+                    await wait_for(lambda: running.has(a), FOLLOW_S, message="written")
+                    first = await store.kv.get(key)
+                    continue
+                await store.kv.put(f"{PREFIX}b".encode(), naming("10.0.0.2:8080"))
+                await wait_for(lambda: running.has(a, b), FOLLOW_S, message="the new leader")
+        now = await store.kv.get(key)
+        assert first is not None and now is not None
+        assert now.create_revision == first.create_revision  # never deleted in between
+    finally:
+        await store.close()
