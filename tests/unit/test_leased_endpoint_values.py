@@ -145,3 +145,18 @@ def test_endpoint_register_refuses_naming_the_field(
         checked(state(), request_)
     assert any(e.location.endswith(where) and reason in e.reason
                for e in info.value.errors), info.value.errors
+
+
+def test_get_endpoints_shows_where_each_address_came_from_and_idle_sources() -> None:
+    from controlplane.cli.resources import _idle_sources
+    from controlplane.discovery.report import report
+
+    mine = Discovered("10.0.0.7:80", "etcd:services/payments/v1/a")
+    doc = report(state(v1=(mine,)), "payments", {})
+    v1, v2 = doc["versions"]
+    assert v1["endpointsFrom"] == {"etcd": "services/payments/v1"}
+    assert v1["addresses"] == [{"address": "127.0.0.1:9001", "source": "static"},
+                               {"address": "10.0.0.7:80", "source": mine.source}]
+    assert _idle_sources(v1) == []
+    assert v2["endpointsFrom"] == {"registered": True} and v2["addresses"] == []
+    assert [source for source, _ in _idle_sources(v2)] == ["registered:"]
