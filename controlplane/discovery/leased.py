@@ -202,8 +202,13 @@ class LeasedEndpoints:
                     written.pop(key, None)
                 else:
                     written[key] = items
-                log.info("leased endpoints of %s/%s: %s", *key,
-                         ", ".join(d.address for d in items or ()) or "none")
+                log.info("leased endpoints of %s/%s: %s", *key, _summary(items or ()))
+
+
+def _summary(items: tuple[Discovered, ...], most: int = 5) -> str:
+    """A set for the log: a version of 10,000 keys is not one line of 10,000 addresses."""
+    shown = ", ".join(d.address for d in items[:most]) or "none"
+    return shown if len(items) <= most else f"{len(items)}: {shown}, ..."
 
 
 def _into(table: dict[bytes, str]) -> Callable[[bytes, bytes | None], str | None]:
