@@ -171,9 +171,11 @@ class Publisher:
 
 
 def _size(state: DesiredState) -> int:
+    # Discovered addresses count too: 10,000 leased keys render as many endpoints.
     return len(state.listeners) + len(state.routes) + sum(
         1 + len(version.endpoints)
-        for upstream in state.upstreams.values() for version in upstream.spec.versions.values())
+        for upstream in state.upstreams.values() for version in upstream.spec.versions.values()
+    ) + sum(len(found) for found in state.discovered.values())
 
 
 def _build(stage: RenderStage, state: DesiredState, secrets: SecretMaterial, groups: list[str]

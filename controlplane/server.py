@@ -128,6 +128,7 @@ class ControlPlane:
             r.secret_sync.update(state)
             r.engine.poke()
             r.resolver.update(state)
+            r.leased.update(state)
 
     async def _follow_revocations(self) -> None:
         """Other replicas' `cert revoke`s, within `REVOKE_REFRESH_S`."""

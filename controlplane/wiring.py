@@ -33,7 +33,7 @@ from controlplane.analysis.admission import Admission, RoutedClusters, Sender
 from controlplane.analysis.health import HealthBoard
 from controlplane.analysis.prometheus import PrometheusAnalysis
 from controlplane.api import admin_pb2_grpc
-from controlplane.discovery import DnsLookup, NameResolver
+from controlplane.discovery import DnsLookup, LeasedEndpoints, NameResolver
 from controlplane.errors import FieldError, InvalidInputError
 from controlplane.fleet import EtcdFleet, FleetReporter, fleet_acked_secrets
 from controlplane.model import DesiredState
@@ -137,9 +137,11 @@ class Replica:
     analysis_reporter: AnalysisReporter
     engine: RolloutEngine
     resolver: NameResolver
+    leased: LeasedEndpoints
     election: LeaderElection
     leader_work: LeadWork
-    """What the elected leader runs: the rollout engine and the resolver."""
+    """What the elected leader runs: the rollout engine, the resolver, the leased keys'
+    watches."""
     revoked: RevokedSerials
     server_trust: ServerTrust | None
     authenticator: TokenAuthenticator | CertificateAuthenticator
@@ -241,11 +243,12 @@ async def assemble(config: ServeConfig) -> AsyncIterator[Replica]:
             analysis=ByProvider({"envoy": analysis, "prometheus": PrometheusAnalysis()}),
             health=analysis)
 
-        # The leader resolves endpoint names and writes the answers to etcd, whence every
-        # replica renders them (model/endpoints.py).
+        # The leader resolves endpoint names and copies leased keys (endpointsFrom), and
+        # writes what it found to etcd, whence every replica renders it (model/endpoints.py).
         resolver = NameResolver(store, DnsLookup(config.dns_servers), state,
                                 on_lookup=telemetry.dns_lookup,
                                 on_failing=telemetry.dns_names_failing)
+        leased = LeasedEndpoints(store, state)
 
         revoked = RevokedSerials()
         tokens = TokenAuthenticator(store)
@@ -298,7 +301,8 @@ async def assemble(config: ServeConfig) -> AsyncIterator[Replica]:
             fleet_reporter=FleetReporter(store, registry, identity,
                                    on_error=telemetry.fleet_report_failed),
             analysis_reporter=AnalysisReporter(store, window, identity, health=health),
-            engine=engine, resolver=resolver, leader_work=together(engine.lead, resolver.lead),
+            engine=engine, resolver=resolver, leased=leased,
+            leader_work=together(engine.lead, resolver.lead, leased.lead),
             election=LeaderElection(store, identity, ttl=config.leader_ttl),
             revoked=revoked, server_trust=trust, authenticator=authenticator,
             xds_server=xds, admin_server=admin, xds_port=xds_port, admin_port=admin_port,

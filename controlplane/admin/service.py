@@ -10,6 +10,7 @@ import grpc
 from controlplane.admin.audit_tokens import AuditTokenMethods
 from controlplane.admin.auth import Role
 from controlplane.admin.base import AdminBase
+from controlplane.admin.registrations import RegistrationMethods
 from controlplane.admin.rollouts import RolloutMethods, status_document
 from controlplane.admin.secrets_methods import SecretMethods
 from controlplane.admin.traffic import traffic_in_force
@@ -20,9 +21,11 @@ from controlplane.model import canonical_kind, to_document, validate_documents
 
 
 class AdminService(
-    SecretMethods, AuditTokenMethods, RolloutMethods, AdminBase, admin_pb2_grpc.AdminServicer  # type: ignore[misc]
+    SecretMethods, AuditTokenMethods, RolloutMethods, RegistrationMethods, AdminBase,
+    admin_pb2_grpc.AdminServicer,  # type: ignore[misc]
 ):
-    """controlplane.admin.v1.Admin: resources, proxies, rollouts, audit, tokens."""
+    """controlplane.admin.v1.Admin: resources, proxies, rollouts, audit, tokens,
+    endpoint registrations."""
 
     async def Apply(
         self, request: admin_pb2.ApplyRequest, context: grpc.aio.ServicerContext

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from controlplane.cli import audit_cmd, completion, resources, rollout_cmd, secrets_cmd, token_cmd
+from controlplane.cli import (
+    audit_cmd,
+    completion,
+    endpoint_cmd,
+    resources,
+    rollout_cmd,
+    secrets_cmd,
+    token_cmd,
+)
 from controlplane.cli.bootstrap_cmd import add_bootstrap_parser
 from controlplane.cli.client import DEFAULT_SERVER, Connection
 from controlplane.cli.output import error
@@ -110,6 +118,7 @@ def build_parser(serve: Callable[[SubParsers], None]) -> argparse.ArgumentParser
     audit_cmd.add_parser(sub, client)
     token_cmd.add_parser(sub, client)
     secrets_cmd.add_parser(sub, client)
+    endpoint_cmd.add_parser(sub, client)
     completion.add_parser(sub, parser)
     _group_examples(parser)
     return parser

@@ -126,8 +126,22 @@ def _get_endpoints(conn: Connection, upstream: str | None, fmt: str | None) -> i
         for name, status in names.items():  # names with no address to show
             if name not in shown:
                 rows.append([version["version"], "-", f"dns:{name}", _name_status(status)])
+        rows += [[version["version"], "-", source, why]  # leased sources with none yet
+                 for source, why in _idle_sources(version)]
     print(table(["VERSION", "ADDRESS", "SOURCE", "STATUS"], rows))
     return 0
+
+
+def _idle_sources(version: dict[str, Any]) -> list[tuple[str, str]]:
+    """A version's `endpointsFrom` sources that give it no address now."""
+    taken = version.get("endpointsFrom") or {}
+    sources = [a["source"] for a in version["addresses"]]
+    out = []
+    if taken.get("etcd") and not any(s.startswith("etcd:") for s in sources):
+        out.append((f"etcd:{taken['etcd']}", "no key in etcd's naming format under it"))
+    if taken.get("registered") and not any(s.startswith("registered:") for s in sources):
+        out.append(("registered:", "none registered (controlplane endpoint register)"))
+    return out
 
 
 def _name_status(status: dict[str, Any] | None) -> str:
@@ -192,7 +206,7 @@ _COLUMNS: dict[str, tuple[list[str], Row]] = {
             _name(d),
             _spec(d)["active"],
             ",".join(sorted(_spec(d)["versions"])),
-            str(sum(len(v["endpoints"]) for v in _spec(d)["versions"].values())),
+            str(sum(len(v.get("endpoints", [])) for v in _spec(d)["versions"].values())),
             _traffic(d),
         ],
     ),

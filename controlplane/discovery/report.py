@@ -3,14 +3,20 @@ each of its names went (from the resolver's records in etcd, so any replica answ
 
     {"upstream": "payments", "active": "v1",
      "versions": [{"version": "v1", "endpoints": ["payments-v1.internal:8080"],
+                   "endpointsFrom": {"etcd": "services/payments/v1"},
                    "addresses": [{"address": "10.0.0.7:8080",
-                                  "source": "dns:payments-v1.internal"}],
+                                  "source": "dns:payments-v1.internal"},
+                                 {"address": "10.0.0.8:8080",
+                                  "source": "etcd:services/payments/v1/10.0.0.8:8080"}],
                    "names": [{"name": "payments-v1.internal", "status": "ok",
                               "resolvedAt": 1764690000.5, "error": null,
                               "failingSince": null}]}]}
 
-A name's `status` is `ok`, `failing` (its last lookup failed: its last good addresses
-stay, `error` says why), or `pending` (not resolved yet: it gives no address).
+Sources: `static`, `dns:NAME`, `etcd:KEY` (a key in etcd's naming format under the
+version's `endpointsFrom.etcd`), `registered:PRINCIPAL` (`endpoint register`);
+`endpointsFrom` is null for a version without it. A name's `status` is `ok`,
+`failing` (its last lookup failed: its last good addresses stay, `error` says why), or
+`pending` (not resolved yet: it gives no address).
 `resolvedAt` is the last successful lookup, written at most every 30 s.
 """
 
@@ -62,9 +68,12 @@ def report(state: DesiredState, upstream: str,
     for version in sorted(spec.versions):
         endpoints = spec.versions[version].endpoints
         names = sorted(names_of(endpoints))
+        source = spec.versions[version].endpoints_from
         versions.append({
             "version": version,
             "endpoints": list(endpoints),
+            "endpointsFrom": None if source is None else
+                             source.model_dump(mode="json", by_alias=True, exclude_unset=True),
             "addresses": [{"address": a.address, "source": a.source}
                           for a in state.addresses(upstream, version)],
             "names": [_name(name, records.get(name)) for name in names],

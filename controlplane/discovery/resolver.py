@@ -127,7 +127,9 @@ class NameResolver:
         """Resolve and write until cancelled (the leadership ends)."""
         names: dict[str, NameState] = {}
         stale: set[str] = set()  # names no longer used whose status key is not deleted yet
-        written = dict(self._state.discovered)  # the last leader's answers: our last good
+        # The last leader's answers: our last good (the leased sets have their own writer).
+        written = {key: dns for key, items in self._state.discovered.items()
+                   if (dns := tuple(i for i in items if i.source.startswith(DNS)))}
         for items in written.values():
             for item in items:
                 if item.source.startswith(DNS):

@@ -4,8 +4,10 @@ A version's `endpoints` mix IP literals (`10.0.0.7:8080`, `[::1]:8080`) and DNS 
 (`payments-v2.prod.svc.cluster.local:8080`). An IP is its own address (source
 `static`); a name stands for the addresses the leader's resolver last found for it
 and wrote to etcd (source `dns:NAME`), read back into `DesiredState.discovered`.
-Every replica renders the same EDS from those stored addresses, never from a lookup
-of its own. Later sources (etcd registrations) add their own `source` values.
+A version with `endpointsFrom` also takes the addresses the leader copied from leased
+keys: etcd's naming format under a prefix (source `etcd:KEY`) and `endpoint register`
+(source `registered:PRINCIPAL`). Every replica renders the same EDS from those stored
+addresses, never from a lookup or a watch of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from dataclasses import dataclass
 STATIC = "static"
 DNS = "dns:"
 """The prefix of a resolved address's source: `dns:payments.internal`."""
+ETCD = "etcd:"
+"""The prefix of an address read from a key in etcd's naming format: `etcd:KEY`."""
+REGISTERED = "registered:"
+"""The prefix of an address `endpoint register` holds: `registered:PRINCIPAL`."""
+LEASED = (ETCD, REGISTERED)
 
 # An RFC 1123 label: letters, digits, hyphens inside, 1-63 characters.
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -91,7 +98,7 @@ class Discovered:
     address: str
     """`IP:PORT`, IPv6 in brackets."""
     source: str
-    """`static`, or `dns:NAME` for a resolved name."""
+    """`static`, `dns:NAME` for a resolved name, `etcd:KEY`, `registered:PRINCIPAL`."""
 
 
 def discovered_to_json(addresses: Sequence[Discovered]) -> bytes:
@@ -117,12 +124,15 @@ def discovered_from_json(raw: bytes) -> tuple[Discovered, ...]:
     return tuple(out)
 
 
-def version_addresses(endpoints: Sequence[str], discovered: Sequence[Discovered]
+def version_addresses(endpoints: Sequence[str], discovered: Sequence[Discovered], *,
+                      etcd_prefix: str | None = None, registered: bool = False
                       ) -> list[Discovered]:
     """What a version's `endpoints` stand for, in the order written: an IP as itself, a
-    name as the addresses `discovered` holds for it at that port (sorted as stored).
-    An address listed twice counts once, with its first source. Discovered addresses of
-    names the version no longer lists are left out, so a stale record changes nothing."""
+    name as the addresses `discovered` holds for it at that port (sorted as stored);
+    then its leased addresses as stored: those of keys under `etcd_prefix` (when given)
+    and registered ones (when `registered`). An address listed twice counts once, with
+    its first source. Discovered addresses of names the version no longer lists, or of
+    sources it no longer takes, are left out, so a stale record changes nothing."""
     by_name: dict[tuple[str, int], list[str]] = {}
     for item in discovered:
         if item.source.startswith(DNS):
@@ -140,8 +150,19 @@ def version_addresses(endpoints: Sequence[str], discovered: Sequence[Discovered]
             if item.address not in seen:
                 seen.add(item.address)
                 out.append(item)
+    for item in discovered:
+        if item.address not in seen and _taken(item.source, etcd_prefix, registered):
+            seen.add(item.address)
+            out.append(item)
     return out
 
 
+def _taken(source: str, etcd_prefix: str | None, registered: bool) -> bool:
+    """Whether a version with this `endpointsFrom` takes a leased address of `source`."""
+    if source.startswith(ETCD):
+        return etcd_prefix is not None and source[len(ETCD):].startswith(etcd_prefix)
+    return registered and source.startswith(REGISTERED)
+
+
 DiscoveredMap = Mapping[tuple[str, str], tuple[Discovered, ...]]
-"""(upstream, version) → the addresses stored for its names."""
+"""(upstream, version) → the addresses stored for its names and leased keys."""

@@ -117,7 +117,22 @@ FIELDS: dict[str, str] = {
                              "(RFC 1123), mixed freely. The control plane resolves names "
                              "(A and AAAA, at the record's TTL within 1-30 s) and sends "
                              "the addresses over EDS; a name that stops resolving keeps "
-                             "its last addresses. README, Where endpoints come from.",
+                             "its last addresses. At least one, unless `endpointsFrom` "
+                             "is given. README, Where endpoints come from.",
+    "VersionSpec.endpoints_from": "Endpoints that come and go, held by leases, beside "
+                                  "`endpoints` (which may then be empty): `etcd: PREFIX` "
+                                  "and/or `registered: true`. README, Where endpoints "
+                                  "come from.",
+    "EndpointsFrom.etcd": "A key prefix in the control plane's etcd (as given, outside "
+                          "`/controlplane`): every key under it in etcd's naming format "
+                          "(`{\"Op\":0,\"Addr\":\"IP:PORT\"}`, as `etcdctl put --lease` or "
+                          "go.etcd.io/etcd/client/v3/naming/endpoints write it) is an "
+                          "endpoint, watched by the leader: a key added, deleted or expired "
+                          "reaches the proxies within a second. Other values are skipped "
+                          "with one warning naming the key.",
+    "EndpointsFrom.registered": "Let `controlplane endpoint register` (operator role) add "
+                                "endpoints to this version, each held by the command's "
+                                "lease.",
     "VersionSpec.credential": "A Credential whose header Envoy adds to every request to "
                               "this version.",
     "VersionSpec.tls": "Connect to this version's endpoints over TLS (upstream mTLS).",

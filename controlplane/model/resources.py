@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -22,7 +23,11 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from controlplane.model.duration import Duration
-from controlplane.model.endpoints import parse_endpoint
+from controlplane.model.endpoints import (
+    Discovered,
+    parse_endpoint,
+    version_addresses,
+)
 
 API_VERSION = "controlplane/v1"
 
@@ -160,10 +165,60 @@ class UpstreamTLS(Model):
         return value
 
 
+OWN_KEYS = "/controlplane"
+"""Where the control plane keeps its own state in etcd: no `endpointsFrom.etcd` reaches
+into it (a prefix of it would list the state's keys as endpoints)."""
+ETCD_PREFIX_MAX = 512
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+
+
+class EndpointsFrom(Model):
+    """Where a version's endpoints come from besides `endpoints`, e.g.
+    `endpointsFrom: {etcd: services/payments/v2}` or `{registered: true}`."""
+
+    etcd: str | None = None
+    registered: bool = False
+
+    @field_validator("etcd")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value or len(value) > ETCD_PREFIX_MAX or not _PRINTABLE.match(value):
+            raise ValueError(f"{value[:64]!r}: a key prefix of 1-{ETCD_PREFIX_MAX} printable "
+                             "ASCII characters without spaces, e.g. services/payments/v2")
+        if value.startswith(OWN_KEYS) or OWN_KEYS.startswith(value):
+            raise ValueError(f"{value!r} reaches into the control plane's own keys "
+                             f"({OWN_KEYS}/...): choose a prefix outside them")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> EndpointsFrom:
+        if self.etcd is None and not self.registered:
+            raise ValueError("give etcd: PREFIX, registered: true, or both")
+        return self
+
+
 class VersionSpec(Model):
-    endpoints: list[str] = Field(min_length=1)
+    endpoints: list[str] = Field(default_factory=list)
+    endpoints_from: EndpointsFrom | None = None
     credential: Name | None = None
     tls: UpstreamTLS | None = None
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> VersionSpec:
+        if not self.endpoints and self.endpoints_from is None:
+            raise ValueError("endpoints: give at least one HOST:PORT, or endpointsFrom "
+                             "(etcd: PREFIX or registered: true)")
+        return self
+
+    def addresses(self, discovered: Sequence[Discovered]) -> list[Discovered]:
+        """What this version stands for, given the stored addresses of its (upstream,
+        version): `model.endpoints.version_addresses` with its `endpointsFrom`."""
+        source = self.endpoints_from
+        return version_addresses(self.endpoints, discovered,
+                                 etcd_prefix=source.etcd if source else None,
+                                 registered=bool(source and source.registered))
 
     @field_validator("endpoints")
     @classmethod

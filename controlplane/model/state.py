@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from controlplane.errors import FieldError, InvalidInputError
-from controlplane.model.endpoints import Discovered, DiscoveredMap, version_addresses
+from controlplane.model.endpoints import Discovered, DiscoveredMap
 from controlplane.model.envoy_rules import control_problem, envoy_problems
 from controlplane.model.resources import (
     Credential,
@@ -116,13 +116,12 @@ class DesiredState:
         return self.statuses.get(rollout) or RolloutStatus()
 
     def addresses(self, upstream: str, version: str) -> list[Discovered]:
-        """What the version's endpoints stand for now: its IPs, and its names' stored
-        addresses (`model.endpoints.version_addresses`). A missing version has none."""
+        """What the version's endpoints stand for now: its IPs, its names' and its leased
+        keys' stored addresses (`VersionSpec.addresses`). A missing version has none."""
         ups = self.upstreams.get(upstream)
         if ups is None or version not in ups.spec.versions:
             return []
-        return version_addresses(ups.spec.versions[version].endpoints,
-                                 self.discovered.get((upstream, version), ()))
+        return ups.spec.versions[version].addresses(self.discovered.get((upstream, version), ()))
 
     def groups(self) -> list[str]:
         """Proxy groups the state configures (declared or named by a listener), sorted."""

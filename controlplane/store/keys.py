@@ -7,6 +7,14 @@
                                        version's DNS names: a JSON list of {address,
                                        source}, rewritten only when it changes (in the
                                        state range: every replica renders EDS from it)
+    {prefix}/status/LeasedEndpoints/{upstream}/{version}
+                                       the same for its leased keys (`endpointsFrom`), as
+                                       the leader copied them (source etcd:KEY or
+                                       registered:PRINCIPAL); its own writer, its own key
+    {prefix}/registered/{upstream}/{version}/{address}
+                                       an `endpoint register`: {address, principal}, held
+                                       by the registration's lease; outside the state range
+                                       (the leader copies it into the set above)
     {prefix}/dns/{name}                how resolving a name went: {resolvedAt, error,
                                        failingSince, addresses}; outside the state range
                                        (no re-render), for `get endpoints`
@@ -34,6 +42,8 @@ from dataclasses import dataclass
 
 DISCOVERED_KIND = "Endpoints"
 """The status kind of discovered addresses: `status/Endpoints/{upstream}/{version}`."""
+LEASED_KIND = "LeasedEndpoints"
+"""The status kind of the addresses copied from leased keys."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,22 @@ class Keys:
     @property
     def discovered_prefix(self) -> bytes:
         return f"{self.prefix}/status/{DISCOVERED_KIND}/".encode()
+
+    def leased(self, upstream: str, version: str) -> bytes:
+        return f"{self.prefix}/status/{LEASED_KIND}/{upstream}/{version}".encode()
+
+    @property
+    def registered(self) -> bytes:
+        return f"{self.prefix}/registered/".encode()
+
+    def registration(self, upstream: str, version: str, address: str) -> bytes:
+        return f"{self.prefix}/registered/{upstream}/{version}/{address}".encode()
+
+    def parse_registration(self, key: bytes) -> tuple[str, str, str]:
+        """`…/registered/payments/v2/10.0.0.7:80` → ("payments", "v2", "10.0.0.7:80")."""
+        upstream, _, rest = key.decode()[len(self.registered):].partition("/")
+        version, _, address = rest.partition("/")
+        return upstream, version, address
 
     @property
     def dns(self) -> bytes:

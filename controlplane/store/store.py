@@ -47,7 +47,7 @@ from controlplane.store.audit import (
     verify_audit,
 )
 from controlplane.store.audit_anchor import AuditAnchor
-from controlplane.store.keys import DISCOVERED_KIND, Keys
+from controlplane.store.keys import DISCOVERED_KIND, LEASED_KIND, Keys
 from controlplane.store.kv import KV, EtcdKV, EtcdTLS, TxnResult
 from controlplane.store.sealed import Sealer, is_clear, open_stored, seal_stored
 from controlplane.store.watch import watch_state
@@ -201,9 +201,11 @@ class Store:
                     kind, name = self.keys.parse_status(kv.key)
                     if kind == "Rollout":
                         statuses[name] = RolloutStatus.from_json(kv.value)
-                    elif kind == DISCOVERED_KIND:
+                    elif kind in (DISCOVERED_KIND, LEASED_KIND):  # one set per version
                         upstream, _, version = name.partition("/")
-                        discovered[(upstream, version)] = discovered_from_json(kv.value)
+                        discovered[(upstream, version)] = (
+                            *discovered.get((upstream, version), ()),
+                            *discovered_from_json(kv.value))
                 elif kv.key.startswith(self.keys.resources):
                     resources.append(from_stored(open_stored(kv.value, self._sealer)))
             # Written by hand, by a newer version, or sealed with another key.
@@ -428,6 +430,7 @@ class Store:
         deletes: Sequence[bytes] = (),
         lease: int | None = None,
         expect_values: Mapping[bytes, bytes] | None = None,
+        leased: Sequence[bytes] = (),
     ) -> int | None:
         """Write `puts`/`deletes` and append `audit`, in one transaction.
 
@@ -439,6 +442,8 @@ class Store:
             lease: a fencing lease: the write lands only while this lease is alive (a
                 marker key `Keys.fence(lease)` is written under it). The written keys
                 themselves are not attached to it: they outlive it.
+            leased: keys of `puts` that are attached to `lease` all the same: etcd
+                deletes them when it ends (a registration's key).
 
         Returns:
             The revision written at, or None when a guard in `expect`/`expect_values`
@@ -466,7 +471,7 @@ class Store:
                 all_puts[self.keys.fence(lease)] = b""
             result = await self._kv.txn(
                 expect=guards, puts=all_puts, deletes=deletes, lease=lease,
-                leased=[self.keys.fence(lease)] if lease is not None else [],
+                leased=[self.keys.fence(lease), *leased] if lease is not None else [],
                 expect_values=expect_values,
             )
             if result:

@@ -1,7 +1,8 @@
 """Upstream versions → ClusterLoadAssignments (EDS), one per cluster `cluster.py` emits.
 
-A version's IP endpoints are sent as written; its DNS names as the addresses stored
-for them (`discovered`, read from etcd: translate resolves nothing itself).
+A version's IP endpoints are sent as written; its DNS names and leased keys
+(`endpointsFrom`) as the addresses stored for them (`discovered`, read from etcd:
+translate resolves and watches nothing itself).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from types import MappingProxyType
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from controlplane.model import Upstream
-from controlplane.model.endpoints import DiscoveredMap, version_addresses
+from controlplane.model.endpoints import DiscoveredMap
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.translate.common import split_endpoint
 from controlplane.translate.names import cluster_name
@@ -50,9 +51,10 @@ def rolling_endpoints(old: Sequence[str], new: Sequence[str], percent: float) ->
 
 
 def addresses_of(upstream: Upstream, version: str, discovered: DiscoveredMap) -> list[str]:
-    """The `IP:PORT`s a version's endpoints stand for (a name never resolved: none)."""
-    return [d.address for d in version_addresses(upstream.spec.versions[version].endpoints,
-                                                 discovered.get((upstream.name, version), ()))]
+    """The `IP:PORT`s a version stands for (a name never resolved: none; its leased
+    keys: those stored)."""
+    spec = upstream.spec.versions[version]
+    return [d.address for d in spec.addresses(discovered.get((upstream.name, version), ()))]
 
 
 def build_load_assignment(

@@ -14,8 +14,8 @@ from tests.e2e.test_backbone import edge_yaml
 from tests.support.controlplane import ServeProcess, cli
 from tests.support.dns_server import DnsServer
 from tests.support.envoy import Envoy
-from tests.support.http import get_sync
 from tests.support.ports import free_port
+from tests.support.served import Served
 from tests.support.upstream import Upstream
 from tests.support.wait import wait_for_sync
 
@@ -64,22 +64,8 @@ def test_requests_follow_the_answers_and_a_dead_name_keeps_its_last_good(
     result = cli(["apply", "-f", "-"], server=cp.admin, stdin=config(listener, f"{NAME}:{port}"))
     assert result.code == 0, result.err
     envoy_factory(cp, "edge-1", "edge")
-    failures: list[str] = []
-
-    def served() -> str:
-        try:
-            response = get_sync(listener, "/anything", timeout=2.0)
-        except OSError as exc:
-            failures.append(repr(exc))
-            return ""
-        if response.status != 200:
-            failures.append(str(response.status))
-            return ""
-        version: str = response.json()["version"]
-        return version
-
-    def only(instance: str) -> Callable[[], bool]:
-        return lambda: all(served() == instance for _ in range(10))
+    served = Served(listener)
+    failures, only = served.failures, served.only
 
     wait_for_sync(only("a"), FIRST_CONFIG_S, message="requests reach 127.0.0.2")
     v1 = endpoints(cp)

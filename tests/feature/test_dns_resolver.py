@@ -4,8 +4,6 @@ addresses with a visible status, a name no longer used leaves nothing behind."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from controlplane.model import DesiredState, parse_yaml
 from controlplane.store import EmbeddedEtcd, LeaderElection, Store
 from controlplane.store.leader import together
 from tests.support.dns_server import DnsServer
+from tests.support.leading import leading
 from tests.support.wait import wait_for
 
 UPSTREAM = """
@@ -65,20 +64,10 @@ async def running(tmp_path: Path, dns: DnsServer) -> AsyncIterator[Running]:
     resolver = NameResolver(store, DnsLookup([("127.0.0.1", dns.port)]), state,
                             on_failing=failing.append)
 
-    async def follow() -> None:
-        async for new, _ in store.watch_state():
-            resolver.update(new)
-
-    election = LeaderElection(store, "me", ttl=2)
-    election.start(together(resolver.lead))
-    following = asyncio.create_task(follow())
     try:
-        yield Running(store, resolver, failing, election)
+        async with leading(store, together(resolver.lead), resolver.update) as election:
+            yield Running(store, resolver, failing, election)
     finally:
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
-        await election.stop()
         await store.close()
         await etcd.stop()
 

@@ -51,7 +51,8 @@ def test_every_command_help_shows_an_example(path: tuple[str, ...]) -> None:
 def test_the_tree_has_the_documented_commands() -> None:
     assert {("serve",), ("apply",), ("get",), ("delete",), ("rollout", "status"),
             ("rollout", "rollback"), ("credential", "rotate"), ("cert", "rotate"), ("audit",),
-            ("token", "create"), ("bootstrap",), ("completion",)} <= set(COMMANDS)
+            ("token", "create"), ("bootstrap",), ("completion",),
+            ("endpoint", "register")} <= set(COMMANDS)
 
 
 def complete(script: str, *words: str) -> list[str]:
