@@ -45,7 +45,7 @@ from tests.support.wait import wait_for_sync
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
-ETCD_OUTAGE_S = float(os.environ.get("CONTROLPLANE_TEST_OUTAGE_S", "20"))
+ETCD_OUTAGE_S = float(os.environ.get("CONTROLPLANE_TEST_OUTAGE_S", "12"))  # 4 step intervals
 STEP_INTERVAL_S = 3  # short enough that the rollout would have moved during the outage
 
 EXTRA = """
