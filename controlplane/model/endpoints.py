@@ -70,12 +70,10 @@ def parse_endpoint(text: str) -> HostPort:
         return HostPort(host[1:-1], int(port), is_name=False)
     if ":" in host:
         raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:{port}")
-    try:
-        ipaddress.IPv4Address(host)
-        return HostPort(host, int(port), is_name=False)
-    except ValueError:
-        pass
     labels = host.split(".")
+    if _dotted_quad(labels):
+        return HostPort(host, int(port), is_name=False)
+
     if len(host) > _NAME_MAX or not all(_LABEL.match(label) for label in labels):
         raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a DNS name "
                          "(RFC 1123: labels of letters, digits and inner hyphens, 1-63 "
@@ -84,6 +82,22 @@ def parse_endpoint(text: str) -> HostPort:
         raise ValueError(f"{text!r}: {host!r} is not an IP address, and a DNS name does "
                          "not end in a numeric label")
     return HostPort(host.lower(), int(port), is_name=True)
+
+
+def _dotted_quad(labels: Sequence[str]) -> bool:
+    """What ipaddress.IPv4Address accepts (four decimal octets, no leading zeros),
+    checked without it: translate parses every endpoint, and large configs have 100k."""
+    return len(labels) == 4 and all(
+        label.isdigit() and len(label) <= 3 and int(label) <= 255
+        and (label == "0" or label[0] != "0") for label in labels)
+
+
+def is_ip_endpoint(text: str) -> bool:
+    """Whether a validated endpoint is an IP literal (not a name): cheap, for translate.
+    A validated host of only digits and dots is an IPv4 (a name may not end in a numeric
+    label), and one in brackets an IPv6."""
+    host = text.rpartition(":")[0]
+    return host.startswith("[") or not host.strip("0123456789.")
 
 
 def names_of(endpoints: Iterable[str]) -> set[str]:
@@ -133,6 +147,8 @@ def version_addresses(endpoints: Sequence[str], discovered: Sequence[Discovered]
     and registered ones (when `registered`). An address listed twice counts once, with
     its first source. Discovered addresses of names the version no longer lists, or of
     sources it no longer takes, are left out, so a stale record changes nothing."""
+    if not discovered:  # the common case (IPs only, or names not resolved yet): no parsing
+        return [Discovered(text, STATIC) for text in endpoints if is_ip_endpoint(text)]
     by_name: dict[tuple[str, int], list[str]] = {}
     for item in discovered:
         if item.source.startswith(DNS):

@@ -61,12 +61,6 @@ class Metadata(Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-def _check_endpoint(value: str) -> str:
-    # An IP is sent over EDS as is; a name is resolved by the control plane (model.endpoints).
-    parse_endpoint(value)
-    return value
-
-
 # ---- Listener -------------------------------------------------------------------------------
 
 
@@ -223,16 +217,16 @@ class VersionSpec(Model):
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, value: list[str]) -> list[str]:
-        problems = []
+        problems, addresses = [], set()
         for endpoint in value:
             try:
-                _check_endpoint(endpoint)
+                addresses.add(parse_endpoint(endpoint).address())
             except ValueError as exc:
                 problems.append(str(exc))
         if problems:  # every bad one at once, not the first
             raise ValueError("; ".join(problems))
         # Names are case-insensitive: `A.example:80` and `a.example:80` are one endpoint.
-        if len({parse_endpoint(e).address() for e in value}) != len(value):
+        if len(addresses) != len(value):
             raise ValueError("endpoints must be unique")
         return value
 

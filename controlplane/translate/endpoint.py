@@ -14,7 +14,7 @@ from types import MappingProxyType
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from controlplane.model import Upstream
-from controlplane.model.endpoints import DiscoveredMap
+from controlplane.model.endpoints import DiscoveredMap, is_ip_endpoint
 from controlplane.model.traffic import TrafficPolicy
 from controlplane.translate.common import split_endpoint
 from controlplane.translate.names import cluster_name
@@ -54,7 +54,10 @@ def addresses_of(upstream: Upstream, version: str, discovered: DiscoveredMap) ->
     """The `IP:PORT`s a version stands for (a name never resolved: none; its leased
     keys: those stored)."""
     spec = upstream.spec.versions[version]
-    return [d.address for d in spec.addresses(discovered.get((upstream.name, version), ()))]
+    found = discovered.get((upstream.name, version), ())
+    if not found:  # the IPs as written (a large config has 100k: no objects per endpoint)
+        return [text for text in spec.endpoints if is_ip_endpoint(text)]
+    return [d.address for d in spec.addresses(found)]
 
 
 def build_load_assignment(
